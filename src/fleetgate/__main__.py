@@ -1,0 +1,3 @@
+from fleetgate.cli.main import main
+
+main()

@@ -1,0 +1,120 @@
+"""Audit events and the hash chain that makes the log tamper-evident.
+
+Every action fleetgate takes is an ``Event``; the event log *is* the audit log. Each stored event
+carries the hash of the one before it (``prev_hash``) and its own ``hash`` over its canonical
+content plus ``prev_hash``. Editing, deleting or reordering any event, or cutting events out of
+the middle, breaks the chain at the first affected sequence number — ``verify_chain`` names it.
+
+The chain is global (one per store), ordered by ``seq`` which the store assigns densely from 1,
+so a deleted event shows as a gap even if someone recomputes later hashes.
+
+Pure: hashing is deterministic over canonical JSON; timestamps come in from the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetgate.core.manifest import canonical_json
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event before the store gives it a sequence number and a place in the chain.
+
+    ``ts`` is an ISO-8601 UTC timestamp string (``2026-11-26T08:30:00.123456+00:00``), supplied by
+    the caller's injected clock. ``details`` must be JSON-serialisable.
+    """
+
+    ts: str
+    deployment_id: str | None
+    action: str
+    outcome: str = "ok"
+    device_id: str | None = None
+    actor: str = "fleetgate"
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    ts: str
+    deployment_id: str | None
+    device_id: str | None
+    actor: str
+    action: str
+    outcome: str
+    details: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def event_hash(seq: int, event: Event | StoredEvent, prev_hash: str) -> str:
+    """SHA-256 over the canonical JSON of the event's content, its ``seq`` and ``prev_hash``."""
+    body = {
+        "seq": seq,
+        "ts": event.ts,
+        "deployment_id": event.deployment_id,
+        "device_id": event.device_id,
+        "actor": event.actor,
+        "action": event.action,
+        "outcome": event.outcome,
+        "details": dict(event.details),
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def seal(seq: int, event: Event, prev_hash: str) -> StoredEvent:
+    """Give an event its place in the chain."""
+    return StoredEvent(
+        seq=seq,
+        ts=event.ts,
+        deployment_id=event.deployment_id,
+        device_id=event.device_id,
+        actor=event.actor,
+        action=event.action,
+        outcome=event.outcome,
+        details=dict(event.details),
+        prev_hash=prev_hash,
+        hash=event_hash(seq, event, prev_hash),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+def verify_chain(events: Iterable[StoredEvent]) -> ChainReport:
+    """Walk the chain in ``seq`` order; report the first event that does not fit.
+
+    Detects: an edited event (its hash no longer matches), a deleted or truncated-in-the-middle
+    event (a gap in ``seq`` or a ``prev_hash`` that is not the previous event's hash), a reordered
+    event (``seq`` going backwards, or a wrong ``prev_hash``).
+    """
+    expected_seq = 1
+    prev = GENESIS_HASH
+    checked = 0
+    for ev in events:
+        if ev.seq != expected_seq:
+            return ChainReport(False, checked, expected_seq if ev.seq > expected_seq else ev.seq,
+                               f"expected seq {expected_seq}, found {ev.seq} (event missing or "
+                               "moved)")
+        if ev.prev_hash != prev:
+            return ChainReport(False, checked, ev.seq,
+                               "prev_hash does not match the previous event's hash")
+        if event_hash(ev.seq, ev, ev.prev_hash) != ev.hash:
+            return ChainReport(False, checked, ev.seq, "content does not match its hash (edited)")
+        prev = ev.hash
+        expected_seq += 1
+        checked += 1
+    return ChainReport(True, checked)

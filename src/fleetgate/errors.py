@@ -76,3 +76,7 @@ class TransportError(FleetgateError):
 
 class StoreError(FleetgateError):
     """The store is unreachable, locked, or its schema is not what this version expects."""
+
+
+class StoreConfigError(StoreError, InputError):
+    """The store URL is malformed or names something fleetgate cannot use. Exit code 2."""

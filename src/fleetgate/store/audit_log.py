@@ -1,0 +1,212 @@
+"""The event log: appending to the global hash chain, reading it back, verifying it.
+
+Contract (all functions take an ``AsyncConnection`` already inside a transaction; ``Store``
+decides which kind):
+
+- ``append_events`` gives each event the next ``seq`` (dense from 1), seals it onto the chain
+  with ``fleetgate.core.events.seal`` and moves ``chain_head`` forward, all in the caller's
+  transaction. It must run in a write transaction: on SQLite that began with ``BEGIN
+  IMMEDIATE``; on PostgreSQL it locks the chain-head row (``SELECT … FOR UPDATE``) before reading
+  it. Either way two appenders never read the same head, so the chain never forks.
+- ``details`` are stored as canonical JSON text and returned as what that text decodes to (a
+  tuple comes back as a list); the hash is computed over the same canonical form, so a stored
+  event always re-verifies.
+- ``verify_log`` reads the chain head and then every event in ``seq`` order, in pages, in one
+  snapshot, and feeds them to ``verify_chain`` running in a worker thread (hashing a big log is
+  CPU work that must not stall the event loop). Beyond what ``verify_chain`` finds (edits, gaps,
+  reordering), it reports events missing from the end (the head is ahead of the log), events
+  added past the head without going through the store, and a head whose hash is not the last
+  event's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fleetgate.clock import parse_iso
+from fleetgate.core.events import GENESIS_HASH, ChainReport, Event, StoredEvent, seal, verify_chain
+from fleetgate.core.manifest import canonical_json
+from fleetgate.errors import StoreError
+from fleetgate.store.schema import CHAIN_HEAD_ID, chain_head
+from fleetgate.store.schema import events as events_table
+
+PAGE_SIZE = 1000
+
+
+def _normalised(event: Event) -> tuple[Event, str]:
+    try:
+        parse_iso(event.ts)
+    except ValueError as exc:
+        raise ValueError(f"event ts {event.ts!r} is not an ISO-8601 time with offset") from exc
+    try:
+        details_text = canonical_json(dict(event.details)).decode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"event {event.action!r}: details are not JSON-serialisable: {exc}"
+        ) from exc
+    return dataclasses.replace(event, details=json.loads(details_text)), details_text
+
+
+async def read_head(conn: AsyncConnection, *, for_update: bool = False) -> tuple[int, str]:
+    query = select(chain_head.c.last_seq, chain_head.c.last_hash).where(
+        chain_head.c.id == CHAIN_HEAD_ID
+    )
+    if for_update:
+        query = query.with_for_update()  # SQLite ignores it; BEGIN IMMEDIATE already serialises.
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise StoreError("the store's chain_head row is missing: run `fleetgate audit verify`")
+    return int(row.last_seq), str(row.last_hash)
+
+
+async def append_events(conn: AsyncConnection, new: Sequence[Event]) -> list[StoredEvent]:
+    """Seal ``new`` onto the chain in order; returns them as stored."""
+    if not new:
+        return []
+    prepared = [_normalised(ev) for ev in new]
+    seq, prev = await read_head(conn, for_update=True)
+    sealed: list[StoredEvent] = []
+    rows: list[dict[str, Any]] = []
+    for event, details_text in prepared:
+        seq += 1
+        stored = seal(seq, event, prev)
+        prev = stored.hash
+        sealed.append(stored)
+        rows.append(_to_row(stored, details_text))
+    await conn.execute(insert(events_table), rows)
+    await conn.execute(
+        update(chain_head)
+        .where(chain_head.c.id == CHAIN_HEAD_ID)
+        .values(last_seq=seq, last_hash=prev)
+    )
+    return sealed
+
+
+def _to_row(ev: StoredEvent, details_text: str) -> dict[str, Any]:
+    return {
+        "seq": ev.seq,
+        "ts": ev.ts,
+        "deployment_id": ev.deployment_id,
+        "device_id": ev.device_id,
+        "actor": ev.actor,
+        "action": ev.action,
+        "outcome": ev.outcome,
+        "details": details_text,
+        "prev_hash": ev.prev_hash,
+        "hash": ev.hash,
+    }
+
+
+def _from_row(row: Row[Any]) -> StoredEvent:
+    return StoredEvent(
+        seq=int(row.seq),
+        ts=row.ts,
+        deployment_id=row.deployment_id,
+        device_id=row.device_id,
+        actor=row.actor,
+        action=row.action,
+        outcome=row.outcome,
+        details=json.loads(row.details),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+async def fetch_page(
+    conn: AsyncConnection,
+    *,
+    after_seq: int = 0,
+    limit: int = PAGE_SIZE,
+    deployment_id: str | None = None,
+    device_id: str | None = None,
+) -> list[StoredEvent]:
+    """Up to ``limit`` events with ``seq > after_seq`` in ``seq`` order (keyset paging)."""
+    query = select(events_table).where(events_table.c.seq > after_seq)
+    if deployment_id is not None:
+        query = query.where(events_table.c.deployment_id == deployment_id)
+    if device_id is not None:
+        query = query.where(events_table.c.device_id == device_id)
+    result = await conn.execute(query.order_by(events_table.c.seq).limit(limit))
+    return [_from_row(row) for row in result]
+
+
+async def iter_pages(
+    conn: AsyncConnection, *, page_size: int = PAGE_SIZE, **filters: Any
+) -> AsyncIterator[list[StoredEvent]]:
+    after = int(filters.pop("after_seq", 0))
+    while True:
+        page = await fetch_page(conn, after_seq=after, limit=page_size, **filters)
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = page[-1].seq
+
+
+async def verify_log(conn: AsyncConnection, *, page_size: int = PAGE_SIZE) -> ChainReport:
+    """Verify the whole chain and the head against it (see the module docstring)."""
+    head_row = (
+        await conn.execute(
+            select(chain_head.c.last_seq, chain_head.c.last_hash).where(
+                chain_head.c.id == CHAIN_HEAD_ID
+            )
+        )
+    ).first()
+    loop = asyncio.get_running_loop()
+    last: list[StoredEvent] = []
+
+    def stream() -> Iterator[StoredEvent]:
+        # Runs in the worker thread; each page is fetched on the event loop, on ``conn``.
+        after = 0
+        while True:
+            future = asyncio.run_coroutine_threadsafe(
+                fetch_page(conn, after_seq=after, limit=page_size), loop
+            )
+            page = future.result()
+            for ev in page:
+                last[:] = [ev]
+                yield ev
+            if len(page) < page_size:
+                return
+            after = page[-1].seq
+
+    report = await asyncio.to_thread(verify_chain, stream())
+    if not report.ok:
+        return report
+    if head_row is None:
+        return ChainReport(False, report.checked, None, "the chain_head row is missing")
+    head_seq, head_hash = int(head_row.last_seq), str(head_row.last_hash)
+    last_seq = last[0].seq if last else 0
+    last_hash = last[0].hash if last else GENESIS_HASH
+    if last_seq < head_seq:
+        return ChainReport(
+            False,
+            report.checked,
+            last_seq + 1,
+            f"the chain head records {head_seq} events but the log ends at seq {last_seq} "
+            "(events removed from the end)",
+        )
+    if last_seq > head_seq:
+        return ChainReport(
+            False,
+            head_seq,
+            head_seq + 1,
+            f"events after seq {head_seq} were not appended through the store "
+            "(the chain head does not know them)",
+        )
+    if last_hash != head_hash:
+        return ChainReport(
+            False,
+            report.checked,
+            max(last_seq, 1),
+            f"the chain head's hash does not match event {last_seq}",
+        )
+    return report

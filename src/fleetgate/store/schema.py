@@ -1,0 +1,117 @@
+"""The store's tables, as SQLAlchemy Core metadata.
+
+This is the *current* shape the code reads and writes; the migrations in ``migrations/versions``
+are what create it and are written out by hand (a migration must not change when this file does).
+A test checks that a freshly migrated database matches this metadata.
+
+Conventions: timestamps are ISO-8601 UTC text in ``fleetgate.clock``'s fixed-width format (so
+text order is time order on every backend); structured values are canonical JSON text, never a
+database JSON type, so what is hashed is exactly what is stored.
+
+- ``devices``: the inventory; one row per device, ``data`` is the registry codec's dict.
+- ``deployments``: a cached summary per deployment. The events are the truth; this table only
+  saves folding the log to answer "what is running".
+- ``events``: the audit log. ``seq`` is assigned densely from 1 by the store; ``prev_hash`` and
+  ``hash`` form one global chain (``fleetgate.core.events``).
+- ``chain_head``: exactly one row (``id = 1``) holding the last ``seq`` and ``hash``; it changes in
+  the same transaction as every append, so cutting events off the end is detectable, and on
+  PostgreSQL its row lock is what serialises appenders.
+- ``leases``: which controller drives a deployment, until when.
+- ``device_seq``: the last command sequence number sent to each device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# SQLite makes an INTEGER PRIMARY KEY the rowid (fast, compact); PostgreSQL wants 64 bits.
+SEQ = BigInteger().with_variant(Integer(), "sqlite")
+ID = String(128)
+TS = String(40)
+HASH = String(64)
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("artifact_label", Text, nullable=False),
+    Column("sha256", HASH, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("data", Text, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", SEQ, primary_key=True, autoincrement=False),
+    Column("ts", TS, nullable=False),
+    Column("deployment_id", ID, nullable=True),
+    Column("device_id", ID, nullable=True),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", HASH, nullable=False),
+    Column("hash", HASH, nullable=False),
+    Index("ix_events_deployment_seq", "deployment_id", "seq"),
+    Index("ix_events_device_seq", "device_id", "seq"),
+)
+
+chain_head = Table(
+    "chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_seq", SEQ, nullable=False),
+    Column("last_hash", HASH, nullable=False),
+    CheckConstraint("id = 1", name="ck_chain_head_single_row"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("deployment_id", ID, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("expires_at", TS, nullable=False),
+)
+
+device_seq = Table(
+    "device_seq",
+    metadata,
+    Column("device_id", ID, primary_key=True),
+    Column("last_seq", SEQ, nullable=False),
+)
+
+CHAIN_HEAD_ID = 1
+
+
+def upsert(conn: AsyncConnection, table: Table) -> Any:
+    """The backend's ``INSERT`` construct, which supports ``ON CONFLICT … DO UPDATE``."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

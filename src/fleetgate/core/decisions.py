@@ -144,10 +144,13 @@ def wave_decision(failed: int, targeted: int, thresholds: Thresholds) -> WaveDec
 def unreachable_decision(
     unreachable: int, targeted: int, thresholds: Thresholds
 ) -> UnreachableDecision:
-    """ "If unreachable count exceeds 20% of wave -> HALT deployment": HALT when
-    ``unreachable / targeted > unreachable_halt_above``; otherwise CONTINUE_SKIPPING (the
-    unreachable devices are retried, then marked SKIPPED and quarantined). Exactly 20 %
-    continues. An empty wave continues."""
+    """The spec's unreachable rule: "If unreachable count exceeds 20% of wave -> HALT
+    deployment".
+
+    HALT when ``unreachable / targeted > unreachable_halt_above``; otherwise CONTINUE_SKIPPING
+    (the unreachable devices are retried, then marked SKIPPED and quarantined). Exactly 20 %
+    continues. An empty wave continues.
+    """
     rate = _rate(unreachable, targeted, "unreachable")
     h = threshold(thresholds.unreachable_halt_above)
     counts = f"{unreachable}/{targeted} devices unreachable ({_pct(rate)})"

@@ -106,12 +106,16 @@ def verify_chain(events: Iterable[StoredEvent]) -> ChainReport:
     checked = 0
     for ev in events:
         if ev.seq != expected_seq:
-            return ChainReport(False, checked, expected_seq if ev.seq > expected_seq else ev.seq,
-                               f"expected seq {expected_seq}, found {ev.seq} (event missing or "
-                               "moved)")
+            return ChainReport(
+                False,
+                checked,
+                expected_seq if ev.seq > expected_seq else ev.seq,
+                f"expected seq {expected_seq}, found {ev.seq} (event missing or moved)",
+            )
         if ev.prev_hash != prev:
-            return ChainReport(False, checked, ev.seq,
-                               "prev_hash does not match the previous event's hash")
+            return ChainReport(
+                False, checked, ev.seq, "prev_hash does not match the previous event's hash"
+            )
         if event_hash(ev.seq, ev, ev.prev_hash) != ev.hash:
             return ChainReport(False, checked, ev.seq, "content does not match its hash (edited)")
         prev = ev.hash

@@ -128,8 +128,13 @@ def manifest_from_dict(data: Mapping[str, Any], where: str = "manifest") -> Mani
         raise ValidationError(p.items or [f"{where}: invalid manifest"])
     try:
         return Manifest(
-            name=name, version=version, kind=kind, requires=requires, run=runspec,
-            size=size, sha256=sha,
+            name=name,
+            version=version,
+            kind=kind,
+            requires=requires,
+            run=runspec,
+            size=size,
+            sha256=sha,
         )
     except ValueError as exc:
         raise ValidationError([f"{where}: artifact: {exc}"]) from exc

@@ -17,6 +17,7 @@ Defaults are the spec's numbers.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from fleetgate.errors import PolicyError
@@ -86,9 +87,7 @@ def policy_problems(p: Policy) -> list[str]:
     out: list[str] = []
     c = p.canary
     if not MIN_CANARY_PERCENT <= c.percent <= MAX_CANARY_PERCENT:
-        out.append(
-            f"canary.percent: {c.percent:g} is outside 1-5 % of the fleet (Guardrail 3)"
-        )
+        out.append(f"canary.percent: {c.percent:g} is outside 1-5 % of the fleet (Guardrail 3)")
     for attr in c.cover:
         if attr not in COVER_ATTRIBUTES:
             out.append(f"canary.cover: unknown attribute {attr!r} (one of {COVER_ATTRIBUTES})")
@@ -102,7 +101,7 @@ def policy_problems(p: Policy) -> list[str]:
     else:
         if any(not 0 < x <= 100 for x in w):
             out.append("waves.cumulative: every value must be in (0, 100]")
-        if any(b <= a for a, b in zip(w, w[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(w)):
             out.append("waves.cumulative: values must strictly increase")
         if w[-1] != 100:
             out.append("waves.cumulative: the last wave must reach 100")
@@ -144,8 +143,9 @@ def policy_problems(p: Policy) -> list[str]:
 
     h = p.health
     if h.error_rate_increase_max < 0 or h.latency_ratio_max < 1 or h.crash_restarts_max < 0:
-        out.append("health: error_rate_increase_max >= 0, latency_ratio_max >= 1, "
-                   "crash_restarts_max >= 0")
+        out.append(
+            "health: error_rate_increase_max >= 0, latency_ratio_max >= 1, crash_restarts_max >= 0"
+        )
     if p.retries.attempts < 1 or p.retries.backoff_s < 0:
         out.append("retries: attempts >= 1 and backoff >= 0")
     if not p.fleet_rollout_approval:

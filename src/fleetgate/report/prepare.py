@@ -1,0 +1,163 @@
+"""The PREPARE section of the spec's session template, from a ``Plan``.
+
+Two renderings of the same data: ``plan_to_dict`` (what ``--json`` prints and what the engine
+records in the ``deployment.planned`` event, so the report can be rebuilt from the log alone)
+and ``render_prepare_md`` (the spec's markdown, rendered from that dict — never from live
+objects, so a report made later from the log reads the same as the one printed at plan time).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fleetgate.config.policy_file import format_duration
+from fleetgate.core.manifest import manifest_to_dict
+from fleetgate.core.plan import Plan
+from fleetgate.core.policy import Policy
+
+
+def plan_to_dict(
+    plan: Plan, policy: Policy, *, sha256: str | None = None, distribution: str | None = None
+) -> dict[str, Any]:
+    m = plan.manifest
+    groups = Counter((d.group, d.hardware, d.arch.value) for d in plan.targeted)
+    return {
+        "artifact": {
+            "name": m.name,
+            "version": m.version,
+            "kind": m.kind.value,
+            "sha256": sha256 or m.sha256,
+            "size": m.size,
+            "disk_mb": m.requires.disk_mb,
+            "manifest": manifest_to_dict(m),
+        },
+        "distribution": distribution,
+        "fleet_total": plan.fleet_total,
+        "targeted": len(plan.targeted),
+        "groups": sorted({d.group for d in plan.targeted}),
+        "device_groups": [
+            {"group": g, "hardware": h, "arch": a, "count": n}
+            for (g, h, a), n in sorted(groups.items())
+        ],
+        "canaries": [
+            {
+                "id": c.device.id,
+                "hardware": c.device.hardware,
+                "group": c.device.group,
+                "reason": c.reason,
+            }
+            for c in plan.canaries
+        ],
+        "waves": [
+            {
+                "number": w.number,
+                "devices": [d.id for d in w.devices],
+                "count": len(w.devices),
+                "cumulative_percent": round(w.cumulative_percent, 2),
+                "by_hardware": w.counts("hardware"),
+                "by_group": w.counts("group"),
+            }
+            for w in plan.waves
+        ],
+        "compatibility": [
+            {
+                "group": c.group,
+                "hardware": c.hardware,
+                "arch": c.arch,
+                "count": c.count,
+                "compatible": c.compatible,
+                "status": c.status,
+                "reasons": list(c.reasons),
+            }
+            for c in plan.compatibility
+        ],
+        "excluded": [{"id": e.device.id, "reason": e.reason} for e in plan.excluded],
+        "not_targeted": len(plan.not_targeted),
+        "uncovered": list(plan.uncovered),
+        "notes": list(plan.notes),
+        "blockers": list(plan.blockers),
+        "policy": {
+            "canary_percent": policy.canary.percent,
+            "waves": list(policy.waves),
+            "soak_canary": format_duration(policy.soak.canary_s),
+            "soak_between_waves": format_duration(policy.soak.between_waves_s),
+            "allow_short_soak": policy.allow_short_soak,
+        },
+    }
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def render_prepare_md(p: dict[str, Any]) -> str:
+    a = p["artifact"]
+    lines = ["### PREPARE Phase", ""]
+    lines.append(f"**Artifact**: {a['name']} v{a['version']} ({a['kind']})")
+    lines.append(f"**Checksum**: {a['sha256'] or 'not built yet (app directory)'}")
+    lines.append(
+        f"**Target fleet**: {p['targeted']} devices across {len(p['groups'])} device groups "
+        f"(inventory: {p['fleet_total']}, excluded: {len(p['excluded'])}, "
+        f"not selected: {p['not_targeted']})"
+    )
+    lines.append(f"**Distribution point**: {p['distribution'] or 'controller (on deploy start)'}")
+    lines.append(
+        f"**Disk space required**: {a['disk_mb']} MB per device "
+        f"(+ rollback copy: {2 * a['disk_mb']} MB)"
+    )
+    lines += ["", "**Device groups**:"]
+    lines += _table(
+        ["Group", "Device Type", "Count", "Architecture"],
+        [[g["group"], g["hardware"], str(g["count"]), g["arch"]] for g in p["device_groups"]],
+    )
+    lines += ["", f"**Canary selection**: {len(p['canaries'])} devices"]
+    lines += _table(
+        ["Device ID", "Type", "Group", "Reason Selected"],
+        [[c["id"], c["hardware"], c["group"], c["reason"]] for c in p["canaries"]],
+    )
+    lines += ["", "**Waves** (after the canaries):"]
+    lines += _table(
+        ["Wave", "Devices", "Fleet after wave", "By type", "By group"],
+        [
+            [
+                str(w["number"]),
+                str(w["count"]),
+                f"{w['cumulative_percent']:.0f} %",
+                ", ".join(f"{k} {v}" for k, v in w["by_hardware"].items()),
+                ", ".join(f"{k} {v}" for k, v in w["by_group"].items()),
+            ]
+            for w in p["waves"]
+        ],
+    )
+    compat = p["compatibility"]
+    verdict = "All groups PASS" if all(c["status"] == "PASS" for c in compat) else "see table"
+    lines += ["", f"**Compatibility**: {verdict}"]
+    lines += _table(
+        ["Group", "Device Type", "Architecture", "Compatible", "Status", "Why not"],
+        [
+            [
+                c["group"],
+                c["hardware"],
+                c["arch"],
+                f"{c['compatible']}/{c['count']}",
+                c["status"],
+                "; ".join(c["reasons"]) or "-",
+            ]
+            for c in compat
+        ],
+    )
+    if p["excluded"]:
+        lines += ["", f"**Excluded devices**: {len(p['excluded'])}"]
+        lines += _table(["Device ID", "Reason"], [[e["id"], e["reason"]] for e in p["excluded"]])
+    for note in p["notes"]:
+        lines += ["", f"> Note: {note}"]
+    lines.append("")
+    if p["blockers"]:
+        lines += [f"**Blocked**: {b}" for b in p["blockers"]]
+    else:
+        lines.append("Proceeding to CANARY phase." if p.get("started") else
+                     "Plan only: no device was touched.")
+    return "\n".join(lines) + "\n"

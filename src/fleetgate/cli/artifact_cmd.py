@@ -1,0 +1,97 @@
+"""``fleetgate artifact build|verify``: make and check signed release bundles.
+
+- ``build SRC_DIR --key KEY -o OUT_DIR [--json]`` reads ``SRC_DIR/fleetgate.toml``, writes
+  ``OUT_DIR/NAME-VERSION.fgb`` and prints ``path: …`` and ``sha256: …`` (of the bundle file);
+  ``--json`` prints ``{"path", "sha256", "manifest": {…}}``. The same input always gives the same
+  bytes, so the sha256 can be compared between build machines.
+- ``verify FILE --pubkey PUB [--json]`` checks the container, the signature, then the payload's
+  length and sha256. Success: ``OK name version`` plus the payload and bundle digests (exit 0).
+  Failure is an input problem from the operator's point of view — the file they named is not a
+  good bundle — so it exits 2 with one line ``fleetgate: error: FILE: reason`` (bad signature,
+  digest mismatch, truncated, not a bundle); ``--json`` prints ``{"ok": false, "error"}`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleetgate.cli.main import EXIT_INPUT, EXIT_OK
+from fleetgate.errors import IntegrityError
+
+
+def register(sub: Any) -> None:
+    art = sub.add_parser("artifact", help="build and verify signed release bundles")
+    asub = art.add_subparsers(dest="artifact_cmd", metavar="COMMAND", parser_class=type(art))
+    build = asub.add_parser("build", help="build a signed, reproducible bundle from SRC_DIR")
+    build.add_argument(
+        "src_dir", type=Path, metavar="SRC_DIR", help="directory with fleetgate.toml"
+    )
+    build.add_argument("--key", required=True, type=Path, help="Ed25519 private key (PEM)")
+    build.add_argument(
+        "-o", "--out", required=True, type=Path, metavar="OUT_DIR", help="output directory"
+    )
+    build.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    build.set_defaults(handler=cmd_build)
+    verify = asub.add_parser("verify", help="check a bundle's signature and payload digest")
+    verify.add_argument("file", type=Path, metavar="FILE", help="the .fgb bundle")
+    verify.add_argument("--pubkey", required=True, type=Path, help="Ed25519 public key (PEM)")
+    verify.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    verify.set_defaults(handler=cmd_verify)
+    art.set_defaults(handler=lambda _a: (art.print_help(sys.stderr), 2)[1])
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from fleetgate.artifacts.bundle import build_bundle
+    from fleetgate.artifacts.keys import load_private_key
+    from fleetgate.core.manifest import manifest_to_dict
+
+    key = load_private_key(args.key)
+    built = build_bundle(args.src_dir, key, args.out)
+    if args.json:
+        doc: dict[str, Any] = {
+            "path": str(built.path),
+            "sha256": built.sha256,
+            "manifest": manifest_to_dict(built.manifest),
+        }
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        print(f"path: {built.path}")
+        print(f"sha256: {built.sha256}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fleetgate.artifacts.container import file_sha256
+    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.artifacts.signing import verify_bundle
+    from fleetgate.core.manifest import manifest_to_dict
+
+    public_key = load_public_key(args.pubkey)
+    try:
+        manifest = verify_bundle(args.file, public_key)
+    except IntegrityError as exc:
+        reason = str(exc)
+        prefix = f"{args.file}: "
+        line = reason if reason.startswith(prefix) else prefix + reason
+        if args.json:
+            print(json.dumps({"ok": False, "path": str(args.file), "error": line}))
+        print(f"fleetgate: error: {line}", file=sys.stderr)
+        return EXIT_INPUT
+    bundle_sha = file_sha256(args.file)
+    if args.json:
+        doc = {
+            "ok": True,
+            "path": str(args.file),
+            "sha256": bundle_sha,
+            "manifest": manifest_to_dict(manifest),
+        }
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        print(f"OK {manifest.name} {manifest.version} ({manifest.kind.value})")
+        print(f"payload sha256: {manifest.sha256} ({manifest.size} bytes, signed)")
+        print(f"bundle sha256: {bundle_sha}")
+    return EXIT_OK

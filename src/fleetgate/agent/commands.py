@@ -1,0 +1,339 @@
+"""The three commands that change a device: stage, activate, rollback.
+
+Each handler is safe to run again after a crash at any point (docs/protocol.md §3–4): it looks
+at the disk and the state first and only does what is still missing. Invariants:
+- stage: the signature is checked before anything else, the disk before any download; a failed
+  stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every error path);
+- activate: the switch is the atomic ``current`` link replacement; a failed start is reported
+  (``start-failed`` with logs), never hidden and never silently rolled back;
+- rollback: kills the process group of the release being left and runs nothing from it.
+
+Blocking work (hashing, extraction, fsync, rmtree) runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from fleetgate.agent.hooks import pause_point
+from fleetgate.agent.probes import ProbeTarget
+from fleetgate.agent.releases import valid_release_id
+from fleetgate.agent.reply import CommandError, Reply, bad_request
+from fleetgate.agent.state import CommandRecord
+from fleetgate.agent.supervisor import Launch, ProcessSupervisor, run_oneshot
+from fleetgate.artifacts.extract import safe_extract
+from fleetgate.artifacts.fetch import download_blob
+from fleetgate.artifacts.signing import verify_manifest
+from fleetgate.core.model import ArtifactKind, Manifest
+from fleetgate.errors import FleetgateError, IntegrityError
+
+if TYPE_CHECKING:
+    from fleetgate.agent.service import AgentService
+
+log = logging.getLogger("fleetgate.agent")
+
+MIB = 1024 * 1024
+PYTHON_NAMES = ("python3", "python")
+LOG_TAIL = 30
+
+
+def validate_body(command: str, body: dict[str, Any]) -> None:
+    if command == "stage":
+        for key in ("manifest", "signature", "url"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise bad_request(f"{key}: expected a non-empty string")
+        if not body["url"].startswith(("http://", "https://")):
+            raise bad_request("url: expected an http(s) URL")
+    elif command == "activate":
+        if not valid_release_id(body.get("release")):
+            raise bad_request("release: expected a release id (name-version-sha8)")
+    elif command == "rollback":
+        to = body.get("to")
+        if to is not None and not valid_release_id(to):
+            raise bad_request("to: expected a release id")
+
+
+# -- running a release ----------------------------------------------------------------------------
+def _subst(value: str, port: int) -> str:
+    return value.replace("${APP_PORT}", str(port))
+
+
+def make_launch(svc: AgentService, release_id: str, manifest: Manifest) -> Launch:
+    """The argv/env/cwd for a release: ``${APP_PORT}`` substituted, a leading ``python3``
+    resolved to the agent's own interpreter."""
+    from fleetgate.agent.service import child_env  # the service module imports this one
+
+    port = svc.config.app_port
+    cmd = (
+        manifest.run.reload_command
+        if manifest.kind is ArtifactKind.CONFIG
+        else manifest.run.command
+    )
+    argv = [_subst(a, port) for a in cmd]
+    if argv and argv[0] in PYTHON_NAMES:
+        argv[0] = sys.executable
+    cwd = svc.store.release_dir(release_id)
+    env = child_env(svc.config)
+    env.update({k: _subst(v, port) for k, v in manifest.run.env.items()})
+    env["FLEETGATE_RELEASE_DIR"] = str(cwd)
+    env["APP_PORT"] = str(port)
+    return Launch(release_id=release_id, cwd=cwd, argv=tuple(argv), env=env)
+
+
+async def _load_verified(svc: AgentService, release_id: str) -> Manifest:
+    """The staged manifest, re-authenticated: a file edited on disk must not be run."""
+    try:
+        _m, raw, signature = await asyncio.to_thread(svc.store.load_manifest, release_id)
+        return verify_manifest(raw, signature, svc.public_key)
+    except (OSError, ValueError, FleetgateError) as exc:
+        raise CommandError(422, "integrity-error", f"{release_id}: stored manifest: {exc}") from exc
+
+
+async def start_release(svc: AgentService, release_id: str) -> Manifest:
+    """(Re)start ``release_id``'s app (or run a config release's reload command)."""
+    manifest = await _load_verified(svc, release_id)
+    port = svc.config.app_port
+    svc.set_probe_target(
+        ProbeTarget(
+            release_id,
+            _subst(manifest.run.health_url, port) if manifest.run.health_url else None,
+            _subst(manifest.run.metrics_url, port) if manifest.run.metrics_url else None,
+        )
+    )
+    launch = make_launch(svc, release_id, manifest)
+    svc.current_kind = manifest.kind
+    if manifest.kind is ArtifactKind.CONFIG:
+        svc.reload_error = None
+        if launch.argv:
+            code, lines = await run_oneshot(launch, svc.config.health_timeout_s)
+            svc.supervisor.logs.extend(lines)
+            if code != 0:
+                svc.reload_error = f"reload command failed ({code})"
+        return manifest
+    await svc.supervisor.start(launch)
+    return manifest
+
+
+async def app_up_without_url(svc: AgentService) -> bool:
+    if svc.state.current is None:
+        return False
+    if svc.prober.target is None or svc.reload_error is not None:
+        return False
+    return await svc.supervisor.is_running() or svc.current_kind is ArtifactKind.CONFIG
+
+
+async def wait_healthy(svc: AgentService, manifest: Manifest) -> str | None:
+    """None once the app is healthy; else why not. Fails fast when the app exits first."""
+    sup = svc.supervisor
+    if manifest.kind is ArtifactKind.CONFIG:
+        if svc.reload_error is not None:
+            return svc.reload_error
+        if manifest.run.health_url is None:
+            return None
+    exits0 = sup.exits
+    deadline = time.monotonic() + svc.config.health_timeout_s
+    url = svc.prober.target.health_url if svc.prober.target else None
+    if url is None:  # no health URL: the process must simply stay up for a second
+        await asyncio.sleep(min(1.0, svc.config.health_timeout_s))
+        if sup.exits > exits0 or not await sup.is_running():
+            return sup.last_exit or "app is not running"
+        return None
+    while True:
+        if manifest.kind is not ArtifactKind.CONFIG and sup.exits > exits0:
+            return f"{sup.last_exit or 'app exited'} before becoming healthy"
+        ok, _latency = await svc.prober.probe_health()
+        if ok:
+            return None
+        if time.monotonic() >= deadline:
+            return f"{url} not healthy after {svc.config.health_timeout_s:g}s"
+        await asyncio.sleep(0.2)
+
+
+def _tail(svc: AgentService) -> list[str]:
+    return list(svc.supervisor.logs)[-LOG_TAIL:]
+
+
+async def _switch(svc: AgentService, release_id: str, kind: str) -> None:
+    await asyncio.to_thread(svc.store.switch_current, release_id)
+    await pause_point(f"{kind}:after-link")
+
+
+# -- stage ----------------------------------------------------------------------------------------
+async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, again: bool) -> Reply:
+    svc.activity = "staging"
+    try:
+        manifest = verify_manifest(
+            body["manifest"].encode("utf-8"), body["signature"], svc.public_key
+        )
+    except IntegrityError as exc:
+        raise CommandError(422, "integrity-error", str(exc)) from exc
+    assert manifest.size is not None and manifest.sha256 is not None
+    await pause_point("stage:after-verify")
+    rid = manifest.release_id
+    if rid == svc.state.current:
+        return Reply(200, {"status": "already-installed", "release": rid})
+    if svc.store.exists(rid):
+        first_time = again and rec.params.get("release") == rid
+        return Reply(200, {"status": "staged" if first_time else "already-staged", "release": rid})
+    rec.params["release"] = rid
+    await svc.save()
+    arches = {a.value for a in manifest.requires.arch}
+    if arches and svc.config.arch not in arches:
+        raise CommandError(
+            409,
+            "incompatible",
+            f"{rid} requires arch {sorted(arches)}, device is {svc.config.arch}",
+        )
+    await asyncio.to_thread(
+        svc.store.prune, {svc.state.current, svc.state.previous}, svc.config.keep_releases - 2
+    )
+    _check_disk(svc, manifest)
+    blob = svc.store.blob_path(rid)
+    keep_part = False
+    await asyncio.to_thread(svc.store.discard_staging, rid, keep_part=True)
+    try:
+        try:
+            await download_blob(
+                svc.session, body["url"], blob, size=manifest.size, sha256=manifest.sha256
+            )
+        except IntegrityError as exc:
+            raise CommandError(422, "integrity-error", f"download: {exc}") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, FleetgateError) as exc:
+            retryable = exc.retryable if isinstance(exc, FleetgateError) else True
+            keep_part = retryable  # the controller's retry of this stage resumes the download
+            msg = f"download: {exc}"
+            raise CommandError(502, "download-failed", msg, retryable=retryable) from exc
+        await pause_point("stage:after-download")
+        try:
+            await asyncio.to_thread(
+                safe_extract,
+                blob,
+                svc.store.staging_dir(rid),
+                max_members=svc.config.max_members,
+                max_bytes=svc.config.max_unpacked_mb * MIB,
+            )
+        except FleetgateError as exc:
+            raise CommandError(422, "integrity-error", f"payload: {exc}") from exc
+        await pause_point("stage:after-extract")
+        await asyncio.to_thread(
+            svc.store.commit_staging, rid, body["manifest"].encode("utf-8"), body["signature"]
+        )
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CommandError(507, "insufficient-disk", f"disk full while staging: {exc}") from exc
+        raise
+    finally:
+        await asyncio.to_thread(svc.store.discard_staging, rid, keep_part=keep_part)
+    await pause_point("stage:after-rename")
+    log.info("staged %s", rid)
+    return Reply(200, {"status": "staged", "release": rid})
+
+
+def _check_disk(svc: AgentService, manifest: Manifest) -> None:
+    assert manifest.size is not None
+    st = os.statvfs(svc.config.data_dir)
+    free = st.f_bavail * st.f_frsize
+    unpacked = max(manifest.requires.disk_mb * MIB, manifest.size)
+    reserve = svc.config.reserve_mb * MIB
+    need = manifest.size + unpacked + reserve
+    if free < need:
+        raise CommandError(
+            507,
+            "insufficient-disk",
+            f"need {need / MIB:.1f} MiB (artifact {manifest.size / MIB:.1f} + unpacked "
+            f"{unpacked / MIB:.1f} + reserve {reserve / MIB:.0f}) while keeping current and "
+            f"previous releases; {free / MIB:.1f} MiB free",
+        )
+
+
+# -- activate -------------------------------------------------------------------------------------
+async def activate(
+    svc: AgentService, body: dict[str, Any], rec: CommandRecord, again: bool
+) -> Reply:
+    rid: str = body["release"]
+    if not svc.store.exists(rid):
+        raise CommandError(404, "unknown-release", f"{rid} is not staged on this device")
+    svc.activity = "activating"
+    old = svc.state.current
+    manifest = await _load_verified(svc, rid)
+    if rid == old:
+        # Already switched (maybe by the run a crash cut short): make sure it runs.
+        if not await svc.supervisor.is_running() or manifest.kind is ArtifactKind.CONFIG:
+            await start_release(svc, rid)
+    else:
+        rec.params.update({"from": old, "to": rid})
+        await svc.save()
+        if isinstance(svc.supervisor, ProcessSupervisor):
+            await svc.supervisor.stop()
+        await pause_point("activate:after-stop")
+        await _switch(svc, rid, "activate")
+        svc.state.previous = old if old is not None else svc.state.previous
+        svc.state.current = rid
+        await svc.save()
+        await pause_point("activate:after-state")
+        await start_release(svc, rid)
+        await pause_point("activate:after-start")
+    error = await wait_healthy(svc, manifest)
+    base = {"release": rid, "previous": svc.state.previous}
+    if error is not None:
+        log.warning("activate %s: start failed: %s", rid, error)
+        return Reply(200, {"status": "start-failed", **base, "error": error, "logs": _tail(svc)})
+    await asyncio.to_thread(
+        svc.store.prune, {svc.state.current, svc.state.previous}, svc.config.keep_releases - 1
+    )
+    return Reply(200, {"status": "active", **base})
+
+
+# -- rollback -------------------------------------------------------------------------------------
+async def rollback(
+    svc: AgentService, body: dict[str, Any], rec: CommandRecord, again: bool
+) -> Reply:
+    current = svc.state.current
+    if again and rec.params.get("to") is not None and rec.params["to"] == current:
+        target, left = current, rec.params.get("from")  # the switch happened before a crash
+    else:
+        explicit = body.get("to")
+        target = explicit or svc.state.previous
+        if explicit is not None and not svc.store.exists(explicit):
+            raise CommandError(404, "unknown-release", f"{explicit} is not on this device")
+        if target is None or not svc.store.exists(target):
+            raise CommandError(409, "no-rollback-copy", "no previous release on this device")
+        left = current if target != current else None
+    svc.activity = "rolling-back"
+    assert target is not None
+    manifest = await _load_verified(svc, target)
+    if target != current:
+        rec.params.update({"from": left, "to": target})
+        await svc.save()
+        if isinstance(svc.supervisor, ProcessSupervisor):
+            await svc.supervisor.stop()  # kill the group; nothing of the left release runs
+        await pause_point("rollback:after-stop")
+        await _switch(svc, target, "rollback")
+        svc.state.current, svc.state.previous = target, None
+        await svc.save()
+        await pause_point("rollback:after-state")
+        await start_release(svc, target)
+    else:
+        svc.state.previous = None
+        await svc.save()
+        if not await svc.supervisor.is_running() or manifest.kind is ArtifactKind.CONFIG:
+            await start_release(svc, target)
+    error = await wait_healthy(svc, manifest)
+    reply: dict[str, Any] = {
+        "status": "rolled-back",
+        "release": target,
+        "from": left,
+        "app_healthy": error is None,
+    }
+    if error is not None:
+        log.error("rollback to %s: restored release is not healthy: %s", target, error)
+        reply.update({"error": error, "logs": _tail(svc)})
+    return Reply(200, reply)

@@ -1,0 +1,227 @@
+"""The agent's configuration file (``agent.toml``) → ``AgentConfig``.
+
+Contract: ``load_config(path)`` returns a fully validated, frozen ``AgentConfig`` or raises
+``ValidationError`` listing every problem as ``<file>: <table.field>: <reason>`` (the CLI turns
+that into one line per problem and exit code 2). Relative paths are resolved against the
+config file's directory. The bearer token is read here (from ``token_env`` or ``token_file``)
+and kept only in ``AgentConfig.token``, whose ``repr`` hides it: it must never reach a log.
+
+Standard library only (``tomllib``, or ``tomli`` on Python 3.10): the agent runs on small
+boards.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetgate.core.model import DEVICE_ID_RE, Arch
+from fleetgate.errors import ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 devices
+    import tomli as tomllib
+
+_MACHINE_TO_ARCH = {
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armv7",
+    "armv7": "armv7",
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+}
+
+
+def host_arch() -> str:
+    """This machine's architecture in the inventory's vocabulary (``arm64|armv7|x86_64``)."""
+    machine = platform.machine().lower()
+    return _MACHINE_TO_ARCH.get(machine, machine)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    device_id: str
+    hardware: str
+    arch: str
+    data_dir: Path
+    public_key: Path
+    token: str = field(repr=False)
+    token_env: str | None = None
+    software: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 7601
+    keep_releases: int = 2
+    health_timeout_s: float = 20.0
+    probe_interval_s: float = 5.0
+    max_unpacked_mb: int = 2048
+    max_members: int = 20000
+    reserve_mb: int = 0
+    stop_grace_s: float = 5.0
+    app_mode: str = "process"
+    app_unit: str | None = None
+    app_port: int = 8080
+    systemctl: str = "systemctl"
+    source: Path = field(default=Path("agent.toml"))
+
+
+class _Reader:
+    """Typed field access that records problems instead of raising on the first one."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.problems: list[str] = []
+
+    def add(self, fieldname: str, reason: str) -> None:
+        self.problems.append(f"{self.where}: {fieldname}: {reason}")
+
+    def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.add(key, "expected a table")
+            return {}
+        return value
+
+    def string(self, t: dict[str, Any], table: str, key: str, default: str | None) -> str | None:
+        value = t.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.add(f"{table}.{key}", "expected a non-empty string")
+            return None
+        return value
+
+    def number(self, t: dict[str, Any], table: str, key: str, default: float, lo: float) -> float:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
+            self.add(f"{table}.{key}", f"expected a number >= {lo:g}")
+            return default
+        return float(value)
+
+    def integer(self, t: dict[str, Any], table: str, key: str, default: int, lo: int) -> int:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            self.add(f"{table}.{key}", f"expected an integer >= {lo}")
+            return default
+        return value
+
+
+def _listen(r: _Reader, value: str) -> tuple[str, int]:
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        r.add("agent.listen", f"expected HOST:PORT, got {value!r}")
+        return "127.0.0.1", 7601
+    return host.strip("[]"), int(port_s)
+
+
+def _token(r: _Reader, agent: dict[str, Any], base: Path) -> tuple[str, str | None]:
+    env_name = r.string(agent, "agent", "token_env", None)
+    file_name = r.string(agent, "agent", "token_file", None)
+    if (env_name is None) == (file_name is None):
+        r.add("agent.token_env", "set exactly one of token_env or token_file")
+        return "", None
+    if env_name is not None:
+        token = os.environ.get(env_name, "").strip()
+        if not token:
+            r.add("agent.token_env", f"environment variable {env_name} is not set or empty")
+        return token, env_name
+    assert file_name is not None
+    path = base / file_name
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        r.add("agent.token_file", f"cannot read {path}: {exc.strerror}")
+        return "", None
+    if not token:
+        r.add("agent.token_file", f"{path} is empty")
+    return token, None
+
+
+def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
+    """Validate a parsed ``agent.toml`` document (see module docstring)."""
+    r = _Reader(str(source))
+    base = source.parent
+    device = r.table(data, "device")
+    agent = r.table(data, "agent")
+    app = r.table(data, "app")
+
+    device_id = r.string(device, "device", "id", None)
+    if device_id is None:
+        if "id" not in device:
+            r.add("device.id", "missing")
+    elif not DEVICE_ID_RE.match(device_id):
+        r.add("device.id", "must match [A-Za-z0-9._-]{1,128}")
+    hardware = r.string(device, "device", "hardware", None)
+    if hardware is None and "hardware" not in device:
+        r.add("device.hardware", "missing")
+    arch = r.string(device, "device", "arch", host_arch()) or host_arch()
+    if arch not in {a.value for a in Arch}:
+        r.add("device.arch", f"{arch!r} is not one of arm64, armv7, x86_64")
+    software = device.get("software", {})
+    if not isinstance(software, dict) or not all(isinstance(v, str) for v in software.values()):
+        r.add("device.software", "expected a table of strings")
+        software = {}
+
+    host, port = _listen(r, r.string(agent, "agent", "listen", "127.0.0.1:7601") or "")
+    data_dir_s = r.string(agent, "agent", "data_dir", None)
+    if data_dir_s is None and "data_dir" not in agent:
+        r.add("agent.data_dir", "missing")
+    key_s = r.string(agent, "agent", "public_key", None)
+    if key_s is None and "public_key" not in agent:
+        r.add("agent.public_key", "missing")
+    elif key_s is not None and not (base / key_s).is_file():
+        r.add("agent.public_key", f"{base / key_s} is not a file")
+    token, token_env = _token(r, agent, base)
+
+    mode = r.string(app, "app", "mode", "process") or "process"
+    if mode not in ("process", "systemd"):
+        r.add("app.mode", f"{mode!r} is not one of process, systemd")
+    unit = r.string(app, "app", "unit", None)
+    if mode == "systemd" and unit is None:
+        r.add("app.unit", "required when app.mode = 'systemd'")
+
+    cfg = AgentConfig(
+        device_id=device_id or "",
+        hardware=hardware or "",
+        arch=arch,
+        data_dir=base / (data_dir_s or "."),
+        public_key=base / (key_s or "."),
+        token=token,
+        token_env=token_env,
+        software={str(k): v for k, v in software.items()},
+        host=host,
+        port=port,
+        keep_releases=r.integer(agent, "agent", "keep_releases", 2, 1),
+        health_timeout_s=r.number(agent, "agent", "health_timeout_s", 20.0, 0.1),
+        probe_interval_s=r.number(agent, "agent", "probe_interval_s", 5.0, 0.05),
+        max_unpacked_mb=r.integer(agent, "agent", "max_unpacked_mb", 2048, 1),
+        max_members=r.integer(agent, "agent", "max_members", 20000, 1),
+        reserve_mb=r.integer(agent, "agent", "reserve_mb", 0, 0),
+        stop_grace_s=r.number(agent, "agent", "stop_grace_s", 5.0, 0.0),
+        app_mode=mode,
+        app_unit=unit,
+        app_port=min(r.integer(app, "app", "port", 8080, 1), 65535),
+        systemctl=r.string(app, "app", "systemctl", "systemctl") or "systemctl",
+        source=source,
+    )
+    if r.problems:
+        raise ValidationError(r.problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and validate ``agent.toml``; every problem names the file and the field."""
+    source = Path(path)
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise ValidationError([f"{source}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError([f"{source}: not valid TOML: {exc}"]) from exc
+    return parse_config(data, source.absolute())

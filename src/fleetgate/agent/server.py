@@ -1,0 +1,202 @@
+"""The agent's HTTP server (aiohttp): authentication and the ``/v1/*`` routes.
+
+Contract (docs/protocol.md §1–3):
+- Every request is authenticated before routing: a ``X-Fleetgate-Device`` naming another device
+  → 403 ``wrong-device``; a missing or wrong bearer token (``hmac.compare_digest``) or a missing
+  device header → 401 ``unauthorized``. Every error body is ``{"error","message","retryable"}``.
+- ``serve(config)`` runs until SIGTERM/SIGINT, then stops the app and exits 0.
+- The token never reaches a log line; aiohttp's access log is off (it would log headers'
+  neighbours and costs memory on a small board), the agent logs each command itself.
+
+Light by design: imports the standard library, aiohttp and fleetgate's agent-safe modules only
+(a test checks ``sys.modules`` in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from fleetgate import __version__
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.reply import error_body
+from fleetgate.agent.service import AgentService
+from fleetgate.errors import InputError
+
+log = logging.getLogger("fleetgate.agent")
+
+SERVICE: web.AppKey[AgentService] = web.AppKey("service", AgentService)
+MAX_LOG_LINES = 1000
+
+
+class RingHandler(logging.Handler):
+    """Keeps the agent's recent log lines for ``GET /v1/logs``."""
+
+    def __init__(self, size: int = MAX_LOG_LINES) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # logging must never take the agent down
+            self.handleError(record)
+
+
+RING = RingHandler()
+
+
+def _json(code: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=code)
+
+
+def _err(code: int, error: str, message: str) -> web.Response:
+    return _json(code, error_body(error, message))
+
+
+def make_app(service: AgentService) -> web.Application:
+    config = service.config
+    token = config.token.encode()
+
+    @web.middleware
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        device = request.headers.get("X-Fleetgate-Device")
+        if device is not None and device != config.device_id:
+            return _err(403, "wrong-device", f"this agent is {config.device_id}, not {device}")
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        good = scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token)
+        if not good:
+            return _err(401, "unauthorized", "missing or wrong bearer token")
+        if device is None:
+            return _err(401, "unauthorized", "missing X-Fleetgate-Device header")
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return _err(404, "not-found", f"no such endpoint: {request.path}")
+        except web.HTTPMethodNotAllowed:
+            return _err(405, "method-not-allowed", f"{request.method} {request.path}")
+
+    app = web.Application(middlewares=[auth], client_max_size=1024 * 1024)
+    app[SERVICE] = service
+
+    async def ping(request: web.Request) -> web.Response:
+        return _json(
+            200,
+            {
+                "id": config.device_id,
+                "ok": True,
+                "agent_version": __version__,
+                "uptime_s": service.uptime_s(),
+            },
+        )
+
+    async def facts(request: web.Request) -> web.Response:
+        return _json(200, await service.facts())
+
+    async def health(request: web.Request) -> web.Response:
+        return _json(200, await service.health())
+
+    async def logs(request: web.Request) -> web.Response:
+        try:
+            lines = int(request.query.get("lines", "200"))
+        except ValueError:
+            return _err(400, "bad-request", "lines: expected an integer")
+        lines = max(0, min(lines, MAX_LOG_LINES))
+        app_lines = list(service.supervisor.logs)[-lines:] if lines else []
+        agent_lines = list(RING.lines)[-lines:] if lines else []
+        return _json(200, {"app": app_lines, "agent": agent_lines})
+
+    def command(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                body = await request.json()
+            except (ValueError, UnicodeDecodeError):
+                return _err(400, "bad-request", "body is not valid JSON")
+            reply = await service.execute(name, body)
+            return _json(reply.code, reply.body)
+
+        return handle
+
+    app.router.add_get("/v1/ping", ping)
+    app.router.add_get("/v1/facts", facts)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/logs", logs)
+    for name in ("stage", "activate", "rollback"):
+        app.router.add_post(f"/v1/{name}", command(name))
+    return app
+
+
+def setup_logging() -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    RING.setFormatter(fmt)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root = logging.getLogger("fleetgate.agent")
+    root.setLevel(logging.INFO)
+    root.handlers[:] = [RING, stderr]
+    root.propagate = False
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run the agent until SIGTERM/SIGINT. Returns the process exit code."""
+    setup_logging()
+    service = AgentService(config)
+    await service.start()
+    runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await service.shutdown()
+        raise InputError(
+            f"{config.source}: agent.listen: cannot listen on {config.host}:{config.port}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+    log.info(
+        "agent %s %s listening on %s:%d, data dir %s, current %s",
+        config.device_id,
+        __version__,
+        config.host,
+        config.port,
+        config.data_dir,
+        service.state.current,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await runner.cleanup()
+    await service.shutdown()
+    return 0
+
+
+def dump_config(config: AgentConfig) -> str:
+    """The effective configuration as JSON, token excluded (for ``--check``)."""
+    return json.dumps(
+        {
+            "device": {"id": config.device_id, "hardware": config.hardware, "arch": config.arch},
+            "agent": {
+                "listen": f"{config.host}:{config.port}",
+                "data_dir": str(config.data_dir),
+                "public_key": str(config.public_key),
+            },
+            "app": {"mode": config.app_mode, "port": config.app_port, "unit": config.app_unit},
+        },
+        indent=2,
+    )

@@ -1,0 +1,314 @@
+"""The agent's core: lifecycle, crash reconciliation, idempotent command dispatch, reports.
+
+Contract:
+- ``start()`` makes the data dir truthful before anything else happens: partial work is
+  deleted, ``state.json`` is reconciled with the ``current`` link (the link wins), an app
+  orphaned by a crashed agent is reaped, then the current release's app is started.
+- ``execute(command, body)`` applies the idempotency rules of docs/protocol.md §4: commands run
+  one at a time; each is recorded ``in-progress`` (persisted) before it acts and its reply is
+  persisted after; a repeat is answered from the record.
+- ``facts()``, ``health()``, ``logs()`` never wait for a running command: staging does its
+  blocking work in threads, so the agent keeps answering while it downloads and unpacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from fleetgate import __version__
+from fleetgate.agent import commands
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.probes import (
+    HealthProber,
+    ProbeTarget,
+    disk_free_mb,
+    gpu_percent,
+    memory_mb,
+    temperature_c,
+)
+from fleetgate.agent.releases import ReleaseStore
+from fleetgate.agent.reply import CommandError, Reply, bad_request, error_body
+from fleetgate.agent.state import (
+    DONE,
+    IN_PROGRESS,
+    RETRYABLE,
+    AgentState,
+    CommandRecord,
+    Decision,
+    classify,
+    load_state,
+    save_state,
+)
+from fleetgate.agent.supervisor import ProcessSupervisor, SystemdSupervisor, reap_orphan
+from fleetgate.artifacts.keys import load_public_key
+from fleetgate.core.model import ArtifactKind
+
+log = logging.getLogger("fleetgate.agent")
+
+Handler = Callable[["AgentService", dict[str, Any], CommandRecord, bool], Awaitable[Reply]]
+HANDLERS: dict[str, Handler] = {
+    "stage": commands.stage,
+    "activate": commands.activate,
+    "rollback": commands.rollback,
+}
+
+
+class AgentService:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = ReleaseStore(config.data_dir)
+        self.state_path = config.data_dir / "state.json"
+        self.state = AgentState()
+        self.public_key = load_public_key(config.public_key)
+        self.activity = "starting"
+        self.current_kind: ArtifactKind | None = None
+        self.reload_error: str | None = None  # a config release's failed reload command
+        self.started_at = time.monotonic()
+        self.supervisor: ProcessSupervisor | SystemdSupervisor
+        if config.app_mode == "systemd":
+            assert config.app_unit is not None
+            self.supervisor = SystemdSupervisor(config.app_unit, config.systemctl)
+        else:
+            self.supervisor = ProcessSupervisor(config.data_dir, config.stop_grace_s)
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self._prober: HealthProber | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "agent not started"
+        return self._session
+
+    @property
+    def prober(self) -> HealthProber:
+        assert self._prober is not None, "agent not started"
+        return self._prober
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._prober = HealthProber(self._session)
+        await asyncio.to_thread(self._reconcile)
+        if isinstance(self.supervisor, ProcessSupervisor):
+            await reap_orphan(self.config.data_dir, self.config.stop_grace_s)
+        current = self.state.current
+        if current is not None:
+            try:
+                await commands.start_release(self, current)
+            except Exception:  # a broken release must not keep the agent from answering
+                log.exception("could not start current release %s", current)
+        self.activity = "idle"
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="health-prober")
+
+    async def shutdown(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+        if isinstance(self.supervisor, ProcessSupervisor):
+            await self.supervisor.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    def _reconcile(self) -> None:
+        """Make ``state.json`` agree with the disk after whatever happened (crash, power cut)."""
+        self.store.ensure_layout()
+        for leftover in self.store.cleanup_leftovers():
+            log.warning("removed leftover %s", leftover)
+        state = load_state(self.state_path)
+        link = self.store.read_current()
+        if link is None and self.store.exists(state.current):
+            assert state.current is not None
+            # No (or a dangling) link but a recorded release on disk: re-point the link.
+            self.store.switch_current(state.current)
+            link = state.current
+        elif link is None and self.store.link_target_name() is not None:
+            self.store.clear_current()
+        if link != state.current:
+            rec = state.interrupted()
+            old = state.current
+            if rec is not None and rec.command == "rollback" and rec.params.get("to") == link:
+                state.previous = None  # a rollback died after its switch
+            elif self.store.exists(old) and old != link:
+                state.previous = old  # an activate died after its switch
+            log.warning("current link says %s, state said %s: the link wins", link, old)
+            state.current = link
+        if state.previous == state.current or not self.store.exists(state.previous):
+            state.previous = None
+        self.state = state
+        save_state(self.state_path, state)
+
+    async def save(self) -> None:
+        await asyncio.to_thread(save_state, self.state_path, self.state)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self.prober.tick()
+            except Exception:  # a probe must never kill the prober
+                log.exception("health probe failed")
+            await asyncio.sleep(self.config.probe_interval_s)
+
+    def set_probe_target(self, target: ProbeTarget | None) -> None:
+        self.prober.set_target(target)
+
+    # -- commands -------------------------------------------------------------------------------
+    async def execute(self, command: str, body: Any) -> Reply:
+        try:
+            seq, deployment_id = _validate(command, body)
+        except CommandError as exc:
+            return exc.reply()
+        if self._lock.locked():
+            rec = self.state.commands.get(seq)
+            same = rec is not None and (rec.command, rec.deployment_id) == (command, deployment_id)
+            if same and rec is not None and rec.status == IN_PROGRESS:
+                return CommandError(
+                    409, "in-progress", f"seq {seq} is still executing", retryable=True
+                ).reply()
+            return CommandError(
+                409, "busy", "another command is executing; seq not consumed", retryable=True
+            ).reply()
+        async with self._lock:
+            return await self._execute_locked(command, body, seq, deployment_id)
+
+    async def _execute_locked(
+        self, command: str, body: dict[str, Any], seq: int, deployment_id: str
+    ) -> Reply:
+        decision = classify(self.state, seq, command, deployment_id)
+        if decision is Decision.REPLAY:
+            rec = self.state.commands[seq]
+            assert rec.code is not None and rec.body is not None
+            return Reply(rec.code, {**rec.body, "replayed": True})
+        if decision is Decision.STALE:
+            msg = f"seq {seq} is older than last_seq {self.state.last_seq}"
+            return CommandError(409, "stale-seq", msg).reply()
+        if decision is Decision.CONFLICT:
+            rec = self.state.commands[seq]
+            msg = f"seq {seq} was used for {rec.command} of deployment {rec.deployment_id}"
+            return CommandError(409, "seq-conflict", msg).reply()
+        if decision is Decision.IN_PROGRESS:  # pragma: no cover - excluded by the lock
+            return CommandError(
+                409, "in-progress", f"seq {seq} is executing", retryable=True
+            ).reply()
+        again = decision is Decision.REEXECUTE
+        old = self.state.commands.get(seq)
+        rec = CommandRecord(
+            seq,
+            command,
+            deployment_id,
+            IN_PROGRESS,
+            params=dict(old.params) if again and old else {},
+        )
+        self.state.record(rec)
+        await self.save()
+        log.info(
+            "%s seq=%d deployment=%s%s",
+            command,
+            seq,
+            deployment_id,
+            " (re-executed)" if again else "",
+        )
+        try:
+            reply = await HANDLERS[command](self, body, rec, again)
+        except CommandError as exc:
+            reply = exc.reply()
+        except Exception as exc:
+            log.exception("%s seq=%d failed", command, seq)
+            reply = Reply(500, error_body("internal", f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.activity = "idle"
+        rec.status = RETRYABLE if reply.retryable else DONE
+        rec.code, rec.body = reply.code, reply.body
+        await self.save()
+        log.info(
+            "%s seq=%d -> %d %s",
+            command,
+            seq,
+            reply.code,
+            reply.body.get("status") or reply.body.get("error"),
+        )
+        return reply
+
+    # -- reports --------------------------------------------------------------------------------
+    def uptime_s(self) -> float:
+        return round(time.monotonic() - self.started_at, 3)
+
+    async def facts(self) -> dict[str, Any]:
+        _used, total = memory_mb()
+        rec = self.state.interrupted()
+        return {
+            "id": self.config.device_id,
+            "hardware": self.config.hardware,
+            "arch": self.config.arch,
+            "ram_mb": total,
+            "disk_free_mb": disk_free_mb(self.config.data_dir),
+            "software": {"python": sys.version.split()[0], **self.config.software},
+            "agent_version": __version__,
+            "current": self.state.current,
+            "previous": self.state.previous,
+            "rollback_available": self.store.exists(self.state.previous),
+            "releases": self.store.list_releases(),
+            "state": self.activity,
+            "last_seq": self.state.last_seq,
+            "app_running": await self.supervisor.is_running(),
+            "interrupted": None
+            if rec is None
+            else {"seq": rec.seq, "command": rec.command, "deployment_id": rec.deployment_id},
+        }
+
+    async def health(self) -> dict[str, Any]:
+        prober = self.prober
+        target = prober.target
+        live: float | None = None
+        if target is not None and target.health_url is not None:
+            app_up, live = await prober.probe_health()
+        else:
+            app_up = await commands.app_up_without_url(self)
+        used, total = memory_mb()
+        cpu = prober.cpu_percent if prober.cpu_percent is not None else prober.cpu.percent()
+        return {
+            "device_id": self.config.device_id,
+            "app_up": app_up,
+            "latency_ms": prober.latency_ms(live),
+            "error_rate": prober.error_rate(),
+            "cpu_percent": cpu,
+            "mem_used_mb": used,
+            "mem_total_mb": total,
+            "disk_free_mb": disk_free_mb(self.config.data_dir),
+            "gpu_percent": gpu_percent(),
+            "temperature_c": temperature_c(),
+            "restarts": self.supervisor.restarts,
+            "crash_loop": self.supervisor.crash_loop,
+            "release": self.state.current,
+        }
+
+
+def _validate(command: str, body: Any) -> tuple[int, str]:
+    if command not in HANDLERS:
+        raise CommandError(404, "not-found", f"unknown command {command!r}")
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object")
+    seq = body.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise bad_request("seq: expected an integer >= 1")
+    dep = body.get("deployment_id")
+    if not isinstance(dep, str) or not dep or len(dep) > 200:
+        raise bad_request("deployment_id: expected a non-empty string")
+    commands.validate_body(command, body)
+    return seq, dep
+
+
+def child_env(config: AgentConfig) -> dict[str, str]:
+    """The agent's environment minus its secrets and test hooks: the app inherits the rest."""
+    drop = {"FLEETGATE_AGENT_PAUSE_AT", "FLEETGATE_AGENT_PAUSE_MARKER"}
+    if config.token_env:
+        drop.add(config.token_env)
+    return {k: v for k, v in os.environ.items() if k not in drop}

@@ -1,0 +1,171 @@
+"""The agent's persisted state (``state.json``) and its command record.
+
+Contract:
+- ``write_json_atomic`` is the only way state reaches the disk: temp file in the same directory,
+  fsync, ``os.replace``, fsync the directory. A power cut leaves either the old or the new file,
+  never a torn one.
+- ``AgentState`` holds ``current``/``previous`` (as last recorded; the ``current`` link is the
+  real truth and wins on start-up), ``last_seq`` and the record of the last ``RECORD_SIZE``
+  commands keyed by ``seq``.
+- ``classify`` decides what to do with an incoming command (new, replay, re-execute, stale,
+  conflict) purely from the record: the idempotency rules of docs/protocol.md §4 live here.
+
+Mutations happen on the agent's event loop only; callers persist with ``save`` (blocking: call
+it through ``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fleetgate.agent")
+
+RECORD_SIZE = 100
+
+IN_PROGRESS = "in-progress"
+DONE = "done"
+INTERRUPTED = "interrupted"
+RETRYABLE = "retryable"  # finished with a retryable error: the same seq may run again
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` so that a crash leaves the old or the new content."""
+    raw = json.dumps(data, indent=1, sort_keys=True).encode()
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@dataclass
+class CommandRecord:
+    seq: int
+    command: str
+    deployment_id: str
+    status: str = IN_PROGRESS
+    code: int | None = None
+    body: dict[str, Any] | None = None
+    # What the command resolved before acting (e.g. a rollback's from/to), so a restarted
+    # agent can reconcile and a re-execution can answer as the first run would have.
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CommandRecord:
+        return cls(
+            seq=int(d["seq"]),
+            command=str(d["command"]),
+            deployment_id=str(d["deployment_id"]),
+            status=str(d.get("status", DONE)),
+            code=d.get("code"),
+            body=d.get("body"),
+            params=dict(d.get("params") or {}),
+        )
+
+
+@dataclass
+class AgentState:
+    current: str | None = None
+    previous: str | None = None
+    last_seq: int = 0
+    commands: dict[int, CommandRecord] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "current": self.current,
+            "previous": self.previous,
+            "last_seq": self.last_seq,
+            "commands": [asdict(c) for c in sorted(self.commands.values(), key=lambda c: c.seq)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentState:
+        records = [CommandRecord.from_dict(c) for c in d.get("commands", [])]
+        return cls(
+            current=d.get("current"),
+            previous=d.get("previous"),
+            last_seq=int(d.get("last_seq", 0)),
+            commands={c.seq: c for c in records},
+        )
+
+    def record(self, rec: CommandRecord) -> None:
+        """Add/replace a command record; the oldest beyond ``RECORD_SIZE`` are forgotten."""
+        self.commands[rec.seq] = rec
+        self.last_seq = max(self.last_seq, rec.seq)
+        for old in sorted(self.commands)[:-RECORD_SIZE]:
+            del self.commands[old]
+
+    def interrupted(self) -> CommandRecord | None:
+        """The newest command a crash cut short, if it was not superseded."""
+        if not self.commands:
+            return None
+        newest = self.commands[max(self.commands)]
+        return newest if newest.status in (IN_PROGRESS, INTERRUPTED) else None
+
+
+def load_state(path: Path) -> AgentState:
+    """Read ``state.json``; a missing file is a fresh device. Commands left ``in-progress`` by a
+    dead agent come back as ``interrupted``."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return AgentState()
+    except (OSError, ValueError) as exc:
+        # Atomic writes make this "cannot happen"; if it does (disk fault), refuse to guess the
+        # seq history silently: start empty but say so loudly.
+        log.error("state file %s unreadable (%s); starting with an empty record", path, exc)
+        return AgentState()
+    state = AgentState.from_dict(data)
+    for rec in state.commands.values():
+        if rec.status == IN_PROGRESS:
+            rec.status = INTERRUPTED
+    return state
+
+
+def save_state(path: Path, state: AgentState) -> None:
+    write_json_atomic(path, state.to_dict())
+
+
+class Decision(str, Enum):
+    NEW = "new"
+    REPLAY = "replay"
+    REEXECUTE = "reexecute"
+    IN_PROGRESS = "in-progress"
+    STALE = "stale-seq"
+    CONFLICT = "seq-conflict"
+
+
+def classify(state: AgentState, seq: int, command: str, deployment_id: str) -> Decision:
+    """What to do with command ``command`` of ``deployment_id`` carrying ``seq``."""
+    rec = state.commands.get(seq)
+    if rec is None:
+        return Decision.NEW if seq > state.last_seq else Decision.STALE
+    if rec.command != command or rec.deployment_id != deployment_id:
+        return Decision.CONFLICT
+    if rec.status == DONE:
+        return Decision.REPLAY
+    if rec.status == IN_PROGRESS:
+        return Decision.IN_PROGRESS
+    return Decision.REEXECUTE

@@ -1,0 +1,302 @@
+"""Supervising the app: a child process (default) or a systemd unit.
+
+Contract of ``ProcessSupervisor``:
+- ``start(launch)`` stops whatever runs, then runs ``launch.argv`` with cwd = the release dir in
+  its own session/process group, stdout+stderr captured line by line into ``logs`` (a ring
+  buffer). Its pid and kernel start time go to ``<data_dir>/app.json`` so an agent restarted
+  after a crash can find and reap an orphan (``reap_orphan``) instead of fighting it for its
+  port.
+- When the app exits without being asked to, it is restarted with exponential backoff
+  (0.5 s doubling to 10 s; back to 0.5 s once a run lasted 30 s). ``restarts`` counts those
+  restarts since the last ``start``; ``crash_loop`` is ≥ 3 restarts within 60 s.
+- ``stop()`` sends SIGTERM to the whole process group, SIGKILL after ``grace_s``. It never runs
+  anything from the release (no stop hooks): that is what makes rollback safe when the release
+  being left is broken.
+
+``SystemdSupervisor`` offers the same surface over ``systemctl restart/stop/is-active UNIT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("fleetgate.agent")
+
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 10.0
+STABLE_RUN_S = 30.0
+CRASH_LOOP_RESTARTS = 3
+CRASH_LOOP_WINDOW_S = 60.0
+APP_FILE = "app.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to run one release's app (already ``${APP_PORT}``-substituted)."""
+
+    release_id: str
+    cwd: Path
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: tells a process apart from a later one with the same pid."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def reap_orphan(data_dir: Path, grace_s: float) -> int | None:
+    """Kill the process group of an app a previous (crashed) agent left running."""
+    path = data_dir / APP_FILE
+    try:
+        info = json.loads(path.read_text())
+        pid, ticks = int(info["pid"]), int(info["start_ticks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    path.unlink(missing_ok=True)
+    if _start_ticks(pid) != ticks:
+        return None  # gone, or the pid now belongs to someone else: leave it alone
+    log.warning("reaping app process group %d left by a previous agent", pid)
+    _killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the kernel
+        await asyncio.sleep(0.05)
+    _killpg(pid, signal.SIGKILL)
+    return pid
+
+
+class ProcessSupervisor:
+    def __init__(self, data_dir: Path, grace_s: float = 5.0, log_lines: int = 1000) -> None:
+        self.data_dir = data_dir
+        self.grace_s = grace_s
+        self.logs: collections.deque[str] = collections.deque(maxlen=log_lines)
+        self.launch: Launch | None = None
+        self.restarts = 0
+        self.exits = 0  # exits (expected or not) since the last start()
+        self.last_exit: str | None = None
+        self._restart_times: collections.deque[float] = collections.deque(maxlen=50)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._started_at = 0.0
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    # -- state -------------------------------------------------------------------------------
+    async def is_running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def crash_loop(self) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._restart_times if now - t <= CRASH_LOOP_WINDOW_S]
+        return len(recent) >= CRASH_LOOP_RESTARTS
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self, launch: Launch) -> None:
+        await self.stop()
+        self.launch = launch
+        self.restarts = 0
+        self.exits = 0
+        self.last_exit = None
+        self._restart_times.clear()
+        self._stopping = False
+        self.logs.append(f"--- fleetgate: starting {launch.release_id}: {' '.join(launch.argv)}")
+        await self._spawn()
+        self._monitor = asyncio.create_task(self._supervise(), name="app-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is not None:
+            _killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.grace_s)
+            except asyncio.TimeoutError:
+                log.warning("app pid %d ignored SIGTERM for %.1fs: SIGKILL", proc.pid, self.grace_s)
+            # The leader may be gone while children of the group live on: kill the group anyway.
+            _killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        self._proc = None
+        (self.data_dir / APP_FILE).unlink(missing_ok=True)
+
+    async def _spawn(self) -> None:
+        assert self.launch is not None
+        launch = self.launch
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *launch.argv,
+                cwd=launch.cwd,
+                env=dict(launch.env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._proc = None
+            self.exits += 1
+            self.last_exit = f"cannot start {launch.argv[0]!r}: {exc.strerror or exc}"
+            self.logs.append(f"--- fleetgate: {self.last_exit}")
+            return
+        self._proc = proc
+        self._started_at = time.monotonic()
+        info = {
+            "pid": proc.pid,
+            "start_ticks": _start_ticks(proc.pid),
+            "release": launch.release_id,
+        }
+        # Tiny file, written once per start; a stale one is checked by start time on reap.
+        (self.data_dir / APP_FILE).write_text(json.dumps(info))
+        pump = asyncio.create_task(self._pump(proc), name="app-output")
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except (ValueError, OSError):  # a line longer than the stream limit
+                continue
+            if not line:
+                return
+            self.logs.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    async def _supervise(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._stopping:
+            proc = self._proc
+            if proc is not None:
+                code = await proc.wait()
+                if self._stopping:
+                    return
+                self.exits += 1
+                self.last_exit = (
+                    f"app exited with code {code}"
+                    if code >= 0
+                    else f"app killed by signal {signal.Signals(-code).name}"
+                )
+                self.logs.append(f"--- fleetgate: {self.last_exit}")
+                if time.monotonic() - self._started_at >= STABLE_RUN_S:
+                    backoff = BACKOFF_MIN_S
+            log.info("app %s: restarting in %.1fs", self.last_exit, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            if self._stopping:
+                return
+            self.restarts += 1
+            self._restart_times.append(time.monotonic())
+            await self._spawn()
+
+
+class SystemdSupervisor:
+    """The app is a systemd unit whose ExecStart runs ``<data_dir>/current/...``."""
+
+    def __init__(self, unit: str, systemctl: str = "systemctl") -> None:
+        self.unit = unit
+        self.systemctl = systemctl
+        self.logs: collections.deque[str] = collections.deque(maxlen=200)
+        self.launch: Launch | None = None
+        self.restarts = 0
+        self.exits = 0
+        self.last_exit: str | None = None
+        self.crash_loop = False
+        self.pid: int | None = None
+
+    async def _run(self, *args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            self.systemctl,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        text = out.decode("utf-8", "replace").strip()
+        if text:
+            self.logs.append(f"--- systemctl {' '.join(args)}: {text}")
+        return proc.returncode or 0, text
+
+    async def is_running(self) -> bool:
+        code, _ = await self._run("is-active", "--quiet", self.unit)
+        return code == 0
+
+    async def start(self, launch: Launch) -> None:
+        self.launch = launch
+        self.exits = 0
+        self.last_exit = None
+        code, text = await self._run("restart", self.unit)
+        if code != 0:
+            self.exits += 1
+            self.last_exit = f"systemctl restart {self.unit} failed ({code}): {text}"
+
+    async def stop(self) -> None:
+        await self._run("stop", self.unit)
+
+
+async def run_oneshot(launch: Launch, timeout_s: float) -> tuple[int | None, list[str]]:
+    """Run a ``config`` release's reload command once; returns (exit code or None, output)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *launch.argv,
+            cwd=launch.cwd,
+            env=dict(launch.env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return None, [f"cannot start {launch.argv[0]!r}: {exc.strerror or exc}"]
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except asyncio.TimeoutError:
+        _killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return None, [f"reload command timed out after {timeout_s:g}s"]
+    return proc.returncode, out.decode("utf-8", "replace").splitlines()

@@ -1,0 +1,71 @@
+"""Concurrent appenders never fork the chain, and verify never false-alarms while they run."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleetgate.core.events import Event, StoredEvent
+from fleetgate.store import Store
+
+PER_WRITER = 200
+
+
+async def _appender(store: Store, name: str, batch: int) -> list[StoredEvent]:
+    stored: list[StoredEvent] = []
+    for i in range(0, PER_WRITER, batch):
+        events = [
+            Event(
+                ts="2026-11-26T08:30:00.000000+00:00",
+                deployment_id=f"dep-{name}",
+                action="probe",
+                details={"writer": name, "n": n},
+            )
+            for n in range(i, i + batch)
+        ]
+        stored.extend(
+            await store.append_many(events) if batch > 1 else [await store.append(events[0])]
+        )
+        await asyncio.sleep(0)
+    return stored
+
+
+async def test_two_stores_appending_at_once_keep_one_chain(store_url: str) -> None:
+    async with (
+        Store.open(store_url) as one,
+        Store.open(store_url) as two,
+        Store.open(store_url) as auditor,
+    ):
+        done = asyncio.Event()
+        reports = []
+
+        async def keep_verifying() -> None:
+            while not done.is_set():
+                reports.append(await auditor.verify())
+                await asyncio.sleep(0.01)
+
+        checker = asyncio.create_task(keep_verifying(), name="verifier")
+        try:
+            a, b, c = await asyncio.gather(
+                _appender(one, "a", 1), _appender(two, "b", 1), _appender(one, "c", 5)
+            )
+        finally:
+            done.set()
+            await checker
+
+        assert reports and all(r.ok for r in reports), [r for r in reports if not r.ok]
+        final = await auditor.verify()
+        assert final.ok and final.checked == 3 * PER_WRITER
+        seqs = sorted(e.seq for e in a + b + c)
+        assert seqs == list(range(1, 3 * PER_WRITER + 1))
+        logged = await auditor.events()
+        assert [e.seq for e in logged] == seqs
+        for name, mine in (("a", a), ("b", b), ("c", c)):
+            # Each writer's events are in the log, in the order it wrote them.
+            ns = [e.details["n"] for e in logged if e.details["writer"] == name]
+            assert ns == list(range(PER_WRITER))
+            assert [e.seq for e in mine] == sorted(e.seq for e in mine)
+        # Batches are contiguous: append_many is one transaction.
+        for k in range(0, PER_WRITER, 5):
+            batch = c[k : k + 5]
+            assert [e.seq for e in batch] == list(range(batch[0].seq, batch[0].seq + 5))
+        assert await auditor.chain_head() == (logged[-1].seq, logged[-1].hash)

@@ -236,7 +236,7 @@ def safe_extract(
                 created = True
                 if HAS_DATA_FILTER:
                     tf.extractall(dest, members=members, filter="data")
-                else:  # pragma: no cover - Pythons without extraction filters
+                else:  # Pythons without extraction filters: the pass-1 checks stand alone
                     for info in members:
                         tf.extract(info, dest, set_attrs=False)
                     _normalise_modes(dest, members)

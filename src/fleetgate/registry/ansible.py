@@ -298,7 +298,7 @@ def _map_var(entry: RawEntry, key: str, value: object) -> None:
         entry.values[name] = value
     elif name in INLINE_TOKEN_KEYS:
         message = inline_token_message(PREFIX + "token_env", PREFIX + "token_file")
-        entry.problems.append((key, message))
+        entry.refuse_inline_credential(key, message)
     else:
         allowed = [PREFIX + f for f in FIELDS] + [SOFTWARE_PREFIX + "NAME"]
         entry.problems.append((key, unknown_key_message(key, allowed, "variable")))

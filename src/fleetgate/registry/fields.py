@@ -80,6 +80,12 @@ class RawEntry:
     software_prefix: str = "software."
     # (field label, message) found while reading the entry's shape, e.g. unknown keys.
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # An inline credential was refused: "token_env missing" would only repeat that message.
+    inline_credential: bool = False
+
+    def refuse_inline_credential(self, key: str, message: str) -> None:
+        self.problems.append((key, message))
+        self.inline_credential = True
 
     def label(self, name: str) -> str:
         return self.labels.get(name, name)
@@ -127,11 +133,16 @@ class _Checker:
     def bad(self, name: str, message: str) -> None:
         self.problems.append((self.entry.label(name), message))
 
+    def missing(self, name: str, message: str = "missing") -> None:
+        # The reader may already have said why the field is absent (e.g. an ambiguous group).
+        if all(label != self.entry.label(name) for label, _ in self.problems):
+            self.bad(name, message)
+
     def text(self, name: str, *, required: bool) -> str | None:
         value = self.entry.values.get(name)
         if value is None:
             if required:
-                self.bad(name, "missing")
+                self.missing(name)
             return None
         if not isinstance(value, str):
             self.bad(name, f"expected text, got {describe(value)}")
@@ -144,7 +155,7 @@ class _Checker:
     def number(self, name: str) -> int | None:
         value = self.entry.values.get(name)
         if value is None:
-            self.bad(name, "missing")
+            self.missing(name)
             return None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
@@ -169,7 +180,7 @@ class _Checker:
         allowed = ", ".join(str(m.value) for m in enum)
         if value is None:
             if default is None:
-                self.bad(name, f"missing (one of {allowed})")
+                self.missing(name, f"missing (one of {allowed})")
             return default
         if isinstance(value, str):
             try:
@@ -205,6 +216,7 @@ def _check_tokens(c: _Checker, token_env: str | None, token_file: str | None) ->
     elif (
         token_env is None
         and token_file is None
+        and not c.entry.inline_credential
         and not any(c.entry.values.get(k) is not None for k in ("token_env", "token_file"))
     ):
         c.bad(
@@ -300,7 +312,6 @@ def build_devices(
         lines.extend(f"{source}: {entry.who()}: {name}: {msg}" for name, msg in issues)
         ident = entry.values.get("id")
         if isinstance(ident, str) and ident.strip():
-            ident = ident.strip()
             if ident in first_seen:
                 lines.append(
                     f"{source}: {entry.who()}: {entry.label('id')}: duplicate id, "

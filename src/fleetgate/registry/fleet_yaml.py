@@ -15,6 +15,10 @@ Shape (DESIGN.md §3 "Fleet inventory")::
         critical: false
         state: active
 
+Top-level keys other than ``devices`` are errors, except ``x-…`` keys (as in Compose files),
+which hold YAML anchors for shared values: ``x-rpi: &rpi {hardware: rpi4, arch: arm64}`` and
+``- <<: *rpi`` in an entry.
+
 ``entry_from_mapping`` turns one device mapping into a ``RawEntry`` (fields.py validates it);
 it is also the decoder behind the store's JSON codec, which uses the same shape. Unknown keys
 are errors that list the allowed ones; an inline ``token:`` is refused outright, because a
@@ -57,7 +61,7 @@ def entry_from_mapping(data: Mapping[Any, Any], where: str) -> RawEntry:
     for key, value in data.items():
         name = str(key)
         if name in INLINE_TOKEN_KEYS:
-            entry.problems.append((name, inline_token_message()))
+            entry.refuse_inline_credential(name, inline_token_message())
         elif name == "resources":
             _read_resources(entry, value)
         elif name == "software":
@@ -99,7 +103,7 @@ def read_fleet_yaml(doc: object, source: str) -> tuple[list[RawEntry], list[str]
     problems = [
         f"{source}: {key}: {unknown_key_message(str(key), ['devices'], 'top-level key')}"
         for key in doc
-        if key != "devices"
+        if key != "devices" and not str(key).startswith("x-")
     ]
     devices = doc["devices"]
     if devices is None:

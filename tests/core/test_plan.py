@@ -157,8 +157,9 @@ def test_selection_marks_the_rest_not_targeted() -> None:
 
 def test_compatibility_rows_per_group() -> None:
     fleet = [dev(0, group="a"), dev(1, group="a", ram=100), dev(2, group="b", ram=100)]
-    m = Manifest(name="x", version="1", kind=ArtifactKind.BUNDLE,
-                 requires=Requirements(ram_mb=1024))
+    m = Manifest(
+        name="x", version="1", kind=ArtifactKind.BUNDLE, requires=Requirements(ram_mb=1024)
+    )
     plan = plan_deployment(fleet, m, Policy())
     status = {c.group: c.status for c in plan.compatibility}
     assert status == {"a": "PARTIAL", "b": "FAIL"}

@@ -60,8 +60,9 @@ def fleets() -> st.SearchStrategy[list[Device]]:
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
     first = draw(st.sampled_from([10.0, 15.0, 20.0, 25.0]))
-    middle = draw(st.lists(st.sampled_from([30.0, 40.0, 50.0, 60.0, 75.0, 90.0]),
-                           unique=True, max_size=3))
+    middle = draw(
+        st.lists(st.sampled_from([30.0, 40.0, 50.0, 60.0, 75.0, 90.0]), unique=True, max_size=3)
+    )
     return Policy(
         canary=CanaryPolicy(percent=draw(st.sampled_from([1.0, 2.0, 3.0, 5.0]))),
         waves=(first, *sorted(middle), 100.0),

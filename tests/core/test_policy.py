@@ -59,8 +59,9 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_short_soak_only_when_the_policy_says_so(tmp_path: Path) -> None:
-    p = load_policy(write(tmp_path, "allow_short_soak = true\n[soak]\ncanary = '10s'\n"
-                                    "between_waves = 0\n"))
+    p = load_policy(
+        write(tmp_path, "allow_short_soak = true\n[soak]\ncanary = '10s'\nbetween_waves = 0\n")
+    )
     assert p.allow_short_soak and p.soak.canary_s == 10 and p.soak.between_waves_s == 0
     with pytest.raises(PolicyError):
         Policy(soak=SoakPolicy(10, 10))
@@ -68,8 +69,9 @@ def test_short_soak_only_when_the_policy_says_so(tmp_path: Path) -> None:
 
 def test_typos_and_wrong_types_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as err:
-        load_policy(write(tmp_path, "[thresholds]\nwave_halt_abve = 0.2\n[retries]\n"
-                                    "attempts = 'many'\n"))
+        load_policy(
+            write(tmp_path, "[thresholds]\nwave_halt_abve = 0.2\n[retries]\nattempts = 'many'\n")
+        )
     text = str(err.value)
     assert "thresholds.wave_halt_abve: Extra inputs are not permitted" in text
     assert "retries.attempts" in text

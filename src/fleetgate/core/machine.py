@@ -1,0 +1,434 @@
+"""The deployment state machine: ``step(state, event) -> (state, effects)``.
+
+Events are the audit log's own events (``core.events.Event`` / ``StoredEvent``): the machine
+reads ``action``, ``device_id``, ``actor``, ``ts`` and ``details``. So the deployment's state *is*
+a fold over its stored events (``fold``), and a report or a resumed controller rebuilds exactly
+the live state from the log alone.
+
+Decisions are made by ``core.gates`` in the engine and *recorded* in the events that carry them
+(``canary.verdict``, ``wave.evaluated`` …) with their reasons — "every decision gets logged with
+the reasoning". The machine applies recorded decisions and refuses illegal ones (an approval
+without a PASS canary verdict, a resume while a rollback failure is unresolved, any event in a
+terminal phase other than a rollback request): ``IllegalTransition``.
+
+Effects are a pure function of the state (``next_effects``): after a controller dies, the next
+one folds the log and asks ``next_effects`` what to do — no separate resume path to get wrong.
+Every effect is idempotent on the device side (agents answer repeats from their record), so
+re-running the effect that was in flight when the controller died is safe.
+
+Phases: PREPARE → CANARY → VERIFY → AWAITING_APPROVAL → ROLLOUT (wave i/n) → CONFIRM →
+COMPLETE | PARTIAL, plus HALTED (waits for a human), ROLLING_BACK, and the terminal ROLLED_BACK,
+ABORTED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from fleetgate.core.state import TERMINAL, Approval, DeploymentState, DeviceStatus, Phase
+from fleetgate.errors import IllegalTransition
+
+D = DeviceStatus
+
+
+class EventLike(Protocol):
+    @property
+    def ts(self) -> str: ...
+    @property
+    def deployment_id(self) -> str | None: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+
+# -- effects: what the engine must do next ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Verify the artifact, publish it, confirm the plan; then ``prepare.passed``/``failed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStage:
+    """Pre-flight, baseline, stage, activate and smoke-test these devices; then
+    ``stage.deployed``. Devices already on the release are not deployed again."""
+
+    stage: int
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyCanary:
+    """Health, soak, health again on the canaries; then ``canary.verdict``."""
+
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateWave:
+    """Health on ALL deployed devices, soak, again; then ``wave.evaluated``."""
+
+    stage: int
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """Capture logs, roll these devices back; then ``rollback.completed``."""
+
+    device_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """Full-fleet health, rollback copies present, accounting; then ``confirm.completed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForHuman:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    phase: Phase
+
+
+Effect = Prepare | RunStage | VerifyCanary | EvaluateWave | Rollback | Confirm | WaitForHuman | Stop
+
+_WAVE_ACTIONS = ("CONTINUE", "QUARANTINE_AND_CONTINUE", "PAUSE_FOR_HUMAN", "ROLLBACK_WAVE_AND_HALT")
+
+
+def _ids(details: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    return tuple(str(x) for x in details.get(key, ()))
+
+
+def _require(state: DeploymentState, event: EventLike, *phases: Phase) -> None:
+    if state.phase not in phases:
+        allowed = ", ".join(p.value for p in phases)
+        raise IllegalTransition(
+            f"{event.action} is not allowed in phase {state.phase.value} (only in {allowed})",
+            deployment_id=state.deployment_id,
+        )
+
+
+def _after_stage(state: DeploymentState) -> DeploymentState:
+    """The current stage's gate passed: on to the next wave, or to CONFIRM."""
+    done = state.stage + 1
+    if state.stage + 1 < len(state.stages):
+        return replace(state, phase=Phase.ROLLOUT, stage=state.stage + 1, stages_done=done)
+    return replace(state, phase=Phase.CONFIRM, stages_done=done)
+
+
+def _start_rollback(
+    state: DeploymentState, ids: Iterable[str], then: Phase, quarantine: bool = False
+) -> DeploymentState:
+    scope = tuple(sorted(set(ids)))
+    return replace(
+        state,
+        phase=Phase.ROLLING_BACK,
+        rollback_scope=scope,
+        rollback_then=then,
+        quarantine_on_rollback=quarantine,
+        halted_from=state.phase if state.phase is not Phase.ROLLING_BACK else state.halted_from,
+    )
+
+
+def _halt(state: DeploymentState, reason: str, from_phase: Phase | None = None) -> DeploymentState:
+    return replace(
+        state,
+        phase=Phase.HALTED,
+        halt_reason=reason,
+        halted_from=from_phase or state.phase,
+    )
+
+
+def step(state: DeploymentState, event: EventLike) -> tuple[DeploymentState, list[Effect]]:
+    new = _record(state, event)
+    return new, next_effects(new)
+
+
+def _record(state: DeploymentState, event: EventLike) -> DeploymentState:
+    new = _apply(state, event)
+    who = f" {event.device_id}" if event.device_id else ""
+    return replace(new, last_action=f"{event.action}{who} ({event.outcome})")
+
+
+def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
+    a, d = e.action, e.details
+    if a == "deployment.created":
+        if s.stages:
+            raise IllegalTransition("deployment already created", deployment_id=s.deployment_id)
+        stages = tuple(tuple(str(i) for i in st) for st in d["stages"])
+        return replace(
+            s,
+            phase=Phase.PREPARE,
+            artifact=str(d.get("artifact", "")),
+            sha256=str(d.get("sha256", "")),
+            fleet_total=int(d.get("fleet_total", 0)),
+            stages=stages,
+            devices={i: D.PENDING for st in stages for i in st},
+            plan=dict(d.get("plan", {})),
+            allow_short_soak=bool(d.get("allow_short_soak", False)),
+        )
+    if not s.stages:
+        raise IllegalTransition(f"{a} before deployment.created", deployment_id=s.deployment_id)
+
+    # Device-level facts are recorded in any phase: they describe what really happened.
+    if a.startswith("device."):
+        return _apply_device(s, e)
+    if s.phase in TERMINAL and a not in (
+        "rollback.requested",
+        "rollback.completed",
+        "soak.started",
+        "approval.requested",
+        "confirm.checked",
+    ):
+        raise IllegalTransition(
+            f"{a}: deployment already ended ({s.phase.value})", deployment_id=s.deployment_id
+        )
+
+    match a:
+        case "prepare.passed":
+            _require(s, e, Phase.PREPARE)
+            return replace(s, phase=Phase.CANARY, stage=0)
+        case "prepare.failed":
+            _require(s, e, Phase.PREPARE)
+            return replace(s, phase=Phase.ABORTED, halt_reason=str(d.get("reason", "")))
+        case "stage.deployed":
+            _require(s, e, Phase.CANARY, Phase.ROLLOUT)
+            stage = int(d.get("stage", s.stage))
+            if stage != s.stage:
+                raise IllegalTransition(
+                    f"stage.deployed for stage {stage}, current {s.stage}",
+                    deployment_id=s.deployment_id,
+                )
+            s = replace(s, stage_deployed=stage)
+            return replace(s, phase=Phase.VERIFY) if stage == 0 else s
+        case "soak.started":
+            key = f"{d.get('stage', s.stage)}:{d.get('round', 'soak')}"
+            return replace(s, soak_started={**s.soak_started, key: e.ts})
+        case "canary.verdict":
+            _require(s, e, Phase.VERIFY)
+            verdict = str(d["verdict"])
+            if verdict == "PASS":
+                return replace(s, canary_verdict="PASS", phase=Phase.AWAITING_APPROVAL)
+            failed = _ids(d, "failed") or s.canaries
+            then = Phase.ABORTED if d.get("all_failed", True) else Phase.HALTED
+            s = replace(
+                s,
+                canary_verdict="FAIL",
+                halt_reason="canary verdict FAIL: " + "; ".join(d.get("reasons", [])),
+            )
+            return _start_rollback(s, failed, then)
+        case "approval.requested":
+            return s
+        case "approval.granted":
+            _require(s, e, Phase.AWAITING_APPROVAL)
+            if s.canary_verdict != "PASS":
+                raise IllegalTransition(
+                    "approval needs a PASS canary verdict", deployment_id=s.deployment_id
+                )
+            if e.actor in ("", "fleetgate", "system"):
+                raise IllegalTransition(
+                    "approval must be recorded by a named human", deployment_id=s.deployment_id
+                )
+            s = replace(s, approval=Approval.GRANTED)
+            return _after_stage(s)
+        case "approval.rejected":
+            _require(s, e, Phase.AWAITING_APPROVAL)
+            s = replace(s, approval=Approval.REJECTED)
+            return _start_rollback(s, s.deployed_ids, Phase.ROLLED_BACK)
+        case "wave.evaluated":
+            _require(s, e, Phase.ROLLOUT)
+            return _apply_wave(s, e)
+        case "rollback.requested":
+            ids = _ids(d, "devices") or s.deployed_ids
+            partial = bool(_ids(d, "devices")) and set(ids) != set(s.deployed_ids)
+            back_to = s.phase if partial else Phase.ROLLED_BACK
+            if s.phase is Phase.ROLLING_BACK:
+                back_to = s.rollback_then or back_to
+            return _start_rollback(s, ids, back_to)
+        case "rollback.completed":
+            _require(s, e, Phase.ROLLING_BACK)
+            s = replace(s, rollback_scope=(), quarantine_on_rollback=False)
+            if s.manual_intervention:
+                return _halt(
+                    s,
+                    "rollback failed on "
+                    + ", ".join(s.manual_intervention)
+                    + ": manual intervention required; every deployment action stopped",
+                    from_phase=Phase.HALTED,
+                )
+            then = s.rollback_then or Phase.HALTED
+            s = replace(s, rollback_then=None)
+            if then is Phase.HALTED:
+                return _halt(
+                    s,
+                    s.halt_reason or "rolled back; waiting for a human decision",
+                    from_phase=s.halted_from,
+                )
+            if then is Phase.ROLLOUT:  # quarantine done: the wave's gate passed
+                return _after_stage(replace(s, phase=Phase.ROLLOUT))
+            return replace(s, phase=then)
+        case "deployment.halted":
+            if s.phase is Phase.HALTED:
+                return replace(s, halt_reason=str(d.get("reason", s.halt_reason)))
+            return _halt(s, str(d.get("reason", "halted")))
+        case "deployment.resumed":
+            _require(s, e, Phase.HALTED)
+            if s.manual_intervention:
+                raise IllegalTransition(
+                    "a rollback failure is unresolved ("
+                    + ", ".join(s.manual_intervention)
+                    + "): recover the device(s) first",
+                    deployment_id=s.deployment_id,
+                )
+            back = s.halted_from or Phase.PREPARE
+            if back in (Phase.HALTED, Phase.ROLLING_BACK):
+                back = Phase.ROLLOUT if s.stage > 0 else Phase.VERIFY
+            s = replace(s, phase=back, halt_reason="", halted_from=None)
+            if back is Phase.VERIFY and s.canary_verdict == "FAIL":
+                s = replace(s, canary_verdict="PENDING")  # re-verify the remaining canaries
+            if s.pending_quarantine:
+                ids = s.pending_quarantine
+                s = replace(s, pending_quarantine=())
+                return _start_rollback(s, ids, Phase.ROLLOUT, quarantine=True)
+            return s
+        case "deployment.aborted":
+            return replace(s, phase=Phase.ABORTED, halt_reason=str(d.get("reason", "")))
+        case "confirm.completed":
+            _require(s, e, Phase.CONFIRM)
+            return replace(s, phase=Phase(str(d["result"])))
+        case "confirm.checked":
+            return s
+        case _:
+            # Informational events (stage.started, preflight summaries …) change nothing.
+            if a.split(".")[0] in (
+                "stage",
+                "prepare",
+                "health",
+                "soak",
+                "canary",
+                "wave",
+                "approval",
+                "rollback",
+                "confirm",
+                "deployment",
+                "policy",
+            ):
+                return s
+            raise IllegalTransition(f"unknown event {a!r}", deployment_id=s.deployment_id)
+
+
+def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
+    dev = e.device_id
+    if dev is None or dev not in s.devices:
+        raise IllegalTransition(
+            f"{e.action} for a device outside the plan: {dev!r}", deployment_id=s.deployment_id
+        )
+    cur = s.devices[dev]
+    match e.action:
+        case "device.unreachable":
+            return s.with_devices({dev: D.UNREACHABLE})
+        case "device.skipped":
+            return s.with_devices({dev: D.SKIPPED})
+        case "device.staged":
+            return s.with_devices({dev: D.STAGED})
+        case "device.activated":
+            return s.with_devices({dev: D.DEPLOYED})
+        case "device.deploy_failed":
+            return s.with_devices({dev: D.FAILED})
+        case "device.health":
+            if not cur.on_new_release:
+                return s  # a health check of a rolled-back device changes nothing
+            status = {"healthy": D.HEALTHY, "degraded": D.DEGRADED, "failed": D.FAILED}[
+                str(e.details["status"])
+            ]
+            return s.with_devices({dev: status})
+        case "device.rolled_back":
+            new = D.QUARANTINED if s.quarantine_on_rollback else D.ROLLED_BACK
+            return s.with_devices({dev: new})
+        case "device.quarantined":
+            return s.with_devices({dev: D.QUARANTINED})
+        case "device.rollback_failed":
+            mi = tuple(sorted({*s.manual_intervention, dev}))
+            return s.with_devices({dev: D.ROLLBACK_FAILED}, manual_intervention=mi)
+        case "device.recovered":  # an operator fixed a device by hand
+            mi = tuple(i for i in s.manual_intervention if i != dev)
+            return s.with_devices({dev: D.QUARANTINED}, manual_intervention=mi)
+        case _:
+            return s  # baseline, logs captured, preflight ok …: evidence only
+
+
+def _apply_wave(s: DeploymentState, e: EventLike) -> DeploymentState:
+    d = e.details
+    action = str(d["action"])
+    if action not in _WAVE_ACTIONS:
+        raise IllegalTransition(f"unknown wave action {action!r}", deployment_id=s.deployment_id)
+    if int(d.get("stage", s.stage)) != s.stage or s.stage_deployed != s.stage:
+        raise IllegalTransition(
+            "wave.evaluated before the wave was deployed", deployment_id=s.deployment_id
+        )
+    s = replace(s, wave_failure_rate=float(d.get("rate", 0.0)))
+    failed = _ids(d, "failed")
+    if action == "CONTINUE":
+        return _after_stage(s)
+    if action == "QUARANTINE_AND_CONTINUE":
+        return _start_rollback(s, failed, Phase.ROLLOUT, quarantine=True)
+    if action == "PAUSE_FOR_HUMAN":
+        s = replace(s, pending_quarantine=failed)
+        return _halt(s, str(d.get("reason", "wave paused for a human decision")))
+    scope = _ids(d, "rollback") or failed
+    then = Phase.ROLLED_BACK if d.get("scope") == "ALL" else Phase.HALTED
+    s = replace(s, halt_reason=str(d.get("reason", "wave rolled back")))
+    return _start_rollback(s, scope, then)
+
+
+def next_effects(s: DeploymentState) -> list[Effect]:
+    """What the engine must do next, from the state alone."""
+    match s.phase:
+        case Phase.PREPARE:
+            return [Prepare()]
+        case Phase.CANARY:
+            return [RunStage(0, s.canaries)]
+        case Phase.VERIFY:
+            live = tuple(i for i in s.canaries if s.devices[i].on_new_release)
+            return [VerifyCanary(live)]
+        case Phase.AWAITING_APPROVAL:
+            return [WaitForHuman("fleet rollout needs a recorded human approval")]
+        case Phase.ROLLOUT:
+            if s.stage_deployed == s.stage:
+                return [EvaluateWave(s.stage, s.deployed_ids)]
+            return [RunStage(s.stage, s.stages[s.stage])]
+        case Phase.CONFIRM:
+            return [Confirm()]
+        case Phase.HALTED:
+            return [WaitForHuman(s.halt_reason or "halted")]
+        case Phase.ROLLING_BACK:
+            todo = tuple(
+                i
+                for i in s.rollback_scope
+                if s.devices.get(i)
+                not in (D.ROLLED_BACK, D.QUARANTINED, D.ROLLBACK_FAILED, D.PENDING, D.SKIPPED)
+            )
+            return [Rollback(todo, s.halt_reason or "rollback")]
+        case _:
+            return [Stop(s.phase)]
+
+
+def fold(deployment_id: str, events: Iterable[EventLike]) -> DeploymentState:
+    """Rebuild a deployment's state from its events (in order)."""
+    state = DeploymentState.empty(deployment_id)
+    for ev in events:
+        state = _record(state, ev)
+    return state

@@ -1,0 +1,196 @@
+"""A deployment's state, and the spec's ``<fleet-deploy-state>`` block rendered from it.
+
+``DeploymentState`` is a value: ``core.machine.step`` returns a new one for each event, and
+folding a deployment's stored events from ``DeploymentState.empty`` rebuilds exactly the state
+the live controller had (DESIGN.md invariant 7). Nothing here reads a clock; timestamps come from
+the events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+
+class Phase(str, Enum):
+    PREPARE = "PREPARE"
+    CANARY = "CANARY"
+    VERIFY = "VERIFY"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    ROLLOUT = "ROLLOUT"
+    CONFIRM = "CONFIRM"
+    HALTED = "HALTED"
+    ROLLING_BACK = "ROLLING_BACK"
+    ROLLED_BACK = "ROLLED_BACK"
+    ABORTED = "ABORTED"
+    COMPLETE = "COMPLETE"
+    PARTIAL = "PARTIAL"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Phase.ROLLED_BACK, Phase.ABORTED, Phase.COMPLETE, Phase.PARTIAL})
+
+
+class DeviceStatus(str, Enum):
+    PENDING = "pending"  # planned, not touched yet
+    UNREACHABLE = "unreachable"  # failed pre-flight; retried after the stage
+    SKIPPED = "skipped"  # still unreachable after the retries: never deployed
+    STAGED = "staged"
+    DEPLOYED = "deployed"  # activated, not judged yet
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILED = "failed"  # deploy step or health check failed
+    QUARANTINED = "quarantined"  # failed, rolled back to known-good, set aside
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"  # needs manual intervention
+
+    @property
+    def on_new_release(self) -> bool:
+        """The device runs (or may run) the new release."""
+        return self in (
+            DeviceStatus.STAGED,
+            DeviceStatus.DEPLOYED,
+            DeviceStatus.HEALTHY,
+            DeviceStatus.DEGRADED,
+            DeviceStatus.FAILED,
+            DeviceStatus.ROLLBACK_FAILED,
+        )
+
+
+class Approval(str, Enum):
+    PENDING = "PENDING"
+    GRANTED = "GRANTED"
+    REJECTED = "REJECTED"
+    NOT_REQUIRED = "NOT_REQUIRED"
+
+
+def _freeze(m: Mapping[str, DeviceStatus]) -> Mapping[str, DeviceStatus]:
+    return MappingProxyType(dict(m))
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentState:
+    deployment_id: str
+    phase: Phase = Phase.PREPARE
+    artifact: str = ""
+    sha256: str = ""
+    fleet_total: int = 0
+    stages: tuple[tuple[str, ...], ...] = ()  # stage 0 = canaries, then the waves
+    devices: Mapping[str, DeviceStatus] = field(default_factory=dict)
+    stage: int = 0  # the stage being (or last) worked on
+    stage_deployed: int = -1  # highest stage whose deploy step finished
+    stages_done: int = 0  # stages whose gate passed
+    canary_verdict: str = "PENDING"
+    approval: Approval = Approval.PENDING
+    halted_from: Phase | None = None  # phase to go back to on resume
+    halt_reason: str = ""
+    rollback_scope: tuple[str, ...] = ()
+    rollback_then: Phase | None = None  # phase after the rollback completes
+    quarantine_on_rollback: bool = False  # devices rolled back now end QUARANTINED
+    pending_quarantine: tuple[str, ...] = ()  # failed devices of a paused wave
+    manual_intervention: tuple[str, ...] = ()
+    wave_failure_rate: float = 0.0
+    soak_started: Mapping[str, str] = field(default_factory=dict)  # "stage:round" -> ts
+    plan: Mapping[str, Any] = field(default_factory=dict)
+    last_action: str = ""
+    allow_short_soak: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", _freeze(self.devices))
+        object.__setattr__(self, "soak_started", MappingProxyType(dict(self.soak_started)))
+
+    @classmethod
+    def empty(cls, deployment_id: str) -> DeploymentState:
+        return cls(deployment_id=deployment_id)
+
+    def with_devices(self, updates: Mapping[str, DeviceStatus], **kw: Any) -> DeploymentState:
+        merged = dict(self.devices)
+        merged.update(updates)
+        return replace(self, devices=merged, **kw)
+
+    # -- derived counts --------------------------------------------------------------------
+    def count(self, *statuses: DeviceStatus, ids: tuple[str, ...] | None = None) -> int:
+        pool = ids if ids is not None else tuple(self.devices)
+        return sum(1 for i in pool if self.devices.get(i) in statuses)
+
+    @property
+    def canaries(self) -> tuple[str, ...]:
+        return self.stages[0] if self.stages else ()
+
+    @property
+    def waves_total(self) -> int:
+        return max(0, len(self.stages) - 1)
+
+    @property
+    def deployed_ids(self) -> tuple[str, ...]:
+        """Devices that run the new release now."""
+        return tuple(i for i, s in self.devices.items() if s.on_new_release)
+
+    def stage_of(self, device_id: str) -> int | None:
+        for n, ids in enumerate(self.stages):
+            if device_id in ids:
+                return n
+        return None
+
+
+def _next_action(s: DeploymentState) -> str:
+    match s.phase:
+        case Phase.PREPARE:
+            return "verify artifact and plan, then deploy to canaries"
+        case Phase.CANARY:
+            return "deploy to canary devices"
+        case Phase.VERIFY:
+            return "health checks and soak on canaries"
+        case Phase.AWAITING_APPROVAL:
+            return f"human approval: fleetgate deploy approve {s.deployment_id} --as NAME"
+        case Phase.ROLLOUT:
+            return f"wave {s.stage}/{s.waves_total}: deploy, health gate, soak"
+        case Phase.CONFIRM:
+            return "full-fleet health check and summary"
+        case Phase.HALTED:
+            return f"human decision: fleetgate deploy resume|rollback {s.deployment_id}"
+        case Phase.ROLLING_BACK:
+            return f"roll back {len(s.rollback_scope)} devices"
+        case _:
+            return "none (deployment ended)"
+
+
+def render_state_block(s: DeploymentState) -> str:
+    """The spec's ``<fleet-deploy-state>`` block; field names exactly as the spec writes them."""
+    D = DeviceStatus
+    canaries = s.canaries
+    deployed = (D.DEPLOYED, D.HEALTHY, D.DEGRADED, D.FAILED, D.ROLLBACK_FAILED, D.STAGED)
+    wave = s.stage if s.phase is Phase.ROLLOUT else s.stages_done - 1 if s.stages_done else 0
+    blockers: list[str] = []
+    if s.halt_reason and s.phase is Phase.HALTED:
+        blockers.append(s.halt_reason)
+    if s.manual_intervention:
+        blockers.append("manual intervention needed: " + ", ".join(s.manual_intervention))
+    fields = [
+        ("phase", s.phase.value),
+        ("artifact", s.artifact),
+        ("fleet_total", str(s.fleet_total)),
+        ("canary_count", str(len(canaries))),
+        ("canary_healthy", str(s.count(D.HEALTHY, ids=canaries))),
+        ("deployed_count", str(s.count(*deployed))),
+        ("deployed_healthy", str(s.count(D.HEALTHY))),
+        ("deployed_degraded", str(s.count(D.DEGRADED))),
+        ("skipped", str(s.count(D.SKIPPED, D.UNREACHABLE))),
+        ("quarantined", str(s.count(D.QUARANTINED))),
+        ("rollback_available", "false" if s.manual_intervention else "true"),
+        ("canary_verdict", s.canary_verdict),
+        ("human_approval", s.approval.value),
+        ("current_wave", f"{max(0, wave)}/{s.waves_total}"),
+        ("wave_failure_rate", f"{100 * s.wave_failure_rate:.1f}%"),
+        ("last_action", s.last_action or "none"),
+        ("next_action", _next_action(s)),
+        ("blockers", "; ".join(blockers) or "none"),
+    ]
+    body = "\n".join(f"{k}: {v}" for k, v in fields)
+    return f"<fleet-deploy-state>\n{body}\n</fleet-deploy-state>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from fleetgate.core.events import Event, StoredEvent
 from fleetgate.store import Store
@@ -69,3 +70,50 @@ async def test_two_stores_appending_at_once_keep_one_chain(store_url: str) -> No
             batch = c[k : k + 5]
             assert [e.seq for e in batch] == list(range(batch[0].seq, batch[0].seq + 5))
         assert await auditor.chain_head() == (logged[-1].seq, logged[-1].hash)
+
+
+WRITER_SCRIPT = """
+import asyncio, sys
+from fleetgate.core.events import Event
+from fleetgate.store import Store
+
+async def main(url: str, name: str, count: int) -> None:
+    async with Store.open(url) as store:
+        for n in range(count):
+            await store.append(Event(ts="2026-11-26T08:30:00+00:00", deployment_id=None,
+                                     action="probe", details={"writer": name, "n": n}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_two_processes_open_and_append_at_once(store_url: str) -> None:
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WRITER_SCRIPT,
+            store_url,
+            name,
+            "150",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for name in ("p", "q")
+    ]
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(p.communicate() for p in procs)), timeout=120
+        )
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err.decode()
+    async with Store.open(store_url) as store:
+        report = await store.verify()
+        assert report.ok and report.checked == 300
+        logged = await store.events()
+    for name in ("p", "q"):
+        assert [e.details["n"] for e in logged if e.details["writer"] == name] == list(range(150))

@@ -180,11 +180,11 @@ def _walk(tree: AnsibleTree, group: str, node: object, path: str) -> None:
         return
     for key, value in node.items():
         at = f"{path}.{key}"
-        if value is None:
-            continue
         if key not in ("hosts", "vars", "children"):
             msg = unknown_key_message(str(key), ["hosts", "vars", "children"])
             tree.problems.append(f"{tree.source}: {at}: {msg}")
+        elif value is None:
+            continue
         elif not isinstance(value, Mapping):
             tree.problems.append(f"{tree.source}: {at}: expected a mapping, got {describe(value)}")
         elif key == "vars":

@@ -8,7 +8,8 @@ fleet.yaml files, so both directions use the one documented shape::
      "resources": {"ram_mb": int, "disk_mb": int, "gpu": bool},
      "software": {name: str}, "monitoring": …, "critical": bool, "state": …}
 
-Round trip: ``device_from_dict(device_to_dict(d)) == d`` for every valid ``Device``.
+Round trip: ``device_from_dict(device_to_dict(d)) == d`` for every valid ``Device`` whose text
+fields and software versions are not blank (an inventory never produces blank ones).
 ``device_from_dict`` validates with the same reader as fleet.yaml but without the rules that
 only concern hand-edited files (exactly one token source, http(s) address, software-name
 syntax), because a stored record was already checked when it was imported.

@@ -56,8 +56,8 @@ FIELDS = (
     "critical",
     "state",
 )
-# Attributes a selector reads before software names: a software entry named like one of these
-# would be unreachable, so an inventory may not define one.
+# Device fields: a software entry named like one would be shadowed by the field in selectors
+# and canary cover (``Device.attribute`` reads fields first) or be confused with it.
 RESERVED_SOFTWARE = frozenset({*FIELDS, "resources", "software"})
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRUE = frozenset({"true", "yes", "on", "1"})

@@ -158,11 +158,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             raise ValueError("empty suffix range")
         return max(size - suffix, 0), size - 1
     first = int(first_s)
-    last = int(last_s) if last_s else size - 1
-    if last < first:
-        return None
+    if last_s and int(last_s) < first:
+        return None  # syntactically invalid: ignored, not unsatisfiable
     if first >= size:
         raise ValueError("range starts past the end")
+    last = int(last_s) if last_s else size - 1
     return first, min(last, size - 1)
 
 

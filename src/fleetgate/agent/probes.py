@@ -5,7 +5,8 @@ Contract:
   every ``probe_interval_s`` in a background task, keeping the last ``window`` results.
   ``error_rate()`` prefers the app's counters (delta of ``app_errors_total`` over
   ``app_requests_total`` across the window; a counter reset restarts the window) and falls back
-  to failed/total of its own probes. ``set_target`` (called on every switch) clears the windows:
+  to failed/total of its own probes (also while the window holds fewer than
+  ``MIN_REQUESTS_FOR_RATE`` requests). ``set_target`` (called on every switch) clears the windows:
   numbers never mix two releases.
 - Device vitals come from /proc and /sys: ``CpuSampler`` (``/proc/stat`` deltas), ``memory_mb``
   (``/proc/meminfo``), ``disk_free_mb`` (``statvfs``), ``temperature_c`` (max thermal zone),
@@ -32,6 +33,9 @@ REQUESTS_METRIC = "app_requests_total"
 ERRORS_METRIC = "app_errors_total"
 LATENCY_METRIC = "app_request_latency_ms"
 PROBE_TIMEOUT_S = 2.0
+# Below this many requests in the window a counter ratio is mostly rounding noise (1 error in
+# 3 requests reads as 33 %): the agent's own probes are the better estimate then.
+MIN_REQUESTS_FOR_RATE = 10
 JETSON_GPU_LOAD = Path("/sys/devices/gpu.0/load")
 THERMAL_ROOT = Path("/sys/class/thermal")
 
@@ -229,7 +233,7 @@ class HealthProber:
     def error_rate(self) -> float | None:
         if len(self.counters) >= 2:
             (r0, e0), (r1, e1) = self.counters[0], self.counters[-1]
-            if r1 > r0:
+            if r1 - r0 >= MIN_REQUESTS_FOR_RATE:
                 return round(min(max((e1 - e0) / (r1 - r0), 0.0), 1.0), 4)
         if self.probes:
             failed = sum(1 for ok, _ in self.probes if not ok)

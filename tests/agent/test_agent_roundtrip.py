@@ -1,0 +1,137 @@
+"""Real agent processes supervising the real demo app: the happy path, a release that never
+starts, and what the health endpoint measures."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from fleetgate.core.model import HealthSample
+
+
+def test_stage_activate_health_rollback_round_trip(make_agent, kit):
+    a = make_agent()
+    facts = a.facts()
+    assert facts["current"] is None and facts["releases"] == [] and facts["last_seq"] == 0
+    assert facts["state"] == "idle" and facts["app_running"] is False
+    assert facts["id"] == "dev-1" and facts["hardware"] == "test-board"
+    assert facts["software"]["os"] == "test"
+
+    assert a.post("stage", deployment_id="d1", seq=1, **kit.v1.stage) == (
+        200,
+        {"status": "staged", "release": kit.v1.id},
+    )
+    status, body = a.post("activate", deployment_id="d1", seq=2, release=kit.v1.id)
+    assert (status, body) == (200, {"status": "active", "release": kit.v1.id, "previous": None})
+    assert a.app_version() == "1.0.0"
+
+    assert a.post("stage", deployment_id="d2", seq=3, **kit.v2.stage)[1]["status"] == "staged"
+    status, body = a.post("activate", deployment_id="d2", seq=4, release=kit.v2.id)
+    assert body == {"status": "active", "release": kit.v2.id, "previous": kit.v1.id}
+    assert a.app_version() == "2.0.0"
+
+    facts = a.facts()
+    assert facts["current"] == kit.v2.id and facts["previous"] == kit.v1.id
+    assert facts["rollback_available"] is True and facts["app_running"] is True
+    assert facts["releases"] == sorted([kit.v1.id, kit.v2.id]) and facts["last_seq"] == 4
+    assert os.readlink(a.data_dir / "current") == f"releases/{kit.v2.id}"
+
+    a.wait_for(lambda: a.health()["error_rate"] is not None, what="a measured error rate")
+    health = a.health()
+    assert set(health) == {f.name for f in dataclasses.fields(HealthSample)}
+    sample = HealthSample(**health)
+    assert sample.app_up and sample.release == kit.v2.id and sample.device_id == "dev-1"
+    assert sample.error_rate == 0.0 and sample.restarts == 0 and not sample.crash_loop
+    assert sample.latency_ms is not None and sample.mem_total_mb and sample.disk_free_mb
+    assert sample.cpu_percent is not None
+
+    status, logs = a.get("/v1/logs?lines=50")
+    assert status == 200 and any("demo app 2.0.0" in line for line in logs["app"])
+    assert any("activate seq=4" in line for line in logs["agent"])
+    assert not any("t0ken" in line for line in logs["agent"])
+
+    status, body = a.post("rollback", deployment_id="d2", seq=5)
+    assert (status, body) == (
+        200,
+        {"status": "rolled-back", "release": kit.v1.id, "from": kit.v2.id, "app_healthy": True},
+    )
+    assert a.app_version() == "1.0.0"
+    facts = a.facts()
+    assert facts["current"] == kit.v1.id and facts["previous"] is None
+    assert facts["rollback_available"] is False
+    assert os.readlink(a.data_dir / "current") == f"releases/{kit.v1.id}"
+
+    status, body = a.post("rollback", deployment_id="d2", seq=6)
+    assert status == 409 and body["error"] == "no-rollback-copy" and body["retryable"] is False
+
+    # Redeploying what is there downloads nothing.
+    assert a.post("stage", deployment_id="d3", seq=7, **kit.v1.stage)[1] == {
+        "status": "already-installed",
+        "release": kit.v1.id,
+    }
+    assert a.post("stage", deployment_id="d3", seq=8, **kit.v2.stage)[1] == {
+        "status": "already-staged",
+        "release": kit.v2.id,
+    }
+    # Explicit rollback target, then a graceful stop takes the app down with the agent.
+    status, body = a.post("rollback", deployment_id="d3", seq=9, to=kit.v2.id)
+    assert body["status"] == "rolled-back" and body["release"] == kit.v2.id
+    assert a.app_version() == "2.0.0"
+    a.stop()
+    assert a.app_version() is None and not (a.data_dir / "app.json").exists()
+
+    # A restarted agent starts the current release again.
+    a.start()
+    a.wait_for(lambda: a.app_version() == "2.0.0", what="app restarted with the agent")
+    assert a.facts()["last_seq"] == 9
+
+
+def test_release_that_never_starts_is_reported_then_rolled_back(make_agent, kit):
+    a = make_agent()
+    a.post("stage", deployment_id="d1", seq=1, **kit.v1.stage)
+    assert a.post("activate", deployment_id="d1", seq=2, release=kit.v1.id)[1]["status"] == "active"
+    a.post("stage", deployment_id="d2", seq=3, **kit.bad.stage)
+
+    status, body = a.post("activate", deployment_id="d2", seq=4, release=kit.bad.id)
+    assert status == 200 and body["status"] == "start-failed"
+    assert body["release"] == kit.bad.id and body["previous"] == kit.v1.id
+    assert "exited with code 3" in body["error"]
+    assert any("crash-at-start" in line for line in body["logs"])
+
+    # Truthful state: the failed release is current, nothing was rolled back behind our back.
+    facts = a.facts()
+    assert facts["current"] == kit.bad.id and facts["previous"] == kit.v1.id
+    assert facts["rollback_available"] is True
+    health = a.health()
+    assert health["app_up"] is False and health["release"] == kit.bad.id
+    a.wait_for(lambda: a.health()["crash_loop"], timeout=12, what="crash loop detected")
+    assert a.health()["restarts"] >= 3
+
+    status, body = a.post("rollback", deployment_id="d2", seq=5)
+    assert body == {
+        "status": "rolled-back",
+        "release": kit.v1.id,
+        "from": kit.bad.id,
+        "app_healthy": True,
+    }
+    assert a.app_version() == "1.0.0"
+    health = a.health()
+    assert health["app_up"] is True and health["restarts"] == 0 and not health["crash_loop"]
+
+
+def test_health_reads_error_rate_and_latency_from_app_metrics(make_agent, kit):
+    errors = kit.release("noisy", "1.0.0", "errors")
+    slow = kit.release("sluggish", "1.0.0", "slow")
+    a = make_agent()
+    a.post("stage", deployment_id="d1", seq=1, **errors.stage)
+    assert a.post("activate", deployment_id="d1", seq=2, release=errors.id)[1]["status"] == "active"
+    # The demo app fails exactly 30 % of its simulated requests.
+    a.wait_for(
+        lambda: 0.25 < (a.health()["error_rate"] or 0) <= 0.32,
+        what="error rate from app_errors_total",
+    )
+
+    a.post("stage", deployment_id="d2", seq=3, **slow.stage)
+    assert a.post("activate", deployment_id="d2", seq=4, release=slow.id)[1]["status"] == "active"
+    a.wait_for(lambda: a.health()["latency_ms"] == 300.0, what="latency gauge from metrics")
+    a.wait_for(lambda: a.health()["error_rate"] == 0.0, what="error rate of the new release only")

@@ -221,14 +221,22 @@ def test_good_archive_extracts_with_normalised_modes(
             member("./app/data.txt", data=b"data", mode=0o666),
             member("./app/current", tarfile.SYMTYPE, linkname="run.sh"),
             member("./app/hard.txt", tarfile.LNKTYPE, linkname="./app/data.txt"),
+            member("implicit/deep/file.txt", data=b"deep"),  # parents have no members
         ],
     )
-    dest = safe_extract(archive, work / "stage" / "release")
+    old_umask = os.umask(0)  # a careless service manager must not give us world-writable dirs
+    try:
+        dest = safe_extract(archive, work / "stage" / "release")
+    finally:
+        os.umask(old_umask)
     run = dest / "app" / "run.sh"
     assert run.read_bytes() == b"#!/bin/sh\n"
     assert stat.S_IMODE(run.stat().st_mode) == 0o755  # setuid and world-write gone
     assert stat.S_IMODE((dest / "app" / "data.txt").stat().st_mode) == 0o644
-    assert not stat.S_IMODE((dest / "app").stat().st_mode) & 0o022
+    assert stat.S_IMODE((dest / "app").stat().st_mode) == 0o755
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "implicit" / "deep").stat().st_mode) == 0o755
+    assert (dest / "implicit" / "deep" / "file.txt").read_bytes() == b"deep"
     assert os.readlink(dest / "app" / "current") == "run.sh"
     assert (dest / "app" / "hard.txt").read_bytes() == b"data"
 

@@ -202,13 +202,19 @@ def _inspect(
     return members
 
 
-def _normalise_modes(dest: Path, members: list[tarfile.TarInfo]) -> None:
-    for info in members:
-        path = dest / info.name
-        if info.type in _FILE_TYPES:
-            path.chmod(0o755 if info.mode & 0o100 else 0o644)
-        elif info.type == tarfile.DIRTYPE:
-            path.chmod(0o755)
+def _normalise_modes(dest: Path, members: list[tarfile.TarInfo], files: bool) -> None:
+    """Files 0644/0755 (fallback path only: the data filter already does it); every directory,
+    including ones created implicitly for ``a/b/c``, 0755 whatever the umask."""
+    if files:
+        for info in members:
+            if info.type in _FILE_TYPES:
+                (dest / info.name).chmod(0o755 if info.mode & 0o100 else 0o644)
+    dest.chmod(0o755)
+    for root, dirnames, _ in os.walk(dest):  # does not follow symlinked directories
+        for name in dirnames:
+            path = Path(root) / name
+            if not path.is_symlink():
+                path.chmod(0o755)
 
 
 def safe_extract(
@@ -236,10 +242,15 @@ def safe_extract(
                 created = True
                 if HAS_DATA_FILTER:
                     tf.extractall(dest, members=members, filter="data")
+                    _normalise_modes(dest, members, files=False)
                 else:  # Pythons without extraction filters: the pass-1 checks stand alone
+                    # (when forced on a Python that has filters, say so rather than be warned)
+                    legacy: dict[str, str] = {}
+                    if hasattr(tarfile, "fully_trusted_filter"):
+                        legacy["filter"] = "fully_trusted"
                     for info in members:
-                        tf.extract(info, dest, set_attrs=False)
-                    _normalise_modes(dest, members)
+                        tf.extract(info, dest, set_attrs=False, **legacy)
+                    _normalise_modes(dest, members, files=True)
     except BaseException as exc:
         if created:
             shutil.rmtree(dest, ignore_errors=True)

@@ -255,3 +255,17 @@ def test_failure_during_extraction_removes_the_staging_dir(
     with pytest.raises(OSError, match="No space left"):
         safe_extract(archive, work / "stage" / "release")
     assert list((work / "stage").iterdir()) == []
+
+
+def test_declared_size_on_a_directory_buys_no_room_for_a_pax_bomb(work: Path) -> None:
+    big_dir = tarfile.TarInfo("d")
+    big_dir.type = tarfile.DIRTYPE
+    big_dir.size = 100 * MiB  # tarfile stores no data for directories; the size is a lie
+    bomb = tarfile.TarInfo("d/x")
+    bomb.pax_headers = {"comment": "x" * (4 * MiB)}
+    archive = work / "sneaky.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=1) as tf:
+        # addfile writes the header as given; for a directory it copies no data
+        tf.addfile(big_dir)
+        tf.addfile(bomb, io.BytesIO(b""))
+    assert_rejected(archive, work, "runs past what the headers declare")

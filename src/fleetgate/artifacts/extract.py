@@ -173,9 +173,10 @@ def _inspect(
             node = _Node("hardlink", target)
         else:
             raise _reject(where, info.name, f"unsupported member type {info.type!r}")
-        # The next header may only take a small allowance beyond this member's declared data.
-        reader.cap = info.offset_data + tarfile.BLOCKSIZE * -(-info.size // tarfile.BLOCKSIZE)
-        reader.cap += HEADER_ALLOWANCE
+        # The next header may only take a small allowance beyond where this member ends.
+        # ``tf.offset`` is where tarfile will read that header: past the data for regular files
+        # only, so a directory "declaring" a huge size cannot buy room for a huge PAX header.
+        reader.cap = tf.offset + HEADER_ALLOWANCE
         if not name:
             if node.kind != "dir":
                 raise _reject(where, info.name, "empty name")

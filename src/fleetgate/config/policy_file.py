@@ -54,7 +54,7 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s % 3600 == 0 and s:
         return f"{s // 3600}h"
     if s % 60 == 0 and s:

@@ -269,3 +269,21 @@ def test_declared_size_on_a_directory_buys_no_room_for_a_pax_bomb(work: Path) ->
         tf.addfile(big_dir)
         tf.addfile(bomb, io.BytesIO(b""))
     assert_rejected(archive, work, "runs past what the headers declare")
+
+
+@pytest.mark.timeout(60)  # without memoised resolution this would take ~3**30 steps
+def test_symlink_fan_out_is_resolved_in_linear_time(work: Path) -> None:
+    links = [member("l00", tarfile.SYMTYPE, linkname=".")]
+    for i in range(1, 31):
+        prev = f"l{i - 1:02}"
+        links.append(member(f"l{i:02}", tarfile.SYMTYPE, linkname=f"{prev}/{prev}/{prev}"))
+    archive = make_tgz(work / "fan.tar.gz", links)
+    dest = safe_extract(archive, work / "stage" / "release")
+    assert os.readlink(dest / "l30") == "l29/l29/l29"
+
+
+def test_overlong_symlink_chain_is_rejected(work: Path) -> None:
+    links = [member("l00", tarfile.SYMTYPE, linkname=".")]
+    links += [member(f"l{i:02}", tarfile.SYMTYPE, linkname=f"l{i - 1:02}") for i in range(1, 50)]
+    archive = make_tgz(work / "chain.tar.gz", reversed(links))  # deepest first
+    assert_rejected(archive, work, "symlink chain too deep")

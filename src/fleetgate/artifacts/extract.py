@@ -104,25 +104,62 @@ def _normalise(name: str, where: str, what: str = "path") -> str:
     return "/".join(parts)
 
 
-def _resolve(parent: list[str], target: str, links: dict[str, str], depth: int = 0) -> list[str]:
-    """Resolve ``target`` (relative to directory ``parent``) through the archive's symlinks.
-    Raises ``ValueError`` if it leaves the root or loops."""
-    if depth > MAX_LINK_DEPTH:
-        raise ValueError("symlink loop or chain too deep")
-    stack = list(parent)
-    for comp in target.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not stack:
-                raise ValueError(f"symlink target {target!r} leaves the archive root")
-            stack.pop()
-            continue
-        stack.append(comp)
-        key = "/".join(stack)
-        if key in links:
-            stack = _resolve(stack[:-1], links[key], links, depth + 1)
-    return stack
+class _Namespace:
+    """The archive's paths as a tree of integer nodes (0 is the root), so that walking and
+    resolving costs O(1) per path component — a hostile archive cannot make the checks
+    quadratic or exponential (link results are memoised; chains are bounded)."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = [0]
+        self.depth: list[int] = [0]
+        self._kids: dict[tuple[int, str], int] = {}
+        self.links: dict[int, str] = {}  # symlink node -> its target text
+        self._resolved: dict[int, int] = {}
+        self._active: set[int] = set()
+
+    def child(self, node: int, name: str) -> int:
+        key = (node, name)
+        kid = self._kids.get(key)
+        if kid is None:
+            kid = len(self.parent)
+            self._kids[key] = kid
+            self.parent.append(node)
+            self.depth.append(self.depth[node] + 1)
+        return kid
+
+    def add(self, name: str) -> int:
+        node = 0
+        for part in name.split("/"):
+            node = self.child(node, part)
+        return node
+
+    def resolve_link(self, node: int) -> int:
+        """Where symlink ``node`` really points (like ``realpath``); ``ValueError`` if that
+        leaves the root, loops or chains deeper than ``MAX_LINK_DEPTH``."""
+        done = self._resolved.get(node)
+        if done is not None:
+            return done
+        if node in self._active:
+            raise ValueError("symlink loop")
+        if len(self._active) >= MAX_LINK_DEPTH:
+            raise ValueError("symlink chain too deep")
+        self._active.add(node)
+        target = self.links[node]
+        cur = self.parent[node]
+        for comp in target.split("/"):
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if cur == 0:
+                    raise ValueError(f"symlink target {target!r} leaves the archive root")
+                cur = self.parent[cur]
+                continue
+            cur = self.child(cur, comp)
+            if cur in self.links:
+                cur = self.resolve_link(cur)
+        self._active.discard(node)
+        self._resolved[node] = cur
+        return cur
 
 
 def _inspect(
@@ -187,17 +224,24 @@ def _inspect(
         nodes[name] = node
         members.append(info)
 
-    links = {n: node.linkname for n, node in nodes.items() if node.kind == "symlink"}
-    for name, node in nodes.items():
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            prefix = "/".join(parts[:i])
-            parent = nodes.get(prefix)
-            if parent is not None and parent.kind != "dir":
-                raise _reject(where, name, f"path goes through {parent.kind} member {prefix!r}")
-        if node.kind == "symlink":
+    tree = _Namespace()
+    ids = {name: tree.add(name) for name in nodes}
+    kinds = {ids[name]: node.kind for name, node in nodes.items()}
+    tree.links = {
+        ids[name]: node.linkname for name, node in nodes.items() if node.kind == "symlink"
+    }
+    for name, nid in ids.items():
+        up = tree.parent[nid]
+        while up != 0:
+            kind = kinds.get(up, "dir")
+            if kind != "dir":
+                prefix = "/".join(name.split("/")[: tree.depth[up]])
+                raise _reject(where, name, f"path goes through {kind} member {prefix!r}")
+            up = tree.parent[up]
+    for name, nid in ids.items():
+        if nid in tree.links:
             try:
-                _resolve(parts[:-1], node.linkname, links)
+                tree.resolve_link(nid)
             except ValueError as exc:
                 raise _reject(where, name, str(exc)) from None
     return members

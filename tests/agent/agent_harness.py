@@ -72,7 +72,9 @@ metrics_url = "http://127.0.0.1:${{APP_PORT}}/metrics"
     return src
 
 
-def build(root: Path, key: Any, name: str, version: str, mode: str = "ok", **kw: Any) -> BuiltBundle:
+def build(
+    root: Path, key: Any, name: str, version: str, mode: str = "ok", **kw: Any
+) -> BuiltBundle:
     src = make_app_dir(root, name, version, mode, **kw)
     return build_bundle(src, key, root / "bundles")
 
@@ -115,7 +117,7 @@ class BlobServer:
         contents = read_bundle(bundle.path)
         return {
             "manifest": contents.manifest_json.decode(),
-            "signature": contents.signature.decode().strip() if isinstance(contents.signature, bytes) else contents.signature.strip(),
+            "signature": contents.signature.decode().strip(),
             "url": f"{self.url}/v1/blobs/{sha}",
         }
 
@@ -281,3 +283,53 @@ port = {self.app_port}
     def release_entries(self) -> list[str]:
         """Everything in releases/, hidden entries included."""
         return sorted(p.name for p in (self.data_dir / "releases").iterdir())
+
+
+class FlakyBlobServer:
+    """Serves one blob; the first response is cut off halfway (connection closed), later ones
+    honour ``Range: bytes=N-``. ``ranges`` records what each request asked for."""
+
+    def __init__(self, payload: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.payload = payload
+        self.ranges: list[str | None] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                rng = self.headers.get("Range")
+                outer.ranges.append(rng)
+                data = outer.payload
+                if len(outer.ranges) == 1:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/blob"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyBlobServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)

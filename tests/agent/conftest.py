@@ -53,8 +53,16 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
             bundle = build(root, key, "demo", version, mode)
             return Release(bundle, server.publish(bundle))
 
-        yield Kit(root, key_path, pub_path, key, server, rel("1.0.0"), rel("2.0.0"),
-                  rel("3.0.0", "crash-at-start"))
+        yield Kit(
+            root,
+            key_path,
+            pub_path,
+            key,
+            server,
+            rel("1.0.0"),
+            rel("2.0.0"),
+            rel("3.0.0", "crash-at-start"),
+        )
 
 
 @pytest.fixture

@@ -35,11 +35,13 @@ def test_credentials_are_checked_before_anything(make_agent, kit):
     # Another device's id: refused as the wrong device even with that device's (any) token.
     status, body = a.get("/v1/facts", device="dev-2", token="dev-2-token")
     assert (status, body["error"]) == (403, "wrong-device")
-    status, body = a.request("POST", "/v1/stage", {"deployment_id": "d", "seq": 1, **kit.v1.stage},
-                             device="dev-2")
+    status, body = a.request(
+        "POST", "/v1/stage", {"deployment_id": "d", "seq": 1, **kit.v1.stage}, device="dev-2"
+    )
     assert status == 403
-    status, body = a.request("POST", "/v1/stage", {"deployment_id": "d", "seq": 1, **kit.v1.stage},
-                             token=None)
+    status, body = a.request(
+        "POST", "/v1/stage", {"deployment_id": "d", "seq": 1, **kit.v1.stage}, token=None
+    )
     assert status == 401
     assert a.get("/v1/nope")[0] == 404
     facts = a.facts()
@@ -60,12 +62,25 @@ def test_seq_replay_stale_and_conflict(make_agent, kit):
     status, body = a.post("stage", deployment_id="other", seq=5, **kit.v1.stage)
     assert (status, body["error"]) == (409, "seq-conflict")
     # Malformed commands are refused without consuming a seq.
-    for bad in ({"seq": 6}, {"deployment_id": "d1", "seq": 0}, {"deployment_id": "d1", "seq": "7"},
-                {"deployment_id": "d1", "seq": True}):
+    for bad in (
+        {"seq": 6},
+        {"deployment_id": "d1", "seq": 0},
+        {"deployment_id": "d1", "seq": "7"},
+        {"deployment_id": "d1", "seq": True},
+    ):
         assert a.request("POST", "/v1/activate", {**bad, "release": kit.v1.id})[0] == 400
     assert a.post("activate", deployment_id="d1", seq=6, release="../etc")[0] == 400
-    assert a.post("stage", deployment_id="d1", seq=6, manifest="x", signature="y",
-                  url="file:///etc/passwd")[0] == 400
+    assert (
+        a.post(
+            "stage",
+            deployment_id="d1",
+            seq=6,
+            manifest="x",
+            signature="y",
+            url="file:///etc/passwd",
+        )[0]
+        == 400
+    )
     status, body = a.post("activate", deployment_id="d1", seq=6, release="nope-1-00000000")
     assert (status, body["error"]) == (404, "unknown-release")
     # A refusal is recorded and replayed like any other outcome.
@@ -102,8 +117,9 @@ def test_forged_tampered_and_truncated_artifacts_are_refused(make_agent, kit, tm
     rel = kit.release("tamper", "1.0.0")
     text = rel.stage["manifest"].replace('"version":"1.0.0"', '"version":"1.0.1"')
     assert text != rel.stage["manifest"]
-    status, reply = a.post("stage", deployment_id="d", seq=next(seq), **{**rel.stage,
-                                                                          "manifest": text})
+    status, reply = a.post(
+        "stage", deployment_id="d", seq=next(seq), **{**rel.stage, "manifest": text}
+    )
     assert (status, reply["error"]) == (422, "integrity-error")
     _assert_clean(a)
 
@@ -169,13 +185,19 @@ def test_every_hostile_archive_kind_is_refused_with_nothing_left(make_agent, kit
         sha = hashlib.sha256(payload).hexdigest()
         (kit.server.blob_dir / sha).write_bytes(payload)
         manifest = manifest_from_dict(
-            {"artifact": {"name": f"hostile-{kind}", "version": "1", "kind": "bundle"},
-             "run": {"command": ["python3", "app.py"]}}
+            {
+                "artifact": {"name": f"hostile-{kind}", "version": "1", "kind": "bundle"},
+                "run": {"command": ["python3", "app.py"]},
+            }
         )
         bound = dataclasses.replace(manifest, size=len(payload), sha256=sha)
         text, sig = sign_manifest(bound, kit.key)  # signed by the trusted key: only the
-        status, reply = a.post(                   # archive itself is the attack
-            "stage", deployment_id="hostile", seq=seq, manifest=text.decode(), signature=sig,
+        status, reply = a.post(  # archive itself is the attack
+            "stage",
+            deployment_id="hostile",
+            seq=seq,
+            manifest=text.decode(),
+            signature=sig,
             url=f"{kit.server.url}/v1/blobs/{sha}",
         )
         assert (status, reply.get("error")) == (422, "integrity-error"), (kind, reply)
@@ -196,8 +218,13 @@ def test_incompatible_arch_is_refused_before_download(make_agent, kit):
 @contextlib.contextmanager
 def _small_disk(path: Path, size_mb: int):
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -227,8 +254,9 @@ def test_disk_too_small_for_artifact_and_rollback_copy_is_refused_before_downloa
         # … but the next one only fits if the running release were deleted: refused. The URL
         # points at a closed port, so a 507 (not a 502) proves nothing was downloaded first.
         dead_url = f"http://127.0.0.1:{free_port()}/v1/blobs/{big2.bundle.manifest.sha256}"
-        status, reply = a.post("stage", deployment_id="d2", seq=3, **{**big2.stage,
-                                                                       "url": dead_url})
+        status, reply = a.post(
+            "stage", deployment_id="d2", seq=3, **{**big2.stage, "url": dead_url}
+        )
         assert (status, reply["error"]) == (507, "insufficient-disk"), reply
         assert a.release_entries() == [big1.id]
         facts = a.facts()
@@ -241,18 +269,40 @@ def test_disk_too_small_for_artifact_and_rollback_copy_is_refused_before_downloa
 def test_bad_config_is_one_line_naming_file_and_field(tmp_path, kit, mode):
     cfg = tmp_path / "agent.toml"
     if mode == "missing-field":
-        cfg.write_text('[device]\nhardware = "x"\n[agent]\ndata_dir = "d"\ntoken_env = "FG_T"\n'
-                       f'public_key = "{kit.pub_path}"\n')
+        cfg.write_text(
+            '[device]\nhardware = "x"\n[agent]\ndata_dir = "d"\ntoken_env = "FG_T"\n'
+            f'public_key = "{kit.pub_path}"\n'
+        )
         expected = "agent.toml: device.id: missing"
     else:
-        cfg.write_text('[device]\nid = "a"\nhardware = "x"\n[agent]\nlisten = "nope"\n'
-                       f'data_dir = "d"\ntoken_env = "FG_T"\npublic_key = "{kit.pub_path}"\n')
+        cfg.write_text(
+            '[device]\nid = "a"\nhardware = "x"\n[agent]\nlisten = "nope"\n'
+            f'data_dir = "d"\ntoken_env = "FG_T"\npublic_key = "{kit.pub_path}"\n'
+        )
         expected = "agent.toml: agent.listen: expected HOST:PORT"
     proc = subprocess.run(
         [os.sys.executable, "-m", "fleetgate", "agent", "run", "--config", str(cfg)],
-        capture_output=True, text=True, env={**os.environ, "FG_T": "secret"}, timeout=30,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FG_T": "secret"},
+        timeout=30,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
     assert "secret" not in proc.stderr
+
+
+def test_download_cut_midway_is_resumed(make_agent, kit):
+    from agent_harness import FlakyBlobServer
+
+    rel = kit.release("resumable", "1.0.0", extra=os.urandom(256 * 1024))
+    payload = (kit.server.blob_dir / rel.bundle.manifest.sha256).read_bytes()
+    a = make_agent()
+    with FlakyBlobServer(payload) as flaky:
+        status, reply = a.post("stage", deployment_id="d", seq=1, **{**rel.stage, "url": flaky.url})
+    assert (status, reply["status"]) == (200, "staged")
+    assert flaky.ranges[0] is None and len(flaky.ranges) >= 2
+    assert flaky.ranges[-1] is not None and flaky.ranges[-1] != "bytes=0-"
+    assert a.release_entries() == [rel.id]
+    assert (a.data_dir / "releases" / rel.id / "blob.bin").stat().st_size == 256 * 1024

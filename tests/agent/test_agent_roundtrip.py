@@ -135,3 +135,19 @@ def test_health_reads_error_rate_and_latency_from_app_metrics(make_agent, kit):
     assert a.post("activate", deployment_id="d2", seq=4, release=slow.id)[1]["status"] == "active"
     a.wait_for(lambda: a.health()["latency_ms"] == 300.0, what="latency gauge from metrics")
     a.wait_for(lambda: a.health()["error_rate"] == 0.0, what="error rate of the new release only")
+
+
+def test_old_releases_are_pruned_but_never_current_or_previous(make_agent, kit):
+    a = make_agent()  # keep_releases = 2: previous + one more besides current
+    extra = [kit.release("demo", f"{n}.0.0") for n in (4, 5)]
+    seq = 0
+    for rel in (kit.v1, kit.v2, *extra):
+        seq += 2
+        assert a.post("stage", deployment_id="d", seq=seq - 1, **rel.stage)[0] == 200
+        assert a.post("activate", deployment_id="d", seq=seq, release=rel.id)[0] == 200
+    assert a.release_entries() == sorted([kit.v2.id, extra[0].id, extra[1].id])
+    facts = a.facts()
+    assert (facts["current"], facts["previous"]) == (extra[1].id, extra[0].id)
+    # Staging one more makes room first: the oldest non-kept release goes, not the rollback copy.
+    assert a.post("stage", deployment_id="d", seq=seq + 1, **kit.v1.stage)[0] == 200
+    assert a.release_entries() == sorted([kit.v1.id, extra[0].id, extra[1].id])

@@ -110,6 +110,17 @@ class _Reader:
         return value
 
 
+def _check_public_key(r: _Reader, path: Path) -> None:
+    """A cheap shape check; the key is parsed (with ``cryptography``) when first needed."""
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError as exc:
+        r.add("agent.public_key", f"cannot read {path}: {exc.strerror}")
+        return
+    if b"-----BEGIN PUBLIC KEY-----" not in head:
+        r.add("agent.public_key", f"{path} is not a PEM public key")
+
+
 def _listen(r: _Reader, value: str) -> tuple[str, int]:
     host, sep, port_s = value.rpartition(":")
     if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
@@ -173,8 +184,8 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
     key_s = r.string(agent, "agent", "public_key", None)
     if key_s is None and "public_key" not in agent:
         r.add("agent.public_key", "missing")
-    elif key_s is not None and not (base / key_s).is_file():
-        r.add("agent.public_key", f"{base / key_s} is not a file")
+    elif key_s is not None:
+        _check_public_key(r, base / key_s)
     token, token_env = _token(r, agent, base)
 
     mode = r.string(app, "app", "mode", "process") or "process"

@@ -48,8 +48,8 @@ from fleetgate.agent.state import (
     save_state,
 )
 from fleetgate.agent.supervisor import ProcessSupervisor, SystemdSupervisor, reap_orphan
-from fleetgate.artifacts.keys import load_public_key
 from fleetgate.core.model import ArtifactKind
+from fleetgate.errors import FleetgateError
 
 log = logging.getLogger("fleetgate.agent")
 
@@ -67,7 +67,7 @@ class AgentService:
         self.store = ReleaseStore(config.data_dir)
         self.state_path = config.data_dir / "state.json"
         self.state = AgentState()
-        self.public_key = load_public_key(config.public_key)
+        self._public_key: Any = None
         self.activity = "starting"
         self.current_kind: ArtifactKind | None = None
         self.reload_error: str | None = None  # a config release's failed reload command
@@ -82,6 +82,19 @@ class AgentService:
         self._session: aiohttp.ClientSession | None = None
         self._prober: HealthProber | None = None
         self._probe_task: asyncio.Task[None] | None = None
+
+    def trusted_key(self) -> Any:
+        """The Ed25519 public key releases must be signed with (``cryptography`` is imported
+        here, on first use, not at start-up)."""
+        if self._public_key is None:
+            from fleetgate.artifacts.keys import load_public_key
+
+            try:
+                self._public_key = load_public_key(self.config.public_key)
+            except FleetgateError as exc:
+                log.error("trusted public key unusable: %s", exc)
+                raise CommandError(500, "internal", f"trusted public key unusable: {exc}") from exc
+        return self._public_key
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -103,7 +116,10 @@ class AgentService:
         current = self.state.current
         if current is not None:
             try:
-                await commands.start_release(self, current)
+                # Not re-verified here: it was verified before it was committed to releases/,
+                # and activate/rollback re-verify; start-up stays free of cryptography.
+                manifest, _raw, _sig = await asyncio.to_thread(self.store.load_manifest, current)
+                await commands.start_release(self, current, manifest)
             except Exception:  # a broken release must not keep the agent from answering
                 log.exception("could not start current release %s", current)
         self.activity = "idle"

@@ -34,6 +34,9 @@ async def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from fleetgate.agent.config import load_config
     from fleetgate.agent.server import dump_config
+    from fleetgate.artifacts.keys import load_public_key
 
-    print(dump_config(load_config(args.config)))
+    config = load_config(args.config)
+    load_public_key(config.public_key)  # `run` parses the key lazily; `check` proves it now
+    print(dump_config(config))
     return 0

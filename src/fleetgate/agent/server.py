@@ -73,7 +73,8 @@ def make_app(service: AgentService) -> web.Application:
     ) -> web.StreamResponse:
         device = request.headers.get("X-Fleetgate-Device")
         if device is not None and device != config.device_id:
-            return _err(403, "wrong-device", f"this agent is {config.device_id}, not {device}")
+            # The message does not name this agent's id: an unauthenticated caller learns nothing.
+            return _err(403, "wrong-device", "this agent is not the requested device")
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         good = scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token)

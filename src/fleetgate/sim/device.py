@@ -114,6 +114,7 @@ class VirtualDevice:
         self.activity = "idle"
         self.busy = False
         self.faults: list[ActiveFault] = []
+        self.dropped = 0  # requests the network faults swallowed
         self.counters = _Counters()
         self.app_log: deque[str] = deque(maxlen=1000)
         self.agent_log: deque[str] = deque(maxlen=1000)
@@ -145,10 +146,12 @@ class VirtualDevice:
         if not self.faults:
             return Admission()
         if self._first("unreachable") is not None:
+            self.dropped += 1
             return Admission(drop="refused")
         for f in self._active("flaky"):
             if f.remaining > 0:
                 f.remaining -= 1
+                self.dropped += 1
                 return Admission(drop="reset")
         delay = sum(f.spec.param("delay") for f in self._active("latency"))
         return Admission(delay_s=delay)
@@ -248,6 +251,7 @@ class VirtualDevice:
             executed=dict(self.counters.executed),
             history=tuple(self.counters.history),
             faults=tuple(str(f.spec) for f in self.faults),
+            dropped=self.dropped,
         )
 
     def _log(self, line: str) -> None:

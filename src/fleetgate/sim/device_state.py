@@ -10,7 +10,10 @@ it was asked to do:
   command with the same seq (answered from the record, not executed again), so
   ``executed[("stage", r)]`` and ``executed[("activate", r)]`` stay at 1 per deployment;
 - ``history``: every such request in order, with its outcome (``staged``, ``active``,
-  ``busy``, ``stale-seq`` …) and whether it was a replay.
+  ``busy``, ``stale-seq`` …) and whether it was a replay;
+- ``dropped``: requests the network faults swallowed before the device saw them. (aiohttp's
+  client repeats an idempotent GET once on a dropped connection, so over HTTP one failed
+  ``ping`` may account for two drops; commands are POSTs and are never repeated by it.)
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class DeviceSnapshot:
     executed: Mapping[tuple[str, str], int]
     history: tuple[CommandEvent, ...]
     faults: tuple[str, ...]
+    dropped: int = 0  # requests swallowed by unreachable/flaky
 
     def executed_count(self, command: str, release: str) -> int:
         return self.executed.get((command, release), 0)

@@ -19,13 +19,14 @@ Contract:
   is checked on every use: the fault acts only while a release of that version is current, so a
   rollback heals it (``rollback-fail`` is checked against the release being left).
 - ``fraction`` picks exactly ``round(F * n)`` (at least one) of the ``n`` devices the other
-  selectors match, with a RNG seeded from the fleet seed and the spec: the same seed, fleet and
-  spec always pick the same devices, whatever order things run in.
+  selectors match: those whose hash of (fleet seed, injection ordinal, spec, device id) is
+  lowest. The same seed, fleet and spec always pick the same devices, whatever order the
+  candidates come in.
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -196,6 +197,9 @@ def select_devices(
     if spec.fraction >= 1.0 or not candidates:
         return candidates
     count = max(1, round(spec.fraction * len(candidates)))
-    rng = random.Random(f"fault/{seed}/{salt}/{spec}")
-    chosen = {d.id for d in rng.sample(candidates, count)}
+
+    def rank(d: Device) -> bytes:
+        return hashlib.blake2b(f"fault/{seed}/{salt}/{spec}/{d.id}".encode()).digest()
+
+    chosen = {d.id for d in sorted(candidates, key=rank)[:count]}
     return [d for d in candidates if d.id in chosen]

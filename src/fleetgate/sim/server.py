@@ -79,6 +79,7 @@ def snapshot_json(snap: DeviceSnapshot) -> dict[str, Any]:
             for e in snap.history
         ],
         "faults": list(snap.faults),
+        "dropped": snap.dropped,
     }
 
 
@@ -123,22 +124,26 @@ class VirtualFleet:
         cls, spec: FleetSpec, host: str = "127.0.0.1", port: int = 0
     ) -> AsyncIterator[VirtualFleet]:
         socks = _bind(spec, host, port)
-        bound = socks[0].getsockname()[1]
-        if spec.per_device_address:
-            model = SimFleet(spec, lambda i, _id: f"http://{device_address(i)}:{bound}")
-            url = f"http://{device_address(0)}:{bound}"
-        else:
-            shown = f"[{host}]" if ":" in host else host
-            url = f"http://{shown}:{bound}"
-            model = SimFleet(spec, lambda _i, dev_id: f"{url}/d/{dev_id}")
-        runner = web.AppRunner(_make_app(model), access_log=None, handle_signals=False)
-        await runner.setup()
+        runner: web.AppRunner | None = None
         try:
+            bound = socks[0].getsockname()[1]
+            if spec.per_device_address:
+                model = SimFleet(spec, lambda i, _id: f"http://{device_address(i)}:{bound}")
+                url = f"http://{device_address(0)}:{bound}"
+            else:
+                shown = f"[{host}]" if ":" in host else host
+                url = f"http://{shown}:{bound}"
+                model = SimFleet(spec, lambda _i, dev_id: f"{url}/d/{dev_id}")
+            runner = web.AppRunner(
+                _make_app(model), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            )
+            await runner.setup()
             for sock in socks:
                 await web.SockSite(runner, sock).start()
             yield cls(model, url, runner)
         finally:
-            await runner.cleanup()
+            if runner is not None:
+                await runner.cleanup()
             for sock in socks:
                 sock.close()
 

@@ -325,6 +325,7 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
                 "confirm",
                 "deployment",
                 "policy",
+                "distribution",
             ):
                 return s
             raise IllegalTransition(f"unknown event {a!r}", deployment_id=s.deployment_id)

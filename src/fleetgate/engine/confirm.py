@@ -1,0 +1,65 @@
+"""``Confirm``: the CONFIRM phase — full-fleet health, rollback copies, accounting, verdict.
+
+COMPLETE only when every targeted device is deployed and healthy, none was skipped or
+quarantined, and every deployed device still holds its rollback copy; otherwise PARTIAL, with
+the reasons (spec CONFIRM steps 1–7 and "Completion Criteria").
+"""
+
+from __future__ import annotations
+
+from fleetgate.core.state import DeviceStatus
+from fleetgate.engine.context import EngineContext
+from fleetgate.engine.verify import health_round
+from fleetgate.errors import FleetgateError
+
+D = DeviceStatus
+
+
+async def run_confirm(ctx: EngineContext) -> None:
+    rec = ctx.recorder
+    deployed = list(rec.state.deployed_ids)
+    last = len(rec.state.stages) - 1
+    await health_round(ctx, last, deployed, "confirm")
+
+    async def copy(dev_id: str) -> bool:
+        try:
+            return (await ctx.transport.facts(ctx.device(dev_id))).rollback_available
+        except FleetgateError:
+            return False
+
+    copies = await ctx.each(deployed, copy, "rollback-copy")
+    state = rec.state
+    ok_copies = sorted(i for i, v in copies.items() if v)
+    missing = sorted(i for i, v in copies.items() if not v)
+    counts = {
+        "deployed_healthy": state.count(D.HEALTHY),
+        "deployed_degraded": state.count(D.DEGRADED),
+        "failed": state.count(D.FAILED, D.ROLLBACK_FAILED),
+        "skipped": state.count(D.SKIPPED, D.UNREACHABLE, D.PENDING),
+        "quarantined": state.count(D.QUARANTINED),
+        "rolled_back": state.count(D.ROLLED_BACK),
+        "not_targeted": max(0, state.fleet_total - len(state.devices)),
+    }
+    await rec.record(
+        "confirm.checked",
+        rollback_copies={"ok": ok_copies, "missing": missing},
+        health={
+            "healthy": counts["deployed_healthy"],
+            "degraded": counts["deployed_degraded"],
+            "failed": counts["failed"],
+        },
+    )
+    reasons: list[str] = []
+    for key in ("deployed_degraded", "failed", "skipped", "quarantined", "rolled_back"):
+        if counts[key]:
+            reasons.append(f"{counts[key]} {key.replace('_', ' ')}")
+    if missing:
+        reasons.append(f"{len(missing)} deployed devices lost their rollback copy")
+    result = "PARTIAL" if reasons else "COMPLETE"
+    await rec.record(
+        "confirm.completed",
+        outcome="ok" if result == "COMPLETE" else "partial",
+        result=result,
+        counts=counts,
+        reasons=reasons,
+    )

@@ -1,0 +1,170 @@
+"""What every engine step needs: the release, the policy, the devices, the channel, the clock.
+
+Everything here is rebuilt on resume from the ``deployment.created`` event (release, policy,
+device snapshot), so a controller that never saw the start of a deployment can drive it.
+Time is injected (``Clock``) so tests can run soaks in zero time and the crash test can measure
+a soak that counts the time already served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fleetgate.clock import parse_iso, utc_now_iso
+from fleetgate.core.model import Device, HealthSample
+from fleetgate.core.policy import Policy
+from fleetgate.engine.recorder import Recorder
+from fleetgate.errors import FleetgateError, TransportError
+from fleetgate.transports.base import DeviceTransport
+
+T = TypeVar("T")
+
+
+class Clock:
+    """Wall clock for timestamps, ``sleep`` for soaks and backoff."""
+
+    def now_iso(self) -> str:
+        return utc_now_iso()
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    def elapsed_since(self, iso: str) -> float:
+        return max(0.0, self.now() - parse_iso(iso).timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    release_id: str
+    manifest_json: str
+    signature: str
+    size: int
+    sha256: str
+    url: str = ""  # the distribution point of this controller run
+
+
+@dataclass
+class EngineContext:
+    deployment_id: str
+    transport: DeviceTransport
+    recorder: Recorder
+    policy: Policy
+    release: Release
+    devices: Mapping[str, Device]
+    clock: Clock = field(default_factory=Clock)
+    concurrency: int = 200
+    actor: str = "fleetgate"
+    rng: random.Random = field(default_factory=random.Random)
+    baselines: dict[str, HealthSample | None] = field(default_factory=dict)
+    seq_base: int = 0
+    on_progress: Callable[[str, int, int], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._sem = asyncio.Semaphore(self.concurrency)
+
+    def device(self, device_id: str) -> Device:
+        return self.devices[device_id]
+
+    def next_seq(self, device_id: str) -> int:
+        """Per-device increasing command numbers: a per-deployment block (from the store's
+        global counter, so later deployments always use higher numbers) plus the count of
+        commands this deployment already sent the device (from the log)."""
+        return self.seq_base * 100_000 + self.recorder.ledger.commands.get(device_id, 0) + 1
+
+    async def bounded(self, coro: Awaitable[T]) -> T:
+        async with self._sem:
+            return await coro
+
+    async def each(
+        self, ids: Iterable[str], fn: Callable[[str], Awaitable[T]], label: str = ""
+    ) -> dict[str, T]:
+        """Run ``fn`` for every device with bounded concurrency; results by device id."""
+        ids = list(ids)
+        done = 0
+        out: dict[str, T] = {}
+
+        async def one(i: str) -> None:
+            nonlocal done
+            out[i] = await self.bounded(fn(i))
+            done += 1
+            if self.on_progress is not None and label:
+                self.on_progress(label, done, len(ids))
+
+        async with asyncio.TaskGroup() as tg:
+            for i in ids:
+                tg.create_task(one(i), name=f"fleetgate-{label or 'device'}-{i}")
+        return out
+
+    async def retrying(
+        self, call: Callable[[], Awaitable[T]], *, attempts: int | None = None
+    ) -> tuple[T, int]:
+        """Retry retryable transport errors with jittered exponential backoff (spec: 3
+        attempts). Returns the result and the attempts it took; the last error propagates."""
+        tries = attempts or self.policy.retries.attempts
+        base = self.policy.retries.backoff_s
+        for attempt in range(1, tries + 1):
+            try:
+                return await call(), attempt
+            except FleetgateError as exc:
+                if not exc.retryable or attempt == tries:
+                    raise
+                delay = base * (2 ** (attempt - 1))
+                await self.clock.sleep(delay * (0.5 + self.rng.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def sample_dict(s: HealthSample | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "app_up": s.app_up,
+        "latency_ms": s.latency_ms,
+        "error_rate": s.error_rate,
+        "cpu_percent": s.cpu_percent,
+        "mem_used_mb": s.mem_used_mb,
+        "mem_total_mb": s.mem_total_mb,
+        "disk_free_mb": s.disk_free_mb,
+        "gpu_percent": s.gpu_percent,
+        "temperature_c": s.temperature_c,
+        "restarts": s.restarts,
+        "crash_loop": s.crash_loop,
+        "release": s.release,
+    }
+
+
+def sample_from_dict(device_id: str, d: Mapping[str, Any] | None) -> HealthSample | None:
+    if not d:
+        return None
+
+    def num(key: str) -> float | None:
+        v = d.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    return HealthSample(
+        device_id=device_id,
+        app_up=bool(d.get("app_up")),
+        latency_ms=num("latency_ms"),
+        error_rate=num("error_rate"),
+        cpu_percent=num("cpu_percent"),
+        mem_used_mb=num("mem_used_mb"),
+        mem_total_mb=num("mem_total_mb"),
+        disk_free_mb=num("disk_free_mb"),
+        gpu_percent=num("gpu_percent"),
+        temperature_c=num("temperature_c"),
+        restarts=int(d.get("restarts") or 0),
+        crash_loop=bool(d.get("crash_loop")),
+        release=str(d["release"]) if d.get("release") else None,
+    )
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, TransportError)

@@ -1,0 +1,193 @@
+"""Every engine action becomes a durable event before the engine acts on its outcome.
+
+``Recorder.record`` (1) builds the event with the injected clock, (2) steps the deployment state
+machine — an illegal event raises here, before anything is written — and (3) waits until the event
+is committed to the hash-chained log. Callers therefore never proceed on an action that is not in
+the log (DESIGN.md invariants 7 and 8).
+
+Group commit: concurrent ``record`` calls (hundreds of devices staging in parallel) are written by
+one flusher task in batches with ``Store.append_many`` — one transaction per batch, not per
+event — and every caller of the batch is released when it commits. Order in the log is the order
+in which ``record`` was called, which is the order the state machine saw.
+
+The recorder also keeps the per-device command ledger (``DeviceLedger``): the last command sent to
+each device with its ``seq`` and whether its result was recorded. After a controller crash the
+ledger is rebuilt from the log, so an in-flight command is re-sent with the *same* seq and the agent
+answers it from its record instead of executing it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetgate.core.events import Event, StoredEvent
+from fleetgate.core.machine import step
+from fleetgate.core.state import DeploymentState
+
+
+class EventSink(Protocol):
+    async def append_many(self, new: list[Event]) -> list[StoredEvent]: ...
+
+
+_INTENTS = {
+    "device.stage_requested": "stage",
+    "device.activate_requested": "activate",
+    "device.rollback_requested": "rollback",
+}
+_RESULTS = {
+    "device.staged": "stage",
+    "device.activated": "activate",
+    "device.deploy_failed": None,  # ends whichever command was pending
+    "device.rolled_back": "rollback",
+    "device.rollback_failed": "rollback",
+}
+
+
+@dataclass
+class PendingCommand:
+    command: str
+    seq: int
+    release: str | None
+
+
+@dataclass
+class DeviceLedger:
+    """Commands per device within this deployment: the seq counter and the in-flight one."""
+
+    commands: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, PendingCommand] = field(default_factory=dict)
+
+    def observe(self, ev: Event | StoredEvent) -> None:
+        dev = ev.device_id
+        if dev is None:
+            return
+        if ev.action in _INTENTS:
+            self.commands[dev] = self.commands.get(dev, 0) + 1
+            rel = ev.details.get("release") or ev.details.get("to")
+            self.pending[dev] = PendingCommand(
+                _INTENTS[ev.action], int(ev.details["seq"]), str(rel) if rel else None
+            )
+        elif ev.action in _RESULTS:
+            want = _RESULTS[ev.action]
+            cur = self.pending.get(dev)
+            if cur is not None and (want is None or cur.command == want):
+                del self.pending[dev]
+
+    def pending_for(self, device_id: str, command: str) -> PendingCommand | None:
+        cur = self.pending.get(device_id)
+        return cur if cur is not None and cur.command == command else None
+
+
+class Recorder:
+    def __init__(
+        self,
+        sink: EventSink,
+        state: DeploymentState,
+        now: Callable[[], str],
+        *,
+        history: Iterable[Event | StoredEvent] = (),
+        batch_max: int = 500,
+    ) -> None:
+        self._sink = sink
+        self.state = state
+        self._now = now
+        self.ledger = DeviceLedger()
+        for ev in history:
+            self.ledger.observe(ev)
+        self._queue: list[tuple[Event, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._batch_max = batch_max
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.written = 0
+
+    @property
+    def deployment_id(self) -> str:
+        return self.state.deployment_id
+
+    async def __aenter__(self) -> Recorder:
+        self._task = asyncio.create_task(self._flusher(), name="fleetgate-recorder-flush")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def make(
+        self,
+        action: str,
+        *,
+        device_id: str | None = None,
+        outcome: str = "ok",
+        actor: str = "fleetgate",
+        details: Mapping[str, Any] | None = None,
+    ) -> Event:
+        return Event(
+            ts=self._now(),
+            deployment_id=self.state.deployment_id,
+            action=action,
+            outcome=outcome,
+            device_id=device_id,
+            actor=actor,
+            details=dict(details or {}),
+        )
+
+    async def record(
+        self,
+        name: str,
+        /,
+        *,
+        device_id: str | None = None,
+        outcome: str = "ok",
+        actor: str = "fleetgate",
+        **details: Any,
+    ) -> None:
+        """Validate, then wait until the event is durable."""
+        ev = self.make(name, device_id=device_id, outcome=outcome, actor=actor, details=details)
+        await self.record_event(ev)
+
+    async def record_event(self, ev: Event) -> None:
+        if self._closed or self._task is None:
+            raise RuntimeError("recorder is not running")
+        self.state, _ = step(self.state, ev)  # raises IllegalTransition: nothing written
+        self.ledger.observe(ev)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((ev, fut))
+        self._wake.set()
+        await fut
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[: self._batch_max]
+                del self._queue[: len(batch)]
+                try:
+                    await self._sink.append_many([ev for ev, _ in batch])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    # The store failed: nothing after this may be written out of order.
+                    for _, fut in self._queue:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    self._queue.clear()
+                    self._closed = True
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    return
+                self.written += len(batch)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+            if self._closed:
+                return

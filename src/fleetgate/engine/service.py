@@ -1,0 +1,291 @@
+"""The controller: start a deployment, drive it, record human decisions.
+
+- ``start``: PREPARE's offline half — the bundle's signature is verified against the
+  controller's public key, the payload published to the distribution directory, the plan made
+  (blocked plans are refused) — then ``deployment.created`` records everything a later
+  controller needs (plan, stages, policy, release, device snapshot). No device is touched.
+- ``drive``: takes the deployment's lease (one driver at a time, across processes and hosts),
+  serves the blob over HTTP for this run, rebuilds the context from the log and runs the drive
+  loop until the deployment needs a human or has ended. The lease is renewed in the background
+  and released on exit, so a waiting deployment holds no lease.
+- ``approve``/``reject``/``resume``/``request_rollback``/``recover``: human decisions, recorded
+  with the human's name, validated by the state machine against the log's current state.
+
+Invariant 1 (nothing touches a device before PREPARE passed and the artifact verified) holds
+because the first device effect, ``RunStage(0)``, only follows ``prepare.passed``, and
+``prepare`` re-verifies the published manifest's signature in the driving process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from fleetgate.core.events import Event
+from fleetgate.core.machine import fold
+from fleetgate.core.model import Device
+from fleetgate.core.plan import plan_deployment
+from fleetgate.core.policy import Policy
+from fleetgate.core.state import DeploymentState
+from fleetgate.engine.context import Clock, EngineContext, Release, sample_from_dict
+from fleetgate.engine.recorder import Recorder
+from fleetgate.engine.runner import drive
+from fleetgate.errors import FleetgateError, GuardrailError, InputError
+from fleetgate.transports.base import DeviceTransport
+
+SEQ_COUNTER = "__deployments__"
+
+
+@dataclass
+class ControllerConfig:
+    blob_dir: Path
+    public_key: Path
+    dist_host: str = "127.0.0.1"
+    dist_port: int = 0
+    concurrency: int = 200
+    lease_ttl_s: float = 60.0
+
+
+@dataclass
+class Controller:
+    store: Any  # fleetgate.store.Store (kept untyped here to avoid an import cycle in typing)
+    transport: DeviceTransport
+    config: ControllerConfig
+    clock: Clock = field(default_factory=Clock)
+    holder: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    )
+    on_progress: Callable[[str, int, int], None] | None = None
+
+    # -- start ----------------------------------------------------------------------------
+    async def start(
+        self,
+        bundle: Path,
+        policy: Policy,
+        *,
+        policy_doc: dict[str, Any],
+        select: Callable[[Device], bool] | None = None,
+        actor: str = "operator",
+    ) -> str:
+        from fleetgate.artifacts.distribution import load_published, publish_bundle
+        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.signing import verify_bundle
+        from fleetgate.registry import device_to_dict
+        from fleetgate.report.prepare import plan_to_dict
+
+        pub = load_public_key(self.config.public_key)
+        manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
+        fleet = await self.store.list_devices()
+        if not fleet:
+            raise InputError("the inventory is empty: run `fleetgate registry import FILE` first")
+        plan = plan_deployment(fleet, manifest, policy, select)
+        if plan.blockers:
+            raise GuardrailError("cannot deploy: " + "; ".join(plan.blockers))
+        sha, size = await asyncio.to_thread(
+            publish_bundle, bundle, self.config.blob_dir, public_key=pub
+        )
+        manifest_json, signature = await asyncio.to_thread(
+            load_published, self.config.blob_dir, sha
+        )
+        dep_id = "d-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        seq_base = await self.store.next_device_seq(SEQ_COUNTER)
+        plan_doc = plan_to_dict(plan, policy, sha256=sha)
+        stages = [[d.id for d in s] for s in plan.stages()]
+        details = {
+            "stages": stages,
+            "artifact": manifest.label,
+            "sha256": sha,
+            "fleet_total": plan.fleet_total,
+            "plan": plan_doc,
+            "policy": policy_doc,
+            "allow_short_soak": policy.allow_short_soak,
+            "seq_base": seq_base,
+            "release": {
+                "release_id": manifest.release_id,
+                "manifest_json": manifest_json.decode(),
+                "signature": signature,
+                "size": size,
+            },
+            "targets": [device_to_dict(d) for s in plan.stages() for d in s],
+        }
+        now = self.clock.now_iso()
+        created = Event(
+            ts=now, deployment_id=dep_id, action="deployment.created", actor=actor, details=details
+        )
+        fold(dep_id, [created])  # validates before anything is written
+        events = [created]
+        if policy.allow_short_soak:
+            events.append(
+                Event(
+                    ts=now,
+                    deployment_id=dep_id,
+                    action="policy.short_soak_allowed",
+                    actor=actor,
+                    details={
+                        "canary_s": policy.soak.canary_s,
+                        "between_waves_s": policy.soak.between_waves_s,
+                    },
+                )
+            )
+        async with self.store.transaction():
+            await self.store.create_deployment(
+                dep_id, manifest.label, sha, {"targets": len(plan.targeted)}
+            )
+            await self.store.append_many(events)
+        return dep_id
+
+    # -- reading ---------------------------------------------------------------------------
+    async def state(self, deployment_id: str) -> DeploymentState:
+        events = await self.store.events(deployment_id)
+        if not events:
+            raise InputError(f"no deployment {deployment_id!r}")
+        return fold(deployment_id, events)
+
+    # -- driving ---------------------------------------------------------------------------
+    async def drive(self, deployment_id: str) -> DeploymentState:
+        from fleetgate.artifacts.distribution import DistributionServer
+
+        async with self._lease(deployment_id):
+            events = await self.store.events(deployment_id)
+            if not events:
+                raise InputError(f"no deployment {deployment_id!r}")
+            created = events[0].details
+            async with DistributionServer(
+                self.config.blob_dir, self.config.dist_host, self.config.dist_port
+            ) as dist:
+                url = dist.blob_url(str(created["sha256"]))
+                async with self._recorder(deployment_id, events) as rec:
+                    if not rec.state.phase.terminal:
+                        await rec.record("distribution.started", url=url)
+                    ctx = self._context(deployment_id, rec, created, events, url)
+                    return await drive(ctx, self._prepare)
+
+    async def _prepare(self, ctx: EngineContext) -> None:
+        """PREPARE's online half, in the driving process: re-verify the published manifest's
+        signature and check the distribution point serves the exact payload."""
+        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.signing import verify_manifest
+
+        checks: list[dict[str, Any]] = []
+        try:
+            m = verify_manifest(
+                ctx.release.manifest_json.encode(),
+                ctx.release.signature,
+                load_public_key(self.config.public_key),
+            )
+            checks.append({"check": "signature", "ok": True, "detail": m.label})
+            async with aiohttp.ClientSession() as s, s.head(ctx.release.url) as r:
+                length = int(r.headers.get("Content-Length", "-1"))
+                ok = r.status == 200 and length == ctx.release.size
+            checks.append(
+                {
+                    "check": "distribution",
+                    "ok": ok,
+                    "detail": f"{ctx.release.url} HTTP {r.status}, {length} bytes",
+                }
+            )
+        except (FleetgateError, aiohttp.ClientError) as exc:
+            checks.append({"check": "artifact", "ok": False, "detail": str(exc)})
+        if all(c["ok"] for c in checks):
+            await ctx.recorder.record("prepare.passed", checks=checks, distribution=ctx.release.url)
+        else:
+            await ctx.recorder.record(
+                "prepare.failed",
+                outcome="failed",
+                checks=checks,
+                reason="; ".join(c["detail"] for c in checks if not c["ok"]),
+            )
+
+    def _context(
+        self, dep_id: str, rec: Recorder, created: Any, events: list[Any], url: str
+    ) -> EngineContext:
+        from fleetgate.config.policy_file import policy_from_dict
+        from fleetgate.registry import device_from_dict
+
+        rel = created["release"]
+        devices = {d["id"]: device_from_dict(d) for d in created["targets"]}
+        baselines = {
+            e.device_id: sample_from_dict(e.device_id, e.details.get("sample"))
+            for e in events
+            if e.action == "device.baseline" and e.device_id
+        }
+        return EngineContext(
+            deployment_id=dep_id,
+            transport=self.transport,
+            recorder=rec,
+            policy=policy_from_dict(dict(created["policy"]), f"deployment {dep_id} policy"),
+            release=Release(
+                rel["release_id"],
+                rel["manifest_json"],
+                rel["signature"],
+                int(rel["size"]),
+                str(created["sha256"]),
+                url,
+            ),
+            devices=devices,
+            clock=self.clock,
+            concurrency=self.config.concurrency,
+            baselines=baselines,
+            seq_base=int(created["seq_base"]),
+            on_progress=self.on_progress,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _recorder(self, dep_id: str, events: list[Any]) -> AsyncIterator[Recorder]:
+        rec = Recorder(self.store, fold(dep_id, events), self.clock.now_iso, history=events)
+        async with rec:
+            yield rec
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, dep_id: str) -> AsyncIterator[None]:
+        ttl = self.config.lease_ttl_s
+        if not await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()):
+            lease = await self.store.get_lease(dep_id)
+            who = f" by {lease.holder} until {lease.expires_at}" if lease else ""
+            raise FleetgateError(
+                f"deployment {dep_id} is being driven{who}", deployment_id=dep_id, retryable=True
+            )
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                await self.store.renew_lease(dep_id, self.holder, ttl, self.clock.now_iso())
+
+        task = asyncio.create_task(renew(), name=f"fleetgate-lease-{dep_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FleetgateError):
+                await task
+            with contextlib.suppress(FleetgateError):
+                await self.store.release_lease(dep_id, self.holder)
+
+    # -- human decisions -------------------------------------------------------------------
+    async def record_human(
+        self,
+        dep_id: str,
+        action: str,
+        actor: str,
+        device_id: str | None = None,
+        **details: Any,
+    ) -> DeploymentState:
+        if not actor or actor in ("fleetgate", "system"):
+            raise InputError("a human decision needs --as NAME")
+        async with self._lease(dep_id):
+            events = await self.store.events(dep_id)
+            if not events:
+                raise InputError(f"no deployment {dep_id!r}")
+            async with self._recorder(dep_id, events) as rec:
+                await rec.record(action, actor=actor, device_id=device_id, **details)
+                return rec.state

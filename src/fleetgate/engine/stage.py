@@ -1,0 +1,307 @@
+"""``RunStage``: put the release on one stage's devices (the canaries, or one wave).
+
+Per device, in this order (spec CANARY/ROLLOUT steps a–e, Guardrails 2 and 4):
+
+1. **Pre-flight** — the agent answers ping and facts; the device is ``active`` in the inventory;
+   it has a known-good release to come back to (``current`` is set: a device that cannot keep a
+   rollback copy is *skipped*, never deployed — invariant 5); its free disk holds the artifact
+   plus its unpacked size while keeping that rollback copy. A device that does not answer is
+   *unreachable*: it is logged, the rest go on, and it is retried after the stage (3 attempts,
+   jittered exponential backoff) before it is marked SKIPPED. More than 20 % unreachable in the
+   stage halts the deployment before anything is deployed (``core.gates.unreachable_decision``).
+2. **Baseline** — health captured before the device is touched: the device's own yardstick.
+3. **Stage, activate, smoke test** — each command is logged as an intent (with its ``seq``)
+   before it is sent and as a result after; transfer failures are retried (policy retries).
+   A start that fails, or a smoke test that fails, is a *failed* device (the wave gate decides).
+
+Idempotent on resume: devices already on the release are not deployed again; a command whose
+intent is in the log without a result is re-sent with the same ``seq`` (the agent replays it),
+after checking the device's facts — a device that already runs the release is recorded as such.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fleetgate.core.gates import evaluate_health, unreachable_decision
+from fleetgate.core.model import DeviceState
+from fleetgate.core.state import DeviceStatus
+from fleetgate.engine.context import EngineContext, sample_dict
+from fleetgate.errors import DeviceError, FleetgateError, TransportError
+from fleetgate.transports.base import Facts
+
+D = DeviceStatus
+_TODO = (D.PENDING, D.UNREACHABLE)
+
+
+def _mb(n: int) -> float:
+    return n / (1024 * 1024)
+
+
+async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> None:
+    rec = ctx.recorder
+    todo = [i for i in ids if rec.state.devices[i] in _TODO]
+    resumed = [i for i in ids if rec.state.devices[i] is D.STAGED]
+    await rec.record("stage.started", stage=stage, devices=len(ids), todo=len(todo))
+
+    reachable, unreachable = await _preflight_all(ctx, stage, todo)
+    targeted = len(todo)
+    decision = unreachable_decision(len(unreachable), targeted, ctx.policy.thresholds)
+    await rec.record(
+        "stage.preflight",
+        stage=stage,
+        reachable=sorted(reachable),
+        unreachable=sorted(unreachable),
+        rate=float(decision.rate),
+        decision=decision.action.value,
+        reason=decision.reason,
+    )
+    if decision.action.value == "HALT":
+        await rec.record("deployment.halted", reason=f"stage {stage}: {decision.reason}")
+        return
+
+    await ctx.each(reachable + resumed, lambda i: _deploy_one(ctx, stage, i), "deploy")
+
+    # Unreachable devices: retried after the stage, then skipped and set aside.
+    for attempt in range(1, ctx.policy.retries.attempts + 1):
+        if not unreachable:
+            break
+        await ctx.clock.sleep(
+            ctx.policy.retries.backoff_s * 2 ** (attempt - 1) * (0.5 + ctx.rng.random())
+        )
+        again, unreachable = await _preflight_all(ctx, stage, unreachable, attempt=attempt + 1)
+        await ctx.each(again, lambda i: _deploy_one(ctx, stage, i), "deploy-retry")
+    for dev in unreachable:
+        await rec.record(
+            "device.skipped",
+            device_id=dev,
+            outcome="skipped",
+            stage=stage,
+            reason="unreachable after retries; set aside for investigation",
+        )
+
+    state = rec.state
+    failed = [i for i in ids if state.devices[i] is D.FAILED]
+    skipped = [i for i in ids if state.devices[i] is D.SKIPPED]
+    deployed = [i for i in ids if state.devices[i].on_new_release]
+    await rec.record(
+        "stage.deployed", stage=stage, deployed=len(deployed), failed=failed, skipped=skipped
+    )
+
+
+async def _preflight_all(
+    ctx: EngineContext, stage: int, ids: list[str], attempt: int = 1
+) -> tuple[list[str], list[str]]:
+    results = await ctx.each(ids, lambda i: _preflight(ctx, stage, i, attempt), "preflight")
+    ok = sorted(i for i, r in results.items() if r == "ok")
+    unreachable = sorted(i for i, r in results.items() if r == "unreachable")
+    return ok, unreachable
+
+
+async def _preflight(ctx: EngineContext, stage: int, dev_id: str, attempt: int) -> str:
+    rec, dev = ctx.recorder, ctx.device(dev_id)
+    if dev.state is not DeviceState.ACTIVE:
+        await rec.record(
+            "device.skipped",
+            device_id=dev_id,
+            outcome="skipped",
+            stage=stage,
+            reason=f"device is in {dev.state.value}",
+        )
+        return "skipped"
+    t0 = time.perf_counter()
+    try:
+        await ctx.transport.ping(dev)
+        facts = await ctx.transport.facts(dev)
+    except TransportError as exc:
+        await rec.record(
+            "device.unreachable",
+            device_id=dev_id,
+            outcome="failed",
+            stage=stage,
+            attempt=attempt,
+            error=str(exc),
+        )
+        return "unreachable"
+    except DeviceError as exc:
+        await rec.record(
+            "device.skipped",
+            device_id=dev_id,
+            outcome="skipped",
+            stage=stage,
+            reason=f"agent refused pre-flight: {exc}",
+        )
+        return "skipped"
+    rtt_ms = round(1000 * (time.perf_counter() - t0), 1)
+    reason = _preflight_problem(ctx, facts)
+    checks = {
+        "reachable": True,
+        "agent": facts.agent_version,
+        "disk_free_mb": facts.disk_free_mb,
+        "disk_needed_mb": _disk_needed_mb(ctx),
+        "rollback_copy": facts.current,
+        "state": facts.state,
+    }
+    if reason:
+        await rec.record(
+            "device.preflight",
+            device_id=dev_id,
+            outcome="failed",
+            stage=stage,
+            ok=False,
+            checks=checks,
+            reason=reason,
+            rtt_ms=rtt_ms,
+        )
+        await rec.record(
+            "device.skipped", device_id=dev_id, outcome="skipped", stage=stage, reason=reason
+        )
+        return "skipped"
+    await rec.record(
+        "device.preflight", device_id=dev_id, stage=stage, ok=True, checks=checks, rtt_ms=rtt_ms
+    )
+    return "ok"
+
+
+def _disk_needed_mb(ctx: EngineContext) -> float:
+    manifest = json.loads(ctx.release.manifest_json)
+    unpacked = float(manifest.get("requires", {}).get("disk_mb", 0))
+    return round(_mb(ctx.release.size) + unpacked, 1)
+
+
+def _preflight_problem(ctx: EngineContext, facts: Facts) -> str:
+    """Why this device must not be deployed, or '' (Guardrails 2 and 4, invariant 5)."""
+    if facts.current == ctx.release.release_id:
+        return ""  # already runs the release: nothing will be transferred
+    if not facts.current:
+        return "no known-good release on the device to roll back to (rollback copy required)"
+    if facts.current not in facts.releases and facts.releases:
+        return f"current release {facts.current} is not on disk"
+    needed = _disk_needed_mb(ctx)
+    if ctx.release.release_id not in facts.releases and facts.disk_free_mb < needed:
+        return (
+            f"insufficient disk: {facts.disk_free_mb:.0f} MB free, {needed:.0f} MB needed "
+            "for the artifact while keeping the rollback copy"
+        )
+    return ""
+
+
+async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
+    rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
+    status = rec.state.devices[dev_id]
+    try:
+        baseline = await ctx.transport.health(dev)
+    except FleetgateError:
+        baseline = None
+    if dev_id not in ctx.baselines:
+        ctx.baselines[dev_id] = baseline
+        await rec.record(
+            "device.baseline", device_id=dev_id, stage=stage, sample=sample_dict(baseline)
+        )
+
+    if status is not D.STAGED:
+        pending = rec.ledger.pending_for(dev_id, "stage")
+        seq = pending.seq if pending else ctx.next_seq(dev_id)
+        if pending is None:
+            await rec.record(
+                "device.stage_requested",
+                device_id=dev_id,
+                stage=stage,
+                seq=seq,
+                release=rel.release_id,
+            )
+        t0 = time.perf_counter()
+        try:
+            res, attempts = await ctx.retrying(
+                lambda: ctx.transport.stage(
+                    dev,
+                    deployment_id=ctx.deployment_id,
+                    seq=seq,
+                    manifest_json=rel.manifest_json,
+                    signature=rel.signature,
+                    url=rel.url,
+                )
+            )
+        except FleetgateError as exc:
+            await _failed(ctx, stage, dev_id, "stage", str(exc))
+            return
+        await rec.record(
+            "device.staged",
+            device_id=dev_id,
+            stage=stage,
+            seq=seq,
+            release=res.release,
+            status=res.status,
+            replayed=res.replayed,
+            attempts=attempts,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    pending = rec.ledger.pending_for(dev_id, "activate")
+    seq = pending.seq if pending else ctx.next_seq(dev_id)
+    if pending is None:
+        await rec.record(
+            "device.activate_requested",
+            device_id=dev_id,
+            stage=stage,
+            seq=seq,
+            release=rel.release_id,
+        )
+    try:
+        act, _ = await ctx.retrying(
+            lambda: ctx.transport.activate(
+                dev, deployment_id=ctx.deployment_id, seq=seq, release=rel.release_id
+            )
+        )
+    except FleetgateError as exc:
+        await _failed(ctx, stage, dev_id, "activate", str(exc))
+        return
+    if not act.ok:
+        await _failed(ctx, stage, dev_id, "activate", act.error or act.status, list(act.logs))
+        return
+    await rec.record(
+        "device.activated",
+        device_id=dev_id,
+        stage=stage,
+        seq=seq,
+        release=act.release,
+        previous=act.previous,
+        replayed=act.replayed,
+    )
+    await smoke_test(ctx, stage, dev_id)
+
+
+async def smoke_test(ctx: EngineContext, stage: int, dev_id: str) -> None:
+    try:
+        sample = await ctx.transport.health(ctx.device(dev_id))
+    except FleetgateError as exc:
+        await _failed(ctx, stage, dev_id, "smoke", f"health not answered: {exc}")
+        return
+    verdict = evaluate_health(sample, ctx.baselines.get(dev_id), ctx.policy.health)
+    await ctx.recorder.record(
+        "device.health",
+        device_id=dev_id,
+        stage=stage,
+        round="smoke",
+        outcome="ok" if verdict.healthy else "failed",
+        status=verdict.status.value.lower(),
+        reasons=list(verdict.reasons),
+        sample=sample_dict(sample),
+        baseline=sample_dict(ctx.baselines.get(dev_id)),
+    )
+
+
+async def _failed(
+    ctx: EngineContext, stage: int, dev_id: str, step: str, error: str, logs: Any = None
+) -> None:
+    await ctx.recorder.record(
+        "device.deploy_failed",
+        device_id=dev_id,
+        outcome="failed",
+        stage=stage,
+        step=step,
+        error=error,
+        logs=logs or [],
+    )

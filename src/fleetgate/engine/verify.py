@@ -1,0 +1,167 @@
+"""Health gates: ``VerifyCanary`` (VERIFY phase) and ``EvaluateWave`` (between waves).
+
+Both run the same shape — health on the devices, soak, health again — and record a decision
+made by ``core.gates`` with its reasons:
+
+- VERIFY (Guardrail 1): every canary checked before and after the soak against its own
+  pre-deploy baseline; ``canary_verdict`` → PASS (then ``approval.requested``) or FAIL.
+- Between waves (Guardrail 3): health on ALL deployed devices, not only the current wave; the
+  decision matrix on the current wave's failures; the rollback scope across waves when devices
+  of earlier waves degrade too.
+
+Soaks count time already served: the start of each soak is an event, so a controller that
+resumes sleeps only for what is left (``soak.started`` → ``state.soak_started``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fleetgate.core.gates import (
+    ScopeKind,
+    WaveAction,
+    canary_verdict,
+    evaluate_health,
+    rollback_scope,
+    wave_decision,
+)
+from fleetgate.core.model import HealthSample
+from fleetgate.core.state import DeviceStatus
+from fleetgate.engine.context import EngineContext, sample_dict
+from fleetgate.errors import FleetgateError
+
+D = DeviceStatus
+
+
+async def health_round(
+    ctx: EngineContext, stage: int, ids: Iterable[str], round_name: str
+) -> dict[str, HealthSample]:
+    """Ask every device for health, judge it against its baseline, record each verdict.
+    A device that does not answer is recorded FAILED for this round."""
+
+    async def one(dev_id: str) -> HealthSample | None:
+        baseline = ctx.baselines.get(dev_id)
+        try:
+            sample = await ctx.transport.health(ctx.device(dev_id))
+        except FleetgateError as exc:
+            await ctx.recorder.record(
+                "device.health",
+                device_id=dev_id,
+                outcome="failed",
+                stage=stage,
+                round=round_name,
+                status="failed",
+                reasons=[f"health endpoint not responding: {exc}"],
+                sample=None,
+                baseline=sample_dict(baseline),
+            )
+            return None
+        verdict = evaluate_health(sample, baseline, ctx.policy.health)
+        await ctx.recorder.record(
+            "device.health",
+            device_id=dev_id,
+            stage=stage,
+            round=round_name,
+            outcome="ok" if verdict.healthy else "failed",
+            status=verdict.status.value.lower(),
+            reasons=list(verdict.reasons),
+            sample=sample_dict(sample),
+            baseline=sample_dict(baseline),
+        )
+        return sample
+
+    results = await ctx.each(list(ids), one, f"health-{round_name}")
+    return {i: s for i, s in results.items() if s is not None}
+
+
+async def soak(ctx: EngineContext, stage: int, seconds: float) -> None:
+    key = f"{stage}:soak"
+    started = ctx.recorder.state.soak_started.get(key)
+    if started is None:
+        await ctx.recorder.record("soak.started", stage=stage, round="soak", seconds=seconds)
+        remaining = seconds
+    else:
+        remaining = seconds - ctx.clock.elapsed_since(started)
+    await ctx.clock.sleep(remaining)
+    await ctx.recorder.record("soak.completed", stage=stage, seconds=seconds)
+
+
+async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
+    rec = ctx.recorder
+    canaries = rec.state.canaries
+    live = [i for i in canaries if rec.state.devices[i].on_new_release]
+    initial = await health_round(ctx, 0, live, "initial")
+    await soak(ctx, 0, ctx.policy.soak.canary_s)
+    post = await health_round(ctx, 0, live, "post-soak")
+    judged = [
+        i for i in canaries if rec.state.devices[i] not in (D.SKIPPED, D.QUARANTINED, D.ROLLED_BACK)
+    ]
+    verdict = canary_verdict(
+        initial, post, ctx.baselines, judged, ctx.policy.health, soak_served=True
+    )
+    failed = list(verdict.failed_canaries)
+    await rec.record(
+        "canary.verdict",
+        outcome="ok" if verdict.passed else "failed",
+        verdict=verdict.verdict.value,
+        failed=failed,
+        all_failed=verdict.all_failed,
+        reasons=list(verdict.reasons),
+        soak_s=ctx.policy.soak.canary_s,
+    )
+    if verdict.passed:
+        await rec.record("approval.requested", verdict="PASS")
+
+
+async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
+    rec = ctx.recorder
+    state = rec.state
+    wave_ids = state.stages[stage]
+    deployed = list(state.deployed_ids)
+    await health_round(ctx, stage, deployed, "initial")
+    await soak(ctx, stage, ctx.policy.soak.between_waves_s)
+    await health_round(ctx, stage, list(rec.state.deployed_ids), "post-soak")
+    state = rec.state
+
+    unhealthy = (D.FAILED, D.DEGRADED)
+    failed_by_wave: dict[int, list[str]] = {}
+    deployed_by_wave: dict[int, list[str]] = {}
+    for n in range(stage + 1):
+        ids = state.stages[n]
+        deployed_by_wave[n] = [i for i in ids if state.devices[i].on_new_release]
+        failed_by_wave[n] = [i for i in ids if state.devices[i] in unhealthy]
+    # Devices of this wave that could not even be deployed count as failed for the matrix.
+    targeted = [i for i in wave_ids if state.devices[i] is not D.SKIPPED]
+    failed_here = [i for i in wave_ids if state.devices[i] in unhealthy]
+    decision = wave_decision(len(failed_here), len(targeted), ctx.policy.thresholds)
+    scope = rollback_scope(failed_by_wave, deployed_by_wave, stage, ctx.policy.thresholds)
+    all_failed = sorted(i for ids in failed_by_wave.values() for i in ids)
+
+    action = decision.action
+    reason = decision.reason
+    rollback = list(all_failed)
+    scope_kind = scope.kind.value
+    if scope.kind is ScopeKind.ALL:
+        action = WaveAction.ROLLBACK_WAVE_AND_HALT
+        reason = scope.reason
+        rollback = list(scope.rollback)
+    elif action is WaveAction.ROLLBACK_WAVE_AND_HALT:
+        rollback = sorted(deployed_by_wave[stage])
+        scope_kind = ScopeKind.WAVE.value
+    elif all_failed and action is WaveAction.CONTINUE:
+        # Failures only in earlier waves, none in this one: isolated, quarantine them.
+        action = WaveAction.QUARANTINE_AND_CONTINUE
+        reason = f"{len(all_failed)} device(s) of earlier waves degraded: " + scope.reason
+    await rec.record(
+        "wave.evaluated",
+        outcome="ok" if action is WaveAction.CONTINUE else "failed",
+        stage=stage,
+        action=action.value,
+        rate=float(decision.rate),
+        targeted=len(targeted),
+        failed=all_failed,
+        scope=scope_kind,
+        rollback=rollback,
+        reason=reason,
+        checked=len(deployed),
+    )

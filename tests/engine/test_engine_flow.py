@@ -1,0 +1,170 @@
+"""The engine end to end on the in-memory virtual fleet: each spec scenario's outcome, proven
+from the event log and the devices' own records."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from engine_harness import harness
+
+from fleetgate.core.machine import fold
+from fleetgate.core.state import DeviceStatus, Phase
+from fleetgate.errors import IllegalTransition
+
+D = DeviceStatus
+
+
+async def test_happy_path_waits_for_approval_then_completes(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        dep = await h.start()
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.AWAITING_APPROVAL
+        assert state.canary_verdict == "PASS"
+        canaries = set(state.canaries)
+        release = fold(dep, await h.events(dep)).artifact
+        assert release == "app v2.0.0"
+        # Nothing beyond the canaries was touched before the approval (Guardrail 1).
+        for d in h.fleet.devices:
+            snap = h.fleet.device_state(d.id)
+            touched = any(k[0] in ("stage", "activate") for k in snap.executed)
+            assert touched == (d.id in canaries), d.id
+        # The soak was served (virtual time) and recorded.
+        assert h.clock.slept >= 600
+
+        state = await h.controller.record_human(
+            dep, "approval.granted", "alice", comment="canaries look good"
+        )
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.COMPLETE, state.halt_reason
+        events = await h.events(dep)
+        assert fold(dep, events) == state  # the log rebuilds the live state exactly
+        assert await h.store.verify()
+        rel = {e.details["release"] for e in events if e.action == "device.activated"}
+        assert len(rel) == 1
+        (release_id,) = rel
+        # Every targeted device runs the release; stage/activate executed exactly once each.
+        for dev in state.devices:
+            snap = h.fleet.device_state(dev)
+            assert snap.current == release_id
+            assert snap.executed[("stage", release_id)] == 1
+            assert snap.executed[("activate", release_id)] == 1
+        # Waves: health checks covered ALL deployed devices after each wave, not just the wave.
+        checked = [e.details["checked"] for e in events if e.action == "wave.evaluated"]
+        assert checked == sorted(checked) and checked[-1] == len(state.devices)
+        approvals = [e for e in events if e.action == "approval.granted"]
+        assert approvals[0].actor == "alice"
+        first_wave = min(
+            e.seq for e in events if e.action == "stage.started" and e.details["stage"] == 1
+        )
+        assert approvals[0].seq < first_wave
+
+
+async def test_bad_canary_is_rolled_back_and_no_other_device_touched(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=("crash-loop:version=2.0.0",)) as h:
+        dep = await h.start()
+        state = await h.controller.drive(dep)
+        assert state.canary_verdict == "FAIL"
+        assert state.phase is Phase.ABORTED
+        for d in h.fleet.devices:
+            snap = h.fleet.device_state(d.id)
+            if d.id in state.canaries:
+                assert snap.current == "app-1.0.0-00000000"  # rolled back
+                assert state.devices[d.id] is D.ROLLED_BACK
+            else:
+                assert not snap.executed, f"{d.id} was touched"
+        events = await h.events(dep)
+        assert any(e.action == "device.logs_captured" for e in events)
+        assert not any(e.action == "approval.requested" for e in events)
+
+
+async def test_wave_with_many_failures_is_rolled_back_and_halted(tmp_path: Path) -> None:
+    async with harness(tmp_path, devices=60) as h:
+        dep = await h.start()
+        await h.controller.drive(dep)
+        state = await h.controller.state(dep)
+        wave1 = state.stages[1]
+        # After approval, half of wave 1 starts failing to start the new version.
+        for dev in wave1[: len(wave1) // 2]:
+            h.fleet.inject(f"start-fail:device={dev},version=2.0.0")
+        await h.controller.record_human(dep, "approval.granted", "alice")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.HALTED
+        events = await h.events(dep)
+        ev = next(e for e in events if e.action == "wave.evaluated")
+        assert ev.details["action"] == "ROLLBACK_WAVE_AND_HALT"
+        for dev in wave1:
+            assert h.fleet.device_state(dev).current == "app-1.0.0-00000000"
+        # Later waves never touched.
+        for dev in state.stages[2]:
+            assert not h.fleet.device_state(dev).executed
+        # Resume is a human decision; nothing proceeds without it.
+        with pytest.raises(IllegalTransition):
+            await h.controller.record_human(dep, "approval.granted", "alice")
+
+
+async def test_isolated_failure_is_quarantined_and_rollout_continues(tmp_path: Path) -> None:
+    async with harness(tmp_path, devices=200) as h:
+        dep = await h.start()
+        await h.controller.drive(dep)
+        state = await h.controller.state(dep)
+        bad = state.stages[2][0]
+        h.fleet.inject(f"start-fail:device={bad},version=2.0.0")
+        await h.controller.record_human(dep, "approval.granted", "alice")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.PARTIAL
+        assert state.devices[bad] is D.QUARANTINED
+        assert h.fleet.device_state(bad).current == "app-1.0.0-00000000"
+
+
+async def test_pause_between_five_and_twenty_percent(tmp_path: Path) -> None:
+    async with harness(tmp_path, devices=200) as h:
+        dep = await h.start()
+        await h.controller.drive(dep)
+        state = await h.controller.state(dep)
+        wave = state.stages[1]
+        n = max(1, len(wave) // 10)  # ~10 %
+        for dev in wave[:n]:
+            h.fleet.inject(f"start-fail:device={dev},version=2.0.0")
+        await h.controller.record_human(dep, "approval.granted", "alice")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.HALTED
+        ev = [e for e in await h.events(dep) if e.action == "wave.evaluated"][-1]
+        assert ev.details["action"] == "PAUSE_FOR_HUMAN"
+        await h.controller.record_human(dep, "deployment.resumed", "bob")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.PARTIAL
+        assert Counter(state.devices[d] for d in wave[:n]) == {D.QUARANTINED: n}
+
+
+async def test_unreachable_above_twenty_percent_halts_before_deploying(tmp_path: Path) -> None:
+    async with harness(tmp_path, devices=100) as h:
+        dep = await h.start()
+        await h.controller.drive(dep)
+        state = await h.controller.state(dep)
+        wave = state.stages[1]
+        for dev in wave[: len(wave) // 3]:
+            h.fleet.inject(f"unreachable:device={dev}")
+        await h.controller.record_human(dep, "approval.granted", "alice")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.HALTED
+        assert "unreachable" in state.halt_reason
+        for dev in wave:
+            assert not h.fleet.device_state(dev).executed
+
+
+async def test_rollback_failure_stops_everything(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=("crash-loop:version=2.0.0",)) as h:
+        state0 = await h.controller.state(await h.start())
+        victim = state0.canaries[0]
+        h.fleet.inject(f"rollback-fail:device={victim}")
+        state = await h.controller.drive(state0.deployment_id)
+        assert state.phase is Phase.HALTED
+        assert state.manual_intervention == (victim,)
+        events = await h.events(state.deployment_id)
+        assert any(e.action == "rollback.capability_checked" for e in events)
+        failed = next(e for e in events if e.action == "device.rollback_failed")
+        assert failed.device_id == victim and "state" in failed.details
+        with pytest.raises(IllegalTransition):
+            await h.controller.record_human(state.deployment_id, "deployment.resumed", "bob")

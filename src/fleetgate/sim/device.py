@@ -10,11 +10,8 @@ Contract (docs/protocol.md, mirrored from the real agent):
 - ``command`` applies §4's idempotency: one command at a time (``busy``/``in-progress`` do not
   consume a seq), replay of a finished seq with ``"replayed": true``, ``stale-seq``,
   ``seq-conflict``; only retryable failures are executed again. The record keeps 100 seqs.
-- stage: manifest (optionally signature-checked) → already-installed/-staged → arch → disk
-  (``size + max(requires.disk_mb, size) + reserve``) → simulated transfer of ``size`` bytes at
-  the link speed. No bytes are fetched.
-- activate keeps the old release as ``previous``; rollback switches back and clears
-  ``previous``; neither rolls back by itself.
+- What each command does is in ``sim/device_commands.py``; this class holds the state, the
+  faults and the reports (ping, facts, health, logs).
 - ``admit`` is the network: it says whether a request is dropped (``unreachable``, ``flaky``)
   and how long the answer is delayed (``latency:delay``).
 - Every request the device acts on is counted in ``received``/``executed`` keyed by
@@ -24,23 +21,27 @@ Contract (docs/protocol.md, mirrored from the real agent):
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import json
-import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
-from fleetgate.core.manifest import manifest_from_dict
-from fleetgate.core.model import Device, Manifest
-from fleetgate.errors import FleetgateError
+from fleetgate.core.model import Device
+from fleetgate.sim.device_commands import (
+    COMMANDS,
+    activate,
+    release_of,
+    rollback,
+    stage,
+    validate,
+)
 from fleetgate.sim.device_state import (
     CommandEvent,
     DeviceSnapshot,
     Record,
+    Refused,
     ReleaseInfo,
     SimReply,
     refusal,
@@ -51,17 +52,9 @@ from fleetgate.sim.health import Baseline, Bends, Noise, reading
 if TYPE_CHECKING:
     from fleetgate.sim.fleetspec import FleetSpec, HardwareProfile
 
-MIB = 1024 * 1024
 RECORD_SIZE = 100
-KEEP_RELEASES = 2
-RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 AGENT_VERSION = f"{__version__}+sim"
-COMMANDS = ("stage", "activate", "rollback")
-
-
-class Refused(Exception):
-    def __init__(self, reply: SimReply) -> None:
-        self.reply = reply
+__all__ = ["COMMANDS", "Admission", "VirtualDevice"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +132,13 @@ class VirtualDevice:
             if f.spec.kind == kind and f.spec.applies_to_version(version):
                 yield f
 
-    def _first(self, kind: str, release: str | None = None) -> FaultSpec | None:
+    def first_fault(self, kind: str, release: str | None = None) -> FaultSpec | None:
         return next((f.spec for f in self._active(kind, release)), None)
 
     def admit(self) -> Admission:
         if not self.faults:
             return Admission()
-        if self._first("unreachable") is not None:
+        if self.first_fault("unreachable") is not None:
             self.dropped += 1
             return Admission(drop="refused")
         for f in self._active("flaky"):
@@ -169,14 +162,14 @@ class VirtualDevice:
 
     # -- reports -----------------------------------------------------------------------------------
     def disk_free_mb(self) -> float:
-        low = self._first("low-disk")
+        low = self.first_fault("low-disk")
         if low is not None:
             return low.param("free_mb")
         used = sum(r.footprint_mb for r in self.releases.values())
         return round(max(0.0, self.profile.disk_free_mb - used), 1)
 
     def app_running(self) -> bool:
-        return self.current is not None and self._first("start-fail") is None
+        return self.current is not None and self.first_fault("start-fail") is None
 
     def ping(self) -> dict[str, Any]:
         uptime = round(self.clock() - self.started_at, 3)
@@ -207,8 +200,8 @@ class VirtualDevice:
         }
 
     def health(self) -> dict[str, Any]:
-        errors = self._first("errors")
-        hot = self._first("hot")
+        errors = self.first_fault("errors")
+        hot = self.first_fault("hot")
         factor = 1.0
         for f in self._active("latency"):
             factor *= f.spec.param("factor")
@@ -216,8 +209,8 @@ class VirtualDevice:
             error_rate=errors.param("rate") if errors is not None else None,
             latency_factor=factor,
             temperature_c=hot.param("temp") if hot is not None else None,
-            crash_loop=self._first("crash-loop") is not None,
-            start_failed=self._first("start-fail") is not None,
+            crash_loop=self.first_fault("crash-loop") is not None,
+            start_failed=self.first_fault("start-fail") is not None,
         )
         body: dict[str, Any] = {"device_id": self.device.id}
         body.update(
@@ -254,16 +247,16 @@ class VirtualDevice:
             dropped=self.dropped,
         )
 
-    def _log(self, line: str) -> None:
+    def log(self, line: str) -> None:
         self.agent_log.append(line)
 
     # -- commands ----------------------------------------------------------------------------------
     async def command(self, name: str, body: Any) -> SimReply:
         try:
-            seq, deployment_id = _validate(name, body)
+            seq, deployment_id = validate(name, body)
         except Refused as exc:
             return exc.reply
-        release = _release_of(name, body, self)
+        release = release_of(name, body, self)
         self.counters.received[(name, release)] += 1
         rec = self.records.get(seq)
         same = rec is not None and (rec.command, rec.deployment_id) == (name, deployment_id)
@@ -293,10 +286,10 @@ class VirtualDevice:
             del self.records[min(self.records)]
         self.busy = True
         self.counters.executed[(name, release)] += 1
-        self._log(f"{name} seq={seq} deployment={deployment_id}{' (again)' if again else ''}")
+        self.log(f"{name} seq={seq} deployment={deployment_id}{' (again)' if again else ''}")
         try:
-            handler = {"stage": self._stage, "activate": self._activate, "rollback": self._rollback}
-            reply = await handler[name](body, rec, again)
+            handler = {"stage": stage, "activate": activate, "rollback": rollback}[name]
+            reply = await handler(self, body, rec, again)
         except Refused as exc:
             reply = exc.reply
         finally:
@@ -305,7 +298,7 @@ class VirtualDevice:
         rec.status = "retryable" if reply.body.get("retryable") else "done"
         rec.reply = reply
         outcome = reply.body.get("status") or reply.body.get("error")
-        self._log(f"{name} seq={seq} -> {reply.code} {outcome}")
+        self.log(f"{name} seq={seq} -> {reply.code} {outcome}")
         return self._note(seq, name, deployment_id, release, reply)
 
     def _note(
@@ -314,162 +307,3 @@ class VirtualDevice:
         outcome = str(reply.body.get("status") or reply.body.get("error") or reply.code)
         self.counters.history.append(CommandEvent(seq, name, dep, release, outcome, replayed))
         return reply
-
-    def _manifest(self, body: dict[str, Any]) -> Manifest:
-        raw: str = body["manifest"]
-        try:
-            if self.spec.public_key is not None:
-                from fleetgate.artifacts.signing import verify_manifest
-
-                return verify_manifest(raw.encode("utf-8"), body["signature"], self.spec.public_key)
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("manifest is not a JSON object")
-            manifest = manifest_from_dict(data, where="manifest")
-        except (ValueError, FleetgateError) as exc:
-            raise Refused(refusal(422, "integrity-error", f"manifest: {exc}")) from None
-        if manifest.size is None or manifest.sha256 is None:
-            msg = "signed manifest does not state the payload size and sha256"
-            raise Refused(refusal(422, "integrity-error", msg))
-        return manifest
-
-    def _prune(self, extra: int) -> None:
-        keep = {self.current, self.previous}
-        others = [r for r in self.releases if r not in keep]  # oldest first
-        for old in others[: max(0, len(others) - max(0, extra))]:
-            del self.releases[old]
-
-    async def _stage(self, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
-        self.activity = "staging"
-        manifest = self._manifest(body)
-        assert manifest.size is not None
-        rid = manifest.release_id
-        if rid == self.current:
-            return SimReply(200, {"status": "already-installed", "release": rid})
-        if rid in self.releases:
-            first_time = again and rec.params.get("release") == rid
-            status = "staged" if first_time else "already-staged"
-            return SimReply(200, {"status": status, "release": rid})
-        rec.params["release"] = rid
-        arches = {a.value for a in manifest.requires.arch}
-        if arches and self.device.arch.value not in arches:
-            msg = f"{rid} requires arch {sorted(arches)}, device is {self.device.arch.value}"
-            raise Refused(refusal(409, "incompatible", msg))
-        self._prune(KEEP_RELEASES - 2)
-        unpacked = max(manifest.requires.disk_mb * MIB, manifest.size)
-        need_mb = (manifest.size + unpacked) / MIB + self.spec.reserve_mb
-        free = self.disk_free_mb()
-        if free < need_mb:
-            msg = (
-                f"need {need_mb:.1f} MiB (artifact + unpacked + reserve) while keeping current "
-                f"and previous releases; {free:.1f} MiB free"
-            )
-            raise Refused(refusal(507, "insufficient-disk", msg))
-        slow = self._first("slow-link")
-        kbps = slow.param("kbps") if slow is not None else self.spec.link_kbps
-        transfer_s = manifest.size * 8 / (kbps * 1000)
-        if transfer_s > 0:
-            await asyncio.sleep(transfer_s)
-        footprint = (manifest.size + unpacked) / MIB
-        self.releases[rid] = ReleaseInfo(rid, manifest.version, manifest.size, footprint)
-        self._log(f"staged {rid} ({manifest.size} bytes in {transfer_s:.2f}s)")
-        return SimReply(200, {"status": "staged", "release": rid})
-
-    def _switch(self, release: str) -> None:
-        self.current = release
-        self.switched_at = self.clock()
-        self.app_log.append(f"[{release}] starting")
-
-    async def _activate(self, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
-        rid: str = body["release"]
-        if rid not in self.releases:
-            raise Refused(refusal(404, "unknown-release", f"{rid} is not staged on this device"))
-        self.activity = "activating"
-        old = self.current
-        if rid != old:
-            rec.params.update({"from": old, "to": rid})
-            if self.spec.activate_s > 0:
-                await asyncio.sleep(self.spec.activate_s)
-            self.previous = old if old is not None else self.previous
-            self._switch(rid)
-        base = {"release": rid, "previous": self.previous}
-        failed = self._first("start-fail")
-        if failed is not None:
-            code = int(failed.param("code"))
-            error = f"app exited with code {code} before becoming healthy"
-            self.app_log.extend(
-                [f"[{rid}] Traceback (most recent call last):", f"[{rid}] SystemExit: {code}"]
-            )
-            logs = list(self.app_log)[-30:]
-            return SimReply(200, {"status": "start-failed", **base, "error": error, "logs": logs})
-        self.app_log.append(f"[{rid}] healthy")
-        self._prune(KEEP_RELEASES - 1)
-        return SimReply(200, {"status": "active", **base})
-
-    async def _rollback(self, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
-        current = self.current
-        explicit = body.get("to")
-        target = explicit or self.previous
-        if explicit is not None and explicit not in self.releases:
-            raise Refused(refusal(404, "unknown-release", f"{explicit} is not on this device"))
-        if target is None or target not in self.releases:
-            raise Refused(refusal(409, "no-rollback-copy", "no previous release on this device"))
-        if self._first("rollback-fail") is not None:
-            msg = f"rollback to {target} failed: OSError: [Errno 5] Input/output error"
-            self._log(msg)
-            raise Refused(refusal(500, "internal", msg))
-        self.activity = "rolling-back"
-        left = current if target != current else None
-        if target != current:
-            rec.params.update({"from": left, "to": target})
-            if self.spec.activate_s > 0:
-                await asyncio.sleep(self.spec.activate_s)
-            self._switch(target)
-        self.previous = None
-        reply: dict[str, Any] = {"status": "rolled-back", "release": target, "from": left}
-        failed = self._first("start-fail")
-        reply["app_healthy"] = failed is None
-        if failed is not None:
-            reply["error"] = f"app exited with code {int(failed.param('code'))}"
-            reply["logs"] = list(self.app_log)[-30:]
-        return SimReply(200, reply)
-
-
-def _validate(command: str, body: Any) -> tuple[int, str]:
-    if command not in COMMANDS:
-        raise Refused(refusal(404, "not-found", f"unknown command {command!r}"))
-    if not isinstance(body, dict):
-        raise Refused(refusal(400, "bad-request", "body must be a JSON object"))
-    seq = body.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        raise Refused(refusal(400, "bad-request", "seq: expected an integer >= 1"))
-    dep = body.get("deployment_id")
-    if not isinstance(dep, str) or not dep or len(dep) > 200:
-        raise Refused(refusal(400, "bad-request", "deployment_id: expected a non-empty string"))
-    if command == "stage":
-        for key in ("manifest", "signature", "url"):
-            if not isinstance(body.get(key), str) or not body[key]:
-                raise Refused(refusal(400, "bad-request", f"{key}: expected a non-empty string"))
-        if not body["url"].startswith(("http://", "https://")):
-            raise Refused(refusal(400, "bad-request", "url: expected an http(s) URL"))
-    elif command == "activate":
-        if not isinstance(body.get("release"), str) or not RELEASE_ID_RE.match(body["release"]):
-            raise Refused(refusal(400, "bad-request", "release: expected a release id"))
-    else:
-        to = body.get("to")
-        if to is not None and (not isinstance(to, str) or not RELEASE_ID_RE.match(to)):
-            raise Refused(refusal(400, "bad-request", "to: expected a release id"))
-    return seq, dep
-
-
-def _release_of(command: str, body: dict[str, Any], dev: VirtualDevice) -> str:
-    """The release a command is about, for the counters (``?`` if the manifest is garbage)."""
-    if command == "activate":
-        return str(body["release"])
-    if command == "rollback":
-        return str(body.get("to") or dev.previous or "?")
-    try:
-        data = json.loads(body["manifest"])
-        return manifest_from_dict(data).release_id if isinstance(data, dict) else "?"
-    except (ValueError, FleetgateError):
-        return "?"

@@ -35,6 +35,14 @@ def refusal(code: int, error: str, message: str, *, retryable: bool = False) -> 
     return SimReply(code, {"error": error, "message": message, "retryable": retryable})
 
 
+class Refused(Exception):
+    """A command handler's refusal: ``reply`` is the protocol error answer."""
+
+    def __init__(self, reply: SimReply) -> None:
+        super().__init__(reply.body.get("error"))
+        self.reply = reply
+
+
 @dataclass
 class Record:
     seq: int

@@ -1,0 +1,198 @@
+"""What a virtual device does for ``stage``, ``activate`` and ``rollback`` (after the seq
+record in ``VirtualDevice.command`` decided the command runs), and the request validation.
+
+Mirrors the real agent's handlers (agent/commands.py) without disk or processes:
+- stage: manifest (signature-checked when the fleet has a public key, else parsed) →
+  already-installed / already-staged → ``requires.arch`` → prune to current + previous → disk
+  (``size + max(requires.disk_mb, size) + reserve``) → transfer time ``size / link speed``;
+- activate: ``previous`` := old ``current``; a ``start-fail`` fault answers ``start-failed``
+  with logs (still 200); nothing is rolled back by the device itself;
+- rollback: to ``to`` or ``previous`` (``no-rollback-copy`` without one), ``previous`` := null;
+  a ``rollback-fail`` fault answers ``500 internal`` and leaves the device where it was.
+A refusal is raised as ``Refused`` carrying the protocol reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from fleetgate.core.manifest import manifest_from_dict
+from fleetgate.core.model import Manifest
+from fleetgate.errors import FleetgateError
+from fleetgate.sim.device_state import Record, Refused, ReleaseInfo, SimReply, refusal
+
+if TYPE_CHECKING:
+    from fleetgate.sim.device import VirtualDevice
+
+MIB = 1024 * 1024
+KEEP_RELEASES = 2
+RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+COMMANDS = ("stage", "activate", "rollback")
+
+
+def read_manifest(dev: VirtualDevice, body: dict[str, Any]) -> Manifest:
+    raw: str = body["manifest"]
+    try:
+        if dev.spec.public_key is not None:
+            from fleetgate.artifacts.signing import verify_manifest
+
+            return verify_manifest(raw.encode("utf-8"), body["signature"], dev.spec.public_key)
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("manifest is not a JSON object")
+        manifest = manifest_from_dict(data, where="manifest")
+    except (ValueError, FleetgateError) as exc:
+        raise Refused(refusal(422, "integrity-error", f"manifest: {exc}")) from None
+    if manifest.size is None or manifest.sha256 is None:
+        msg = "signed manifest does not state the payload size and sha256"
+        raise Refused(refusal(422, "integrity-error", msg))
+    return manifest
+
+
+def prune(dev: VirtualDevice, extra: int) -> None:
+    keep = {dev.current, dev.previous}
+    others = [r for r in dev.releases if r not in keep]  # oldest first
+    for old in others[: max(0, len(others) - max(0, extra))]:
+        del dev.releases[old]
+
+
+async def stage(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
+    dev.activity = "staging"
+    manifest = read_manifest(dev, body)
+    assert manifest.size is not None
+    rid = manifest.release_id
+    if rid == dev.current:
+        return SimReply(200, {"status": "already-installed", "release": rid})
+    if rid in dev.releases:
+        first_time = again and rec.params.get("release") == rid
+        status = "staged" if first_time else "already-staged"
+        return SimReply(200, {"status": status, "release": rid})
+    rec.params["release"] = rid
+    arches = {a.value for a in manifest.requires.arch}
+    if arches and dev.device.arch.value not in arches:
+        msg = f"{rid} requires arch {sorted(arches)}, device is {dev.device.arch.value}"
+        raise Refused(refusal(409, "incompatible", msg))
+    prune(dev, KEEP_RELEASES - 2)
+    unpacked = max(manifest.requires.disk_mb * MIB, manifest.size)
+    need_mb = (manifest.size + unpacked) / MIB + dev.spec.reserve_mb
+    free = dev.disk_free_mb()
+    if free < need_mb:
+        msg = (
+            f"need {need_mb:.1f} MiB (artifact + unpacked + reserve) while keeping current "
+            f"and previous releases; {free:.1f} MiB free"
+        )
+        raise Refused(refusal(507, "insufficient-disk", msg))
+    slow = dev.first_fault("slow-link")
+    kbps = slow.param("kbps") if slow is not None else dev.spec.link_kbps
+    transfer_s = manifest.size * 8 / (kbps * 1000)
+    if transfer_s > 0:
+        await asyncio.sleep(transfer_s)
+    footprint = (manifest.size + unpacked) / MIB
+    dev.releases[rid] = ReleaseInfo(rid, manifest.version, manifest.size, footprint)
+    dev.log(f"staged {rid} ({manifest.size} bytes in {transfer_s:.2f}s)")
+    return SimReply(200, {"status": "staged", "release": rid})
+
+
+def switch(dev: VirtualDevice, release: str) -> None:
+    dev.current = release
+    dev.switched_at = dev.clock()
+    dev.app_log.append(f"[{release}] starting")
+
+
+async def activate(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
+    rid: str = body["release"]
+    if rid not in dev.releases:
+        raise Refused(refusal(404, "unknown-release", f"{rid} is not staged on this device"))
+    dev.activity = "activating"
+    old = dev.current
+    if rid != old:
+        rec.params.update({"from": old, "to": rid})
+        if dev.spec.activate_s > 0:
+            await asyncio.sleep(dev.spec.activate_s)
+        dev.previous = old if old is not None else dev.previous
+        switch(dev, rid)
+    base = {"release": rid, "previous": dev.previous}
+    failed = dev.first_fault("start-fail")
+    if failed is not None:
+        code = int(failed.param("code"))
+        error = f"app exited with code {code} before becoming healthy"
+        dev.app_log.extend(
+            [f"[{rid}] Traceback (most recent call last):", f"[{rid}] SystemExit: {code}"]
+        )
+        logs = list(dev.app_log)[-30:]
+        return SimReply(200, {"status": "start-failed", **base, "error": error, "logs": logs})
+    dev.app_log.append(f"[{rid}] healthy")
+    prune(dev, KEEP_RELEASES - 1)
+    return SimReply(200, {"status": "active", **base})
+
+
+async def rollback(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
+    current = dev.current
+    explicit = body.get("to")
+    target = explicit or dev.previous
+    if explicit is not None and explicit not in dev.releases:
+        raise Refused(refusal(404, "unknown-release", f"{explicit} is not on this device"))
+    if target is None or target not in dev.releases:
+        raise Refused(refusal(409, "no-rollback-copy", "no previous release on this device"))
+    if dev.first_fault("rollback-fail") is not None:
+        msg = f"rollback to {target} failed: OSError: [Errno 5] Input/output error"
+        dev.log(msg)
+        raise Refused(refusal(500, "internal", msg))
+    dev.activity = "rolling-back"
+    left = current if target != current else None
+    if target != current:
+        rec.params.update({"from": left, "to": target})
+        if dev.spec.activate_s > 0:
+            await asyncio.sleep(dev.spec.activate_s)
+        switch(dev, target)
+    dev.previous = None
+    reply: dict[str, Any] = {"status": "rolled-back", "release": target, "from": left}
+    failed = dev.first_fault("start-fail")
+    reply["app_healthy"] = failed is None
+    if failed is not None:
+        reply["error"] = f"app exited with code {int(failed.param('code'))}"
+        reply["logs"] = list(dev.app_log)[-30:]
+    return SimReply(200, reply)
+
+
+def validate(command: str, body: Any) -> tuple[int, str]:
+    if command not in COMMANDS:
+        raise Refused(refusal(404, "not-found", f"unknown command {command!r}"))
+    if not isinstance(body, dict):
+        raise Refused(refusal(400, "bad-request", "body must be a JSON object"))
+    seq = body.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise Refused(refusal(400, "bad-request", "seq: expected an integer >= 1"))
+    dep = body.get("deployment_id")
+    if not isinstance(dep, str) or not dep or len(dep) > 200:
+        raise Refused(refusal(400, "bad-request", "deployment_id: expected a non-empty string"))
+    if command == "stage":
+        for key in ("manifest", "signature", "url"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise Refused(refusal(400, "bad-request", f"{key}: expected a non-empty string"))
+        if not body["url"].startswith(("http://", "https://")):
+            raise Refused(refusal(400, "bad-request", "url: expected an http(s) URL"))
+    elif command == "activate":
+        if not isinstance(body.get("release"), str) or not RELEASE_ID_RE.match(body["release"]):
+            raise Refused(refusal(400, "bad-request", "release: expected a release id"))
+    else:
+        to = body.get("to")
+        if to is not None and (not isinstance(to, str) or not RELEASE_ID_RE.match(to)):
+            raise Refused(refusal(400, "bad-request", "to: expected a release id"))
+    return seq, dep
+
+
+def release_of(command: str, body: dict[str, Any], dev: VirtualDevice) -> str:
+    """The release a command is about, for the counters (``?`` if the manifest is garbage)."""
+    if command == "activate":
+        return str(body["release"])
+    if command == "rollback":
+        return str(body.get("to") or dev.previous or "?")
+    try:
+        data = json.loads(body["manifest"])
+        return manifest_from_dict(data).release_id if isinstance(data, dict) else "?"
+    except (ValueError, FleetgateError):
+        return "?"

@@ -13,8 +13,11 @@ Contract (on top of ``DeviceTransport``'s):
   ``http://127.0.0.1:9100/d/rpi-07``) + ``/v1/<call>``.
 - Headers: ``Authorization: Bearer <token>`` and ``X-Fleetgate-Device: <device id>``. Tokens come
   from ``TokenSource``; they never appear in a log line or an exception message.
-- Mapping of failures: see ``transports/base.py``. Connection refused → ``connection-refused``,
-  reset/closed without an answer → ``connection-reset``, timeout → ``timeout``; all retryable.
+- Mapping of failures: see ``transports/errors.py``. Connection refused →
+  ``connection-refused``, reset/closed without an answer → ``connection-reset``, timeout →
+  ``timeout``; all retryable.
+- No retries of its own. (aiohttp itself repeats an idempotent GET once when the server closes
+  the connection without answering — the keep-alive race; commands are POSTs and never are.)
 """
 
 from __future__ import annotations

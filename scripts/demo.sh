@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up, then run the main job: a deployment plan of the example release on the example fleet,
-# with the embedded SQLite store under ./.fleetgate/.
+# Set up, then run the main job: a whole deployment (canary -> approval -> waves -> confirm) of a
+# signed demo release on a simulated fleet of 60 devices, three of them real agent processes
+# running the real demo app, with the embedded SQLite store under ./.fleetgate/.
+# Other scenarios: bash scripts/demo.sh --scenario bad-canary|wave-degradation|unreachable|rollback-failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/fleetgate registry import examples/fleet.yaml
-.venv/bin/fleetgate deploy plan examples/app --policy examples/rollout.toml
+if [ "$#" -eq 0 ]; then set -- --yes; fi
+exec .venv/bin/fleetgate demo "$@"

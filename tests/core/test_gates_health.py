@@ -10,7 +10,7 @@ from fleetgate.core.gates import DeviceHealth, HealthVerdict, evaluate_health, f
 from fleetgate.core.model import HealthSample
 from fleetgate.core.policy import HealthPolicy
 
-POLICY = HealthPolicy()
+POLICY = HealthPolicy(latency_floor_ms=5.0)  # numbers below are written for a 5 ms floor
 
 
 def sample(**kw: object) -> HealthSample:

@@ -1,4 +1,4 @@
-"""``fleetgate deploy …``: plan (dry run) now; start/status/approve/… come with the engine.
+"""``fleetgate deploy …``: ``plan`` (dry run) here; start/status/approve/… in ``deploy_run``.
 
 ``deploy plan`` touches no device: it reads the inventory (the store's, or ``--registry FILE``),
 the artifact's manifest and the policy, and prints the spec's PREPARE report, or with ``--json``
@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     plan.add_argument("--registry", type=Path, help="read this inventory file, not the store")
     plan.add_argument("--json", action="store_true", help="one JSON document on stdout")
     plan.set_defaults(handler=cmd_plan)
+    from fleetgate.cli.deploy_run import register_run
+
+    register_run(dsub)
     deploy.set_defaults(handler=lambda a: (deploy.print_help(sys.stderr), 2)[1])
 
 

@@ -89,7 +89,7 @@ class _Health(_Strict):
     cpu_percent_max: float = 90.0
     temperature_c_max: float = 85.0
     crash_restarts_max: int = 2
-    latency_floor_ms: float = 5.0
+    latency_floor_ms: float = 20.0
 
 
 class _Thresholds(_Strict):
@@ -154,8 +154,14 @@ def policy_from_dict(data: dict[str, Any], where: str) -> Policy:
 
 def load_policy(path: Path | None) -> Policy:
     """The policy in ``path``; the spec's defaults when ``path`` is None."""
+    return load_policy_doc(path)[0]
+
+
+def load_policy_doc(path: Path | None) -> tuple[Policy, dict[str, Any]]:
+    """The policy and the document it came from (recorded in the deployment's first event, so
+    a resumed controller runs under exactly the policy the deployment started with)."""
     if path is None:
-        return Policy()
+        return Policy(), {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -164,4 +170,4 @@ def load_policy(path: Path | None) -> Policy:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
-    return policy_from_dict(data, str(path))
+    return policy_from_dict(data, str(path)), data

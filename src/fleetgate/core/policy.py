@@ -49,7 +49,7 @@ class HealthPolicy:
     temperature_c_max: float = 85.0
     crash_restarts_max: int = 2
     # Latency baselines under this are noise: a 2 ms -> 3 ms change is not a 1.5x regression.
-    latency_floor_ms: float = 5.0
+    latency_floor_ms: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,234 @@
+"""``fleetgate deploy start|status|approve|reject|resume|rollback|report``.
+
+Exit codes (DESIGN.md): 0 COMPLETE, 1 PARTIAL, 3 halted/rolled back/aborted, 4 waiting for
+approval (or for a human decision after a pause), 2 bad input, 5 internal error.
+
+``start`` runs until the deployment needs a human; with ``--follow`` it then waits, showing the
+state, for the decision to be recorded (``deploy approve`` from another terminal) and drives on
+until the end. ``approve``/``resume``/``rollback`` record the human decision and drive the
+deployment on from there; ``--no-drive`` only records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fleetgate.cli.main import EXIT_HALTED, EXIT_OK, EXIT_PARTIAL, EXIT_WAITING
+from fleetgate.core.state import DeploymentState, Phase, render_state_block
+from fleetgate.errors import InputError
+
+HOME = Path(os.environ.get("FLEETGATE_HOME", ".fleetgate"))
+
+
+def exit_code(state: DeploymentState) -> int:
+    return {
+        Phase.COMPLETE: EXIT_OK,
+        Phase.PARTIAL: EXIT_PARTIAL,
+        Phase.AWAITING_APPROVAL: EXIT_WAITING,
+        Phase.HALTED: EXIT_HALTED,
+        Phase.ROLLED_BACK: EXIT_HALTED,
+        Phase.ABORTED: EXIT_HALTED,
+    }.get(state.phase, EXIT_WAITING)
+
+
+def register_run(dsub: Any) -> None:
+    start = dsub.add_parser("start", help="start a deployment (runs until it needs a human)")
+    start.add_argument("artifact", type=Path, help="a signed bundle (.fgb)")
+    start.add_argument("--policy", type=Path, help="rollout.toml (default: the spec's numbers)")
+    start.add_argument("--select", help="selector, e.g. 'group=plant-a'")
+    start.add_argument("--follow", action="store_true", help="wait for approval and finish")
+    _common(start)
+    start.set_defaults(handler=cmd_start)
+
+    status = dsub.add_parser("status", help="phase, counts and the state block")
+    status.add_argument("id", nargs="?", help="deployment id (default: the latest)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    for name, action, helptext in (
+        ("approve", "approval.granted", "record a human approval for the fleet rollout"),
+        ("reject", "approval.rejected", "reject the fleet rollout (canaries are rolled back)"),
+        ("resume", "deployment.resumed", "continue after a halt or pause (a human decision)"),
+    ):
+        p = dsub.add_parser(name, help=helptext)
+        p.add_argument("id")
+        p.add_argument(
+            "--as",
+            dest="actor",
+            required=name != "resume",
+            default=None,
+            help="the human taking the decision",
+        )
+        p.add_argument("--comment", default="")
+        p.add_argument("--no-drive", action="store_true", help="only record the decision")
+        _common(p)
+        p.set_defaults(handler=cmd_decide, action=action)
+
+    rb = dsub.add_parser("rollback", help="roll back the whole deployment or single devices")
+    rb.add_argument("id")
+    rb.add_argument("--device", action="append", default=[], help="only this device (repeat)")
+    rb.add_argument("--as", dest="actor", default=None)
+    rb.add_argument("--comment", default="")
+    rb.add_argument("--no-drive", action="store_true")
+    _common(rb)
+    rb.set_defaults(handler=cmd_decide, action="rollback.requested")
+
+    report = dsub.add_parser("report", help="the session report, from the event log alone")
+    report.add_argument("id", nargs="?")
+    report.add_argument("--format", choices=("md", "json"), default="md")
+    report.set_defaults(handler=cmd_report)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pubkey",
+        type=Path,
+        default=None,
+        help="release signing public key (env FLEETGATE_PUBKEY; default "
+        ".fleetgate/keys/fleetgate-signing.pub)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--concurrency", type=int, default=200, help="devices driven in parallel")
+
+
+def _pubkey(args: argparse.Namespace) -> Path:
+    path = args.pubkey or Path(
+        os.environ.get("FLEETGATE_PUBKEY", HOME / "keys" / "fleetgate-signing.pub")
+    )
+    if not Path(path).exists():
+        raise InputError(f"{path}: no public key (give --pubkey or set FLEETGATE_PUBKEY)")
+    return Path(path)
+
+
+@contextlib.asynccontextmanager
+async def controller(args: argparse.Namespace) -> AsyncIterator[Any]:
+    from fleetgate.cli.progress import Progress
+    from fleetgate.engine.service import Controller, ControllerConfig
+    from fleetgate.store import Store
+    from fleetgate.transports.http import HttpTransport
+    from fleetgate.transports.tokens import TokenSource
+
+    progress = Progress(enabled=not getattr(args, "json", False))
+    config = ControllerConfig(
+        HOME / "blobs", _pubkey(args), concurrency=getattr(args, "concurrency", 200)
+    )
+    async with (
+        Store.open(args.db) as store,
+        HttpTransport(TokenSource(), concurrency=config.concurrency) as transport,
+    ):
+        ctl = Controller(store, transport, config, on_progress=progress.update)
+        with progress:
+            yield ctl
+
+
+async def _latest(store: Any) -> str:
+    deps = await store.list_deployments()
+    if not deps:
+        raise InputError("no deployment yet: fleetgate deploy start ARTIFACT")
+    return str(deps[-1].id)
+
+
+def _emit(
+    args: argparse.Namespace, state: DeploymentState, extra: dict[str, Any] | None = None
+) -> int:
+    if getattr(args, "json", False):
+        doc = {
+            "deployment_id": state.deployment_id,
+            "phase": state.phase.value,
+            "exit_code": exit_code(state),
+            "state": _state_fields(state),
+            **(extra or {}),
+        }
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"deployment {state.deployment_id}: {state.phase.value}")
+        if state.halt_reason and state.phase is Phase.HALTED:
+            print(f"reason: {state.halt_reason}")
+        print(render_state_block(state))
+    return exit_code(state)
+
+
+def _state_fields(state: DeploymentState) -> dict[str, str]:
+    lines = render_state_block(state).splitlines()[1:-1]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+async def _follow(ctl: Any, dep: str, state: DeploymentState) -> DeploymentState:
+    """Wait for a human decision recorded elsewhere, then drive on; until the end."""
+    while not state.phase.terminal:
+        if state.phase in (Phase.AWAITING_APPROVAL, Phase.HALTED):
+            print(f"waiting: {render_state_block(state).splitlines()[-3]}", file=sys.stderr)
+            # The decision comes from another process: the store is the only channel.
+            while (await ctl.state(dep)).phase is state.phase:  # noqa: ASYNC110
+                await asyncio.sleep(2)
+        state = await ctl.drive(dep)
+    return state
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    from fleetgate.config.policy_file import load_policy_doc
+    from fleetgate.registry.selector import parse_selector
+
+    policy, doc = load_policy_doc(args.policy)
+    selector = parse_selector(args.select) if args.select else None
+    async with controller(args) as ctl:
+        dep = await ctl.start(
+            args.artifact, policy, policy_doc=doc, select=selector.matches if selector else None
+        )
+        print(f"started {dep}", file=sys.stderr)
+        state = await ctl.drive(dep)
+        if args.follow:
+            state = await _follow(ctl, dep, state)
+        return _emit(args, state)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from fleetgate.core.machine import fold
+    from fleetgate.store import Store
+
+    async with Store.open(args.db) as store:
+        dep = args.id or await _latest(store)
+        events = await store.events(dep)
+        if not events:
+            raise InputError(f"no deployment {dep!r}")
+        state = fold(dep, events)
+    return _emit(args, state)
+
+
+async def cmd_decide(args: argparse.Namespace) -> int:
+    actor = args.actor or os.environ.get("USER") or ""
+    details: dict[str, Any] = {"comment": args.comment}
+    if args.action == "rollback.requested":
+        details.update(devices=args.device, reason=args.comment or "operator rollback")
+    async with controller(args) as ctl:
+        state = await ctl.record_human(args.id, args.action, actor, **details)
+        if not args.no_drive:
+            state = await ctl.drive(args.id)
+        return _emit(args, state)
+
+
+async def cmd_report(args: argparse.Namespace) -> int:
+    from fleetgate.report.session import build_report, render_report_md
+    from fleetgate.store import Store
+
+    async with Store.open(args.db) as store:
+        dep = args.id or await _latest(store)
+        events = await store.events(dep)
+        if not events:
+            raise InputError(f"no deployment {dep!r}")
+    report = build_report(dep, events)
+    if args.format == "json":
+        json.dump(report, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_report_md(report))
+    return EXIT_OK

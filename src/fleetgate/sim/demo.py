@@ -1,0 +1,319 @@
+"""``fleetgate demo``: a whole deployment on a simulated fleet, with nothing installed.
+
+What it sets up, all on 127.0.0.1 and under ``.fleetgate/demo/`` (made fresh each run):
+
+- a signing key pair, and two signed releases of the example app: v1.0.0 (known-good) and
+  v2.0.0 (the one deployed; the scenario decides whether it is good);
+- a virtual fleet (``sim``) of N − k devices speaking the agent protocol, and k **real agent
+  processes**, each supervising the real demo app; the agents are bootstrapped with v1.0.0
+  through the same protocol, so they have a known-good release to roll back to;
+- the inventory of both, imported into the store (the SQLite default unless ``--db``);
+- a controller that deploys v2.0.0 with a demo policy (short soaks: the policy says
+  ``allow_short_soak = true``, and the audit log records it).
+
+It stops for approval and asks on the terminal; ``--yes`` records the approval as given on the
+command line. It ends by printing the session report. Scenarios:
+
+- ``happy``: everything healthy → COMPLETE;
+- ``bad-canary``: v2.0.0 crashes at start → canaries rolled back, deployment ABORTED, no other
+  device touched;
+- ``wave-degradation``: after approval, 40 % of wave 1 starts returning errors → that wave is
+  rolled back and the deployment HALTED;
+- ``unreachable``: after approval, 30 % of wave 1 drops off the network → HALTED before wave 1
+  deploys anything;
+- ``rollback-failure``: bad canary, and one canary cannot roll back → everything stops, the
+  device is flagged for manual intervention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetgate.core.model import Arch, Device, DeviceState, Monitoring, Resources
+
+SCENARIOS = ("happy", "bad-canary", "wave-degradation", "unreachable", "rollback-failure")
+EXAMPLE_APP = Path(__file__).resolve().parents[3] / "examples" / "app"
+DEMO_POLICY: dict[str, Any] = {
+    "allow_short_soak": True,
+    # The demo's real agents share this machine with the simulator and report the *host's* CPU,
+    # which is not their app's: judge the demo on app health, error rate and latency.
+    "health": {"cpu_percent_max": 100},
+    "soak": {"canary": "4s", "between_waves": "2s"},
+    "retries": {"attempts": 3, "backoff": "0.5s"},
+}
+
+
+@dataclass
+class DemoResult:
+    deployment_id: str
+    phase: str
+    exit_code: int
+    report: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _app_source(work: Path, version: str, mode: str) -> Path:
+    """A copy of the example app at ``version`` whose demo.toml says ``mode``."""
+    src = work / f"src-{version}"
+    shutil.copytree(EXAMPLE_APP, src, ignore=shutil.ignore_patterns("agent.toml", "__pycache__"))
+    toml = src / "fleetgate.toml"
+    text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', toml.read_text(), count=1)
+    toml.write_text(text)
+    (src / "demo.toml").write_text(f'mode = "{mode}"\n')
+    return src
+
+
+@contextlib.asynccontextmanager
+async def real_agents(
+    work: Path, count: int, public_key: Path, token_file: Path
+) -> AsyncIterator[list[Device]]:
+    """Start ``count`` agent processes; yield their inventory entries; kill them at the end."""
+    procs: list[asyncio.subprocess.Process] = []
+    devices: list[Device] = []
+    groups = ("plant-a", "plant-b", "plant-c")
+    try:
+        for i in range(count):
+            dev_id = f"agent-{i + 1:02d}"
+            port, app_port = _free_port(), _free_port()
+            cfg = work / f"{dev_id}.toml"
+            cfg.write_text(
+                f'[device]\nid = "{dev_id}"\nhardware = "gateway"\narch = "x86_64"\n'
+                f'software = {{ os = "linux" }}\n[agent]\nlisten = "127.0.0.1:{port}"\n'
+                f'data_dir = "{work / dev_id}"\ntoken_file = "{token_file}"\n'
+                f'public_key = "{public_key}"\nhealth_timeout_s = 15\nprobe_interval_s = 1\n'
+                f'[app]\nmode = "process"\nport = {app_port}\n'
+            )
+            log = (work / f"{dev_id}.log").open("wb")
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "fleetgate",
+                    "agent",
+                    "run",
+                    "--config",
+                    str(cfg),
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
+            devices.append(
+                Device(
+                    id=dev_id,
+                    hardware="gateway",
+                    arch=Arch.X86_64,
+                    group=groups[i % 3],
+                    address=f"http://127.0.0.1:{port}",
+                    resources=Resources(16384, 64000, False),
+                    token_file=str(token_file),
+                    software={"os": "linux"},
+                    monitoring=Monitoring.HIGH,
+                    state=DeviceState.ACTIVE,
+                )
+            )
+        yield devices
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.terminate()
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                await p.wait()
+
+
+async def _wait_ready(transport: Any, devices: list[Device], timeout: float = 20.0) -> None:
+    from fleetgate.errors import FleetgateError
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    for d in devices:
+        while True:
+            try:
+                await transport.ping(d)
+                break
+            except FleetgateError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+async def _bootstrap(
+    transport: Any, devices: list[Device], blob_dir: Path, bundle: Path, public_key: Any
+) -> None:
+    """Install the known-good v1.0.0 on the real agents (what provisioning would do)."""
+    from fleetgate.artifacts.distribution import (
+        DistributionServer,
+        load_published,
+        publish_bundle,
+    )
+    from fleetgate.core.manifest import manifest_from_dict
+
+    sha, _ = publish_bundle(bundle, blob_dir, public_key=public_key)
+    manifest_json, sig = load_published(blob_dir, sha)
+    import json
+
+    release = manifest_from_dict(json.loads(manifest_json)).release_id
+    async with DistributionServer(blob_dir) as dist:
+        for d in devices:
+            await transport.stage(
+                d,
+                deployment_id="bootstrap",
+                seq=1,
+                manifest_json=manifest_json.decode(),
+                signature=sig,
+                url=dist.blob_url(sha),
+            )
+            res = await transport.activate(d, deployment_id="bootstrap", seq=2, release=release)
+            if not res.ok:
+                raise RuntimeError(f"{d.id}: bootstrap of v1.0.0 failed: {res.error}")
+
+
+async def run_demo(
+    db: str,
+    scenario: str,
+    devices: int,
+    *,
+    yes: bool,
+    agents: int = 3,
+    home: Path = Path(".fleetgate"),
+    ask: Callable[[str], bool] | None = None,
+    say: Callable[[str], None] = print,
+) -> DemoResult:
+    from fleetgate.artifacts.bundle import build_bundle
+    from fleetgate.artifacts.keys import generate_keypair, load_private_key, load_public_key
+    from fleetgate.cli.deploy_run import exit_code
+    from fleetgate.clock import utc_now_iso
+    from fleetgate.config.policy_file import policy_from_dict
+    from fleetgate.core.events import Event
+    from fleetgate.core.state import Phase
+    from fleetgate.engine.service import Controller, ControllerConfig
+    from fleetgate.registry import devices_to_yaml
+    from fleetgate.sim.faults import parse_fault
+    from fleetgate.sim.fleetspec import FleetSpec
+    from fleetgate.sim.server import VirtualFleet
+    from fleetgate.store import Store
+    from fleetgate.transports.http import HttpTransport
+    from fleetgate.transports.tokens import TokenSource
+
+    work = (home / "demo").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    key_path, pub_path = generate_keypair(work / "keys")
+    key, pub = load_private_key(key_path), load_public_key(pub_path)
+    bad = scenario in ("bad-canary", "rollback-failure")
+    v1 = build_bundle(_app_source(work, "1.0.0", "ok"), key, work / "dist")
+    v2 = build_bundle(
+        _app_source(work, "2.0.0", "crash-at-start" if bad else "ok"), key, work / "dist"
+    )
+    say(f"release {v2.manifest.label}: {v2.path.name} sha256 {v2.sha256[:16]}… (signed)")
+
+    token = secrets.token_urlsafe(24)
+    token_file = work / "device-token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    faults = tuple(parse_fault(f) for f in (["crash-loop:version=2.0.0"] if bad else []))
+    n_agents = min(agents, max(0, devices - 1))
+    spec = FleetSpec(
+        devices=max(1, devices - n_agents),
+        faults=faults,
+        seed=11,
+        token=token,
+        initial_release=f"demo-1.0.0-{'0' * 8}",
+    )
+    policy = policy_from_dict(DEMO_POLICY, "demo policy")
+
+    async with (
+        VirtualFleet.start(spec) as vf,
+        real_agents(work, n_agents, pub_path, token_file) as agent_devs,
+        Store.open(db) as store,
+        HttpTransport(TokenSource()) as transport,
+    ):
+        sim_devs = [
+            Device(**{**_fields(d), "token_file": str(token_file), "token_env": None})
+            for d in vf.devices
+        ]
+        fleet = sim_devs + agent_devs
+        (work / "fleet.yaml").write_text(devices_to_yaml(fleet))
+        await _wait_ready(transport, agent_devs)
+        await _bootstrap(transport, agent_devs, work / "blobs", v1.path, pub)
+        async with store.transaction():
+            await store.replace_devices(fleet)
+            await store.append(
+                Event(
+                    ts=utc_now_iso(),
+                    deployment_id=None,
+                    action="registry.imported",
+                    actor="demo",
+                    details={"file": str(work / "fleet.yaml"), "devices": len(fleet)},
+                )
+            )
+        say(
+            f"fleet: {len(sim_devs)} virtual devices + {len(agent_devs)} real agents "
+            f"({', '.join(d.id for d in agent_devs)}) running the demo app v1.0.0"
+        )
+
+        ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub_path))
+        dep = await ctl.start(v2.path, policy, policy_doc=DEMO_POLICY, actor="demo")
+        state = await ctl.state(dep)
+        say(
+            f"deployment {dep}: {len(state.canaries)} canaries, "
+            f"{state.waves_total} waves over {len(state.devices)} devices"
+        )
+        if scenario == "rollback-failure":
+            sim_canaries = [c for c in state.canaries if c in vf.model.by_id]
+            if sim_canaries:
+                vf.inject(f"rollback-fail:device={sim_canaries[0]}")
+        state = await ctl.drive(dep)
+        if state.phase is Phase.AWAITING_APPROVAL:
+            say(f"canary verdict PASS after the soak; {len(state.canaries)} canaries healthy")
+            who = "demo --yes (approved on the command line)"
+            approved = yes or (ask is not None and ask("Approve the fleet rollout? [y/N] "))
+            if not approved:
+                state = await ctl.record_human(
+                    dep, "approval.rejected", os.environ.get("USER", "operator")
+                )
+                state = await ctl.drive(dep)
+            else:
+                if not yes:
+                    who = os.environ.get("USER", "operator")
+                wave1 = [d for d in state.stages[1] if d in vf.model.by_id]
+                if scenario == "wave-degradation":
+                    for d in wave1[: max(1, (len(wave1) * 4) // 10)]:
+                        vf.inject(f"errors:rate=0.3,version=2.0.0,device={d}")
+                if scenario == "unreachable":
+                    for d in wave1[: max(1, (len(wave1) * 3) // 10 + 1)]:
+                        vf.inject(f"unreachable:device={d}")
+                await ctl.record_human(
+                    dep, "approval.granted", who, comment="approved in fleetgate demo"
+                )
+                state = await ctl.drive(dep)
+        events = await store.events(dep)
+    from fleetgate.report.session import build_report, render_report_md
+
+    report = render_report_md(build_report(dep, events))
+    return DemoResult(dep, state.phase.value, exit_code(state), report)
+
+
+def _fields(d: Device) -> dict[str, Any]:
+    return {f: getattr(d, f) for f in Device.__dataclass_fields__}

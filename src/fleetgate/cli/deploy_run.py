@@ -210,6 +210,11 @@ async def cmd_decide(args: argparse.Namespace) -> int:
     if args.action == "rollback.requested":
         details.update(devices=args.device, reason=args.comment or "operator rollback")
     async with controller(args) as ctl:
+        state = await ctl.state(args.id)
+        if args.action == "deployment.resumed" and state.phase is not Phase.HALTED:
+            # Not halted: the controller that drove it died. Resuming is driving on from the
+            # log; there is no human decision to record.
+            return _emit(args, state if state.phase.terminal else await ctl.drive(args.id))
         state = await ctl.record_human(args.id, args.action, actor, **details)
         if not args.no_drive:
             state = await ctl.drive(args.id)

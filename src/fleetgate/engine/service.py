@@ -249,7 +249,7 @@ class Controller:
     @contextlib.asynccontextmanager
     async def _lease(self, dep_id: str) -> AsyncIterator[None]:
         ttl = self.config.lease_ttl_s
-        if not await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()):
+        if not await self._acquire(dep_id, ttl):
             lease = await self.store.get_lease(dep_id)
             who = f" by {lease.holder} until {lease.expires_at}" if lease else ""
             raise FleetgateError(
@@ -271,6 +271,18 @@ class Controller:
             with contextlib.suppress(FleetgateError):
                 await self.store.release_lease(dep_id, self.holder)
 
+    async def _acquire(self, dep_id: str, ttl: float) -> bool:
+        if await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()):
+            return True
+        lease = await self.store.get_lease(dep_id)
+        if lease is None or not holder_is_dead(lease.holder):
+            return False
+        # A controller on this host that was killed can neither renew nor release its lease:
+        # take over now instead of waiting out its TTL. Its log is complete up to its last
+        # committed event, and the fold continues from there.
+        await self.store.release_lease(dep_id, lease.holder)
+        return bool(await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()))
+
     # -- human decisions -------------------------------------------------------------------
     async def record_human(
         self,
@@ -289,3 +301,18 @@ class Controller:
             async with self._recorder(dep_id, events) as rec:
                 await rec.record(action, actor=actor, device_id=device_id, **details)
                 return rec.state
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True when ``holder`` (``host:pid:nonce``) names a process of this host that is gone."""
+    host, _, rest = holder.partition(":")
+    pid_s = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return False
+    try:
+        os.kill(int(pid_s), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

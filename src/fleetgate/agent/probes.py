@@ -6,7 +6,9 @@ Contract:
   ``error_rate()`` prefers the app's counters (delta of ``app_errors_total`` over
   ``app_requests_total`` across the window; a counter reset restarts the window) and falls back
   to failed/total of its own probes (also while the window holds fewer than
-  ``MIN_REQUESTS_FOR_RATE`` requests). ``set_target`` (called on every switch) clears the windows:
+  ``MIN_REQUESTS_FOR_RATE`` requests). Probe failures before the release first answered its
+  health URL are start-up, not errors: they are not counted (``app_up`` says it is down).
+  ``set_target`` (called on every switch) clears the windows:
   numbers never mix two releases.
 - Device vitals come from /proc and /sys: ``CpuSampler`` (``/proc/stat`` deltas), ``memory_mb``
   (``/proc/meminfo``), ``disk_free_mb`` (``statvfs``), ``temperature_c`` (max thermal zone),
@@ -167,6 +169,7 @@ class HealthProber:
         self.probes: collections.deque[tuple[bool, float]] = collections.deque(maxlen=window)
         self.counters: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)
         self.latency_gauge: float | None = None
+        self.seen_up = False  # the current target answered its health URL at least once
         self.cpu = CpuSampler()
         self.cpu_percent: float | None = None
 
@@ -175,6 +178,7 @@ class HealthProber:
         self.probes.clear()
         self.counters.clear()
         self.latency_gauge = None
+        self.seen_up = False
 
     async def probe_health(self) -> tuple[bool, float | None]:
         """One GET of the health URL: (2xx?, latency in ms if answered)."""
@@ -190,6 +194,8 @@ class HealthProber:
                 ok = 200 <= resp.status < 300
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False, None
+        if ok and self.target is target:
+            self.seen_up = True
         return ok, round((time.perf_counter() - started) * 1000.0, 2)
 
     async def scrape_metrics(self) -> dict[str, float] | None:
@@ -215,7 +221,7 @@ class HealthProber:
             return
         if target.health_url is not None:
             ok, latency = await self.probe_health()
-            if self.target is target:
+            if self.target is target and self.seen_up:
                 self.probes.append((ok, latency or 0.0))
         metrics = await self.scrape_metrics()
         if metrics is None or self.target is not target:

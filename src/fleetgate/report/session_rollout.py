@@ -1,0 +1,286 @@
+"""ROLLOUT waves, rollbacks and CONFIRM sections of the session report, from a ``SessionLog``.
+
+Raw values only (counts, ids, fractions, seconds); ``report.session_md`` formats them. The
+readings of ``docs/events.md`` (health check words, failed = deploy failures + health failures,
+rollback windows) are listed in ``report.session``'s docstring.
+
+CONFIRM accounting is computed from the folded device statuses, never copied from
+``confirm.completed``: the recorded counts are kept beside it and any disagreement becomes a
+warning, so the table always sums to ``fleet_total`` and matches the state block.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from fleetgate.core.state import TERMINAL, DeviceStatus, Phase
+from fleetgate.report.session_log import LogEvent, SessionLog, human, ids, num, stage_of
+
+D = DeviceStatus
+
+_HEALTH_CHECK = {
+    "CONTINUE": "PASS",
+    "QUARANTINE_AND_CONTINUE": "FAIL",
+    "PAUSE_FOR_HUMAN": "PAUSED",
+    "ROLLBACK_WAVE_AND_HALT": "ROLLED BACK",
+}
+
+
+def _percent(n: int, total: int) -> float:
+    return round(100 * n / total, 1) if total else 0.0
+
+
+def _stage_device_events(log: SessionLog, stage: int, devices: set[str]) -> list[LogEvent]:
+    return [
+        e
+        for e in log.events
+        if e.device_id in devices and e.action.startswith("device.") and stage_of(e) == stage
+    ]
+
+
+def rollout_section(
+    log: SessionLog, plan: Mapping[str, Any], info: Mapping[str, Mapping[str, str]]
+) -> list[dict[str, Any]]:
+    state = log.state
+    stages = state.stages
+    targeted = max(1, sum(len(s) for s in stages))
+    plan_waves = {
+        int(w["number"]): w
+        for w in plan.get("waves") or ()
+        if isinstance(w, Mapping) and num(w.get("number")) is not None
+    }
+    out: list[dict[str, Any]] = []
+    cum = len(state.canaries)
+    for n in range(1, len(stages)):
+        devs = list(stages[n])
+        cum += len(devs)
+        pw = plan_waves.get(n, {})
+        percent = num(pw.get("cumulative_percent"))
+        if percent is None:
+            percent = round(100 * cum / targeted, 2)
+        started = log.last_of_stage(n, "stage.started")
+        preflight = log.last_of_stage(n, "stage.preflight")
+        deployed_ev = log.last_of_stage(n, "stage.deployed")
+        ev = log.last_of_stage(n, "wave.evaluated")
+        dev_events = _stage_device_events(log, n, set(devs))
+        reached = bool(started or preflight or deployed_ev or ev or dev_events)
+        if deployed_ev is not None and num(deployed_ev.details.get("deployed")) is not None:
+            deployed = int(num(deployed_ev.details["deployed"]) or 0)
+        else:
+            deployed = len({e.device_id for e in dev_events if e.action == "device.activated"})
+        failed = list(
+            dict.fromkeys(
+                (ids(deployed_ev.details, "failed") if deployed_ev else [])
+                + (ids(ev.details, "failed") if ev else [])
+            )
+        )
+        skipped = ids(deployed_ev.details, "skipped") if deployed_ev else []
+        if not skipped:
+            skipped = [str(e.device_id) for e in dev_events if e.action == "device.skipped"]
+        soak_done = log.last_of_stage(n, "soak.completed")
+        soak_start = log.last_of_stage(n, "soak.started")
+        if soak_done is not None:
+            soak_s, soak_state = num(soak_done.details.get("seconds")), "served"
+        elif soak_start is not None:
+            soak_s, soak_state = num(soak_start.details.get("seconds")), "in progress"
+        else:
+            soak_s, soak_state = None, "not started"
+        decision, reason, health = "", "", "NOT REACHED"
+        if ev is not None:
+            decision = str(ev.details.get("action", ""))
+            reason = str(ev.details.get("reason", ""))
+            health = _HEALTH_CHECK.get(decision, "FAIL")
+        elif reached:
+            live = state.stage == n and state.phase is Phase.ROLLOUT
+            health = "PENDING" if live else "NOT RUN"
+            if preflight is not None and preflight.details.get("decision") == "HALT":
+                decision, reason = "HALT", str(preflight.details.get("reason", ""))
+            elif not live and state.stage == n:
+                decision, reason = state.phase.value, state.halt_reason
+        after = ev or preflight
+        nxt = log.last_of_stage(n + 1, "stage.started")
+        resumed = [
+            e
+            for e in log.all("deployment.resumed")
+            if after is not None and e.index > after.index and (nxt is None or e.index < nxt.index)
+        ]
+        out.append(
+            {
+                "number": n,
+                "percent": percent,
+                "share_percent": _percent(len(devs), state.fleet_total),
+                "reached": reached,
+                "devices": devs,
+                "by_hardware": dict(
+                    sorted(Counter(info.get(i, {}).get("hardware", "?") for i in devs).items())
+                ),
+                "targeted": len(devs),
+                "deployed": deployed,
+                "failed": len(failed),
+                "failed_ids": failed,
+                "skipped": len(skipped),
+                "skipped_ids": skipped,
+                "unreachable_ids": ids(preflight.details, "unreachable") if preflight else [],
+                "health_check": health,
+                "checked": int(num(ev.details.get("checked")) or 0) if ev else None,
+                "failure_rate": num(ev.details.get("rate")) if ev else None,
+                "scope": str(ev.details.get("scope", "")) if ev else "",
+                "soak_s": soak_s,
+                "soak_state": soak_state,
+                "decision": decision,
+                "reason": reason,
+                "resumed": (
+                    {
+                        "by": resumed[0].actor,
+                        "ts": resumed[0].ts,
+                        "comment": str(resumed[0].details.get("comment") or ""),
+                    }
+                    if resumed
+                    else None
+                ),
+            }
+        )
+    return out
+
+
+def rollback_windows(log: SessionLog) -> list[tuple[int, int]]:
+    """``(first, last)`` event index of each rollback, from its request or start to its
+    completion (an unfinished one runs to the end of the log)."""
+    windows: list[tuple[int, int]] = []
+    start: int | None = None
+    for e in log.events:
+        if e.action in ("rollback.requested", "rollback.started") and start is None:
+            start = e.index
+        elif e.action == "rollback.completed":
+            windows.append((e.index if start is None else start, e.index))
+            start = None
+    if start is not None:
+        windows.append((start, len(log.events)))
+    return windows
+
+
+def _scope_label(log: SessionLog, devices: list[str], quarantine: bool, by: str | None) -> str:
+    if quarantine:
+        return "quarantine"
+    if by is not None and human(by):
+        return "operator"
+    for n, st in enumerate(log.state.stages):
+        if devices and set(devices) <= set(st):
+            return "canary" if n == 0 else f"wave {n}"
+    return "all deployed"
+
+
+def rollback_sections(log: SessionLog) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for number, (a, b) in enumerate(rollback_windows(log), start=1):
+        evs = log.events[a : b + 1]
+        first = evs[0]
+        req = next((e for e in evs if e.action == "rollback.requested"), None)
+        started = next((e for e in evs if e.action == "rollback.started"), None)
+        done = next((e for e in evs if e.action == "rollback.completed"), None)
+        by = req.actor if req else None
+        devices = (ids(started.details, "devices") if started else []) or (
+            ids(req.details, "devices") if req else []
+        )
+        rolled = [str(e.device_id) for e in evs if e.action == "device.rolled_back"]
+        failed = [e for e in evs if e.action == "device.rollback_failed"]
+        rolled_back = ids(done.details, "rolled_back") if done else rolled
+        failed_ids = ids(done.details, "failed") if done else [str(e.device_id) for e in failed]
+        if not devices:
+            devices = list(dict.fromkeys(rolled_back + failed_ids))
+        cap = next((e for e in evs if e.action == "rollback.capability_checked"), None)
+        if cap is None and failed:
+            cap = next((e for e in log.all("rollback.capability_checked") if e.index > b), None)
+        reason_src = started or req or first
+        out.append(
+            {
+                "number": number,
+                "phase": (first.halted_from or first.phase_before).value,
+                "scope": _scope_label(log, devices, first.quarantine, by),
+                "reason": str(reason_src.details.get("reason", "")),
+                "requested_by": by,
+                "devices": devices,
+                "rolled_back": rolled_back,
+                "failed": failed_ids,
+                "recovered": ids(done.details, "recovered") if done else [],
+                "seconds": num(done.details.get("seconds")) if done else None,
+                "completed": done is not None,
+                "ts_started": first.ts,
+                "ts_completed": done.ts if done else None,
+                "logs_captured": [
+                    str(e.device_id) for e in evs if e.action == "device.logs_captured"
+                ],
+                "failures": [
+                    {
+                        "device_id": str(e.device_id),
+                        "error": str(e.details.get("error", "")),
+                        "state": e.details.get("state"),
+                    }
+                    for e in failed
+                ],
+                "capability": (
+                    {"ok": ids(cap.details, "ok"), "missing": ids(cap.details, "missing")}
+                    if cap
+                    else None
+                ),
+            }
+        )
+    return out
+
+
+# (label, statuses) in table order; the first four are the spec's rows, always shown.
+_CONFIRM_ROWS: tuple[tuple[str, tuple[DeviceStatus, ...]], ...] = (
+    ("Deployed (healthy)", (D.HEALTHY,)),
+    ("Skipped (unreachable)", (D.SKIPPED, D.UNREACHABLE)),
+    ("Quarantined (failed)", (D.QUARANTINED,)),
+    ("Not targeted", ()),
+    ("Deployed (degraded)", (D.DEGRADED,)),
+    ("Deployed (not yet checked)", (D.DEPLOYED, D.STAGED)),
+    ("Failed", (D.FAILED,)),
+    ("Rolled back", (D.ROLLED_BACK,)),
+    ("Rollback failed (manual intervention)", (D.ROLLBACK_FAILED,)),
+    ("Pending (not reached)", (D.PENDING,)),
+)
+_RECORDED_KEYS = {
+    "Deployed (healthy)": "deployed_healthy",
+    "Skipped (unreachable)": "skipped",
+    "Quarantined (failed)": "quarantined",
+    "Not targeted": "not_targeted",
+}
+
+
+def confirm_section(log: SessionLog) -> dict[str, Any]:
+    state = log.state
+    counts = Counter(state.devices.values())
+    total = state.fleet_total
+    not_targeted = max(0, total - len(state.devices))
+    rows: list[dict[str, Any]] = []
+    for i, (label, statuses) in enumerate(_CONFIRM_ROWS):
+        n = not_targeted if not statuses else sum(counts[s] for s in statuses)
+        if i < 4 or n:
+            rows.append({"status": label, "count": n, "percent": _percent(n, total)})
+    done, checked = log.last("confirm.completed"), log.last("confirm.checked")
+    recorded = done.details.get("counts") if done else None
+    warnings = []
+    if isinstance(recorded, Mapping):
+        for row in rows:
+            key = _RECORDED_KEYS.get(str(row["status"]))
+            if key and key in recorded and num(recorded[key]) != row["count"]:
+                warnings.append(
+                    f"confirm.completed counts {key}={recorded[key]}, "
+                    f"the device events give {row['count']}"
+                )
+    phase = state.phase
+    return {
+        "reached": log.reached(Phase.CONFIRM) or done is not None,
+        "result": str(done.details.get("result")) if done else phase.value,
+        "final": phase in TERMINAL,
+        "rows": rows,
+        "rollback_copies": dict(checked.details.get("rollback_copies") or {}) if checked else None,
+        "health": dict(checked.details.get("health") or {}) if checked else None,
+        "recorded_counts": dict(recorded) if isinstance(recorded, Mapping) else None,
+        "reasons": [str(r) for r in (done.details.get("reasons") or [])] if done else [],
+        "warnings": warnings,
+    }

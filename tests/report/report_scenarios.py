@@ -1,0 +1,589 @@
+"""Hand-built event logs for the session report tests, in the vocabulary of docs/events.md.
+
+A 12-device inventory (2 not targeted), two hardware types across two groups:
+canaries orin-a-01 + rpi-b-01, wave 1 (3 devices, 50 % of the target fleet), wave 2 (5, 100 %).
+Each scenario writes the events the engine is specified to write, in order, with a clock that
+advances a few seconds per event, so folds, reports and timestamps are all deterministic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fleetgate.core.events import Event
+
+DEP = "dep-7f3a"
+T0 = datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)
+FLEET_TOTAL = 12
+SHA = "5e" * 32
+CANARIES = ["orin-a-01", "rpi-b-01"]
+WAVE1 = ["orin-a-02", "rpi-b-02", "rpi-b-03"]
+WAVE2 = ["orin-a-03", "orin-a-04", "rpi-b-04", "rpi-b-05", "orin-a-05"]
+STAGES = [CANARIES, WAVE1, WAVE2]
+SOAK = 900
+
+
+def hw(dev: str) -> str:
+    return "jetson-orin-nano" if dev.startswith("orin") else "rpi4"
+
+
+def group(dev: str) -> str:
+    return "plant-a" if dev.startswith("orin") else "plant-b"
+
+
+def arch(dev: str) -> str:
+    return "arm64"
+
+
+def target(dev: str) -> dict[str, Any]:
+    return {
+        "id": dev,
+        "hardware": hw(dev),
+        "arch": arch(dev),
+        "group": group(dev),
+        "address": "http://127.0.0.1:7601",
+        "token_env": "FLEETGATE_TOKEN",
+        "resources": {"ram_mb": 8192 if hw(dev) != "rpi4" else 4096, "disk_mb": 60000, "gpu": True},
+        "software": {"os": "ubuntu-22.04"},
+        "monitoring": "high",
+        "critical": False,
+        "state": "active",
+    }
+
+
+def plan_dict() -> dict[str, Any]:
+    """What ``report.prepare.plan_to_dict`` records: the same keys, written by hand."""
+    targeted = [d for st in STAGES for d in st]
+    cells: dict[tuple[str, str, str], int] = {}
+    for d in targeted:
+        key = (group(d), hw(d), arch(d))
+        cells[key] = cells.get(key, 0) + 1
+    return {
+        "artifact": {
+            "name": "vision",
+            "version": "2.4.1",
+            "kind": "bundle",
+            "sha256": SHA,
+            "size": 5_242_880,
+            "disk_mb": 300,
+            "manifest": {"artifact": {"name": "vision", "version": "2.4.1"}},
+        },
+        "distribution": None,
+        "fleet_total": FLEET_TOTAL,
+        "targeted": len(targeted),
+        "groups": ["plant-a", "plant-b"],
+        "device_groups": [
+            {"group": g, "hardware": h, "arch": a, "count": n}
+            for (g, h, a), n in sorted(cells.items())
+        ],
+        "canaries": [
+            {"id": d, "hardware": hw(d), "group": group(d), "reason": f"covers {hw(d)}, {group(d)}"}
+            for d in CANARIES
+        ],
+        "waves": [
+            {
+                "number": n,
+                "devices": list(st),
+                "count": len(st),
+                "cumulative_percent": pct,
+                "by_hardware": {"rpi4": sum(hw(d) == "rpi4" for d in st), "jetson-orin-nano": 1},
+                "by_group": {"plant-b": 1, "plant-a": 1},
+            }
+            for n, st, pct in ((1, WAVE1, 50.0), (2, WAVE2, 100.0))
+        ],
+        "compatibility": [
+            {
+                "group": g,
+                "hardware": h,
+                "arch": a,
+                "count": n,
+                "compatible": n,
+                "status": "PASS",
+                "reasons": [],
+            }
+            for (g, h, a), n in sorted(cells.items())
+        ],
+        "excluded": [{"id": "gw-c-01", "reason": "arch x86_64 not in [arm64]"}],
+        "not_targeted": 1,
+        "uncovered": [],
+        "notes": [],
+        "blockers": [],
+        "policy": {"canary_percent": 2.0, "waves": [50.0, 100.0]},
+    }
+
+
+def sample(dev: str, **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "device_id": dev,
+        "app_up": True,
+        "latency_ms": 20.0,
+        "error_rate": 0.002,
+        "cpu_percent": 35.5,
+        "mem_used_mb": 1800.0,
+        "mem_total_mb": 8192.0 if hw(dev) != "rpi4" else 4096.0,
+        "disk_free_mb": 52000.0,
+        "gpu_percent": 20.0 if hw(dev) != "rpi4" else None,
+        "temperature_c": 55.0,
+        "restarts": 0,
+        "crash_loop": False,
+        "release": "vision-2.4.1",
+    }
+    base.update(over)
+    return base
+
+
+def baseline(dev: str) -> dict[str, Any]:
+    return sample(
+        dev,
+        latency_ms=18.0,
+        error_rate=0.001,
+        cpu_percent=30.0,
+        mem_used_mb=1700.0,
+        release="vision-2.4.0",
+    )
+
+
+class Log:
+    """Appends events with an advancing clock."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.t = T0
+
+    def add(
+        self,
+        name: str,
+        device: str | None = None,
+        /,
+        *,
+        actor: str = "fleetgate",
+        outcome: str = "ok",
+        dt: float = 2.0,
+        **details: Any,
+    ) -> None:
+        self.t += timedelta(seconds=dt)
+        self.events.append(
+            Event(
+                ts=self.t.isoformat(),
+                deployment_id=DEP,
+                action=name,
+                outcome=outcome,
+                device_id=device,
+                actor=actor,
+                details=details,
+            )
+        )
+
+    # -- building blocks ---------------------------------------------------------------------
+    def created(self, *, with_plan: bool = True) -> None:
+        extra: dict[str, Any] = {"plan": plan_dict()} if with_plan else {}
+        self.add(
+            "deployment.created",
+            actor="alice",
+            stages=STAGES,
+            artifact="vision v2.4.1",
+            sha256=SHA,
+            fleet_total=FLEET_TOTAL,
+            policy={"health": {"temperature_c_max": 85.0, "cpu_percent_max": 90.0}},
+            allow_short_soak=False,
+            release={"release_id": "vision-2.4.1", "signature": "sig", "size": 5_242_880},
+            targets=[target(d) for st in STAGES for d in st],
+            **extra,
+        )
+        self.add(
+            "prepare.passed",
+            checks=[
+                {"check": "artifact signature", "ok": True, "detail": "ed25519 key fleet-1"},
+                {"check": "checksum", "ok": True, "detail": SHA[:12]},
+                {"check": "compatibility", "ok": True, "detail": "all groups PASS"},
+            ],
+            distribution="http://127.0.0.1:7600/blobs/" + SHA,
+        )
+        self.add("distribution.started", url="http://127.0.0.1:7600/blobs/" + SHA)
+
+    def deploy(
+        self, stage: int, devices: list[str], *, skip: tuple[str, ...] = (), drill: bool = False
+    ) -> None:
+        self.add("stage.started", stage=stage, devices=len(devices))
+        for d in devices:
+            ok = d not in skip
+            checks = {
+                "reachable": ok,
+                "agent": ok,
+                "disk_free_mb": 52000,
+                "disk_needed_mb": 600,
+                "rollback_copy": True,
+                "state": "active",
+            }
+            self.add(
+                "device.preflight",
+                d,
+                stage=stage,
+                ok=ok,
+                checks=checks,
+                rtt_ms=3.2,
+                **({} if ok else {"reason": "connection refused"}),
+            )
+        reachable = [d for d in devices if d not in skip]
+        self.add(
+            "stage.preflight",
+            stage=stage,
+            reachable=reachable,
+            unreachable=list(skip),
+            rate=len(skip) / len(devices),
+            decision="CONTINUE_SKIPPING",
+            reason="",
+        )
+        for d in reachable:
+            self.add("device.baseline", d, stage=stage, sample=baseline(d))
+        for d in reachable:
+            self.add("device.stage_requested", d, stage=stage, seq=1, release="vision-2.4.1")
+            self.add(
+                "device.staged",
+                d,
+                stage=stage,
+                seq=1,
+                release="vision-2.4.1",
+                status="staged",
+                replayed=False,
+                attempts=1,
+                seconds=4.0,
+            )
+            self.add("device.activate_requested", d, stage=stage, seq=2, release="vision-2.4.1")
+            self.add(
+                "device.activated",
+                d,
+                stage=stage,
+                seq=2,
+                release="vision-2.4.1",
+                previous="vision-2.4.0",
+            )
+        if drill:
+            d = devices[0]
+            self.add("device.rollback_requested", d, seq=3, to="vision-2.4.0")
+            self.add(
+                "device.rolled_back",
+                d,
+                seq=3,
+                release="vision-2.4.0",
+                **{"from": "vision-2.4.1"},
+                noop=False,
+            )
+            self.add("device.activate_requested", d, stage=stage, seq=4, release="vision-2.4.1")
+            self.add(
+                "device.activated",
+                d,
+                stage=stage,
+                seq=4,
+                release="vision-2.4.1",
+                previous="vision-2.4.0",
+            )
+        for d in reachable:
+            self.health(stage, d, "smoke")
+        for d in skip:
+            for attempt in (1, 2, 3):
+                self.add(
+                    "device.unreachable",
+                    d,
+                    stage=stage,
+                    attempt=attempt,
+                    error="connection refused",
+                    outcome="failed",
+                )
+            self.add(
+                "device.skipped",
+                d,
+                stage=stage,
+                reason="unreachable after 3 retries",
+                outcome="skipped",
+            )
+        self.add(
+            "stage.deployed", stage=stage, deployed=len(reachable), failed=[], skipped=list(skip)
+        )
+
+    def health(self, stage: int, dev: str, rnd: str, **bad: Any) -> None:
+        s = sample(dev, **bad)
+        status, reasons = "healthy", []
+        if bad:
+            status = "failed"
+            reasons = [
+                f"error rate {100 * s['error_rate']:.1f} % is "
+                f"{100 * (s['error_rate'] - 0.001):.1f} pts above baseline 0.1 % (max +1.0)"
+            ]
+        self.add(
+            "device.health",
+            dev,
+            stage=stage,
+            round=rnd,
+            status=status,
+            reasons=reasons,
+            sample=s,
+            baseline=baseline(dev),
+        )
+
+    def soak(self, stage: int, seconds: int = SOAK) -> None:
+        self.add("soak.started", stage=stage, round="soak", seconds=seconds)
+        self.add("soak.completed", stage=stage, seconds=seconds, dt=seconds)
+
+    def verify(self, bad: dict[str, dict[str, Any]] | None = None) -> None:
+        bad = bad or {}
+        for d in CANARIES:
+            self.health(0, d, "initial")
+        self.soak(0)
+        for d in CANARIES:
+            self.health(0, d, "post-soak", **bad.get(d, {}))
+        if bad:
+            failed = [d for d in CANARIES if d in bad]
+            self.add(
+                "canary.verdict",
+                verdict="FAIL",
+                failed=failed,
+                all_failed=len(failed) == len(CANARIES),
+                reasons=[f"canary {d} is FAILED: after soak: error rate too high" for d in failed],
+                soak_s=SOAK,
+            )
+        else:
+            self.add(
+                "canary.verdict",
+                verdict="PASS",
+                failed=[],
+                all_failed=False,
+                reasons=[],
+                soak_s=SOAK,
+            )
+            self.add("approval.requested", verdict="PASS")
+
+    def approve(self) -> None:
+        self.add("approval.granted", actor="alice", comment="canaries look good", dt=600)
+
+    def gate(
+        self,
+        stage: int,
+        deployed: list[str],
+        *,
+        bad: tuple[str, ...] = (),
+        action: str = "CONTINUE",
+        scope: str = "NONE",
+        rollback: list[str] | None = None,
+        targeted: int,
+        reason: str = "no failed devices",
+    ) -> None:
+        for d in deployed:
+            self.health(stage, d, "initial")
+        self.soak(stage)
+        for d in deployed:
+            self.health(stage, d, "post-soak", **({"error_rate": 0.08} if d in bad else {}))
+        self.add(
+            "wave.evaluated",
+            stage=stage,
+            action=action,
+            rate=len(bad) / targeted,
+            targeted=targeted,
+            failed=list(bad),
+            scope=scope,
+            rollback=rollback or [],
+            reason=reason,
+            checked=len(deployed),
+        )
+
+    def rollback(
+        self,
+        devices: list[str],
+        reason: str,
+        *,
+        fail: dict[str, str] | None = None,
+        requested_by: str | None = None,
+        capability_ok: list[str] | None = None,
+    ) -> None:
+        fail = fail or {}
+        if requested_by:
+            self.add("rollback.requested", actor=requested_by, devices=[], reason=reason)
+        self.add("rollback.started", devices=devices, reason=reason)
+        for d in devices:
+            self.add("device.logs_captured", d, app=["last app line"], agent=["last agent line"])
+        for d in devices:
+            self.add("device.rollback_requested", d, seq=9, to="vision-2.4.0")
+            if d in fail:
+                self.add(
+                    "device.rollback_failed",
+                    d,
+                    seq=9,
+                    error=fail[d],
+                    outcome="failed",
+                    state={"release": "vision-2.4.1", "slots": ["a", "b"]},
+                )
+            else:
+                self.add(
+                    "device.rolled_back",
+                    d,
+                    seq=9,
+                    release="vision-2.4.0",
+                    **{"from": "vision-2.4.1"},
+                    noop=False,
+                )
+        if fail:
+            self.add("rollback.capability_checked", ok=capability_ok or [], missing=[])
+        done = [d for d in devices if d not in fail]
+        self.add(
+            "rollback.completed",
+            rolled_back=done,
+            failed=list(fail),
+            recovered=done,
+            seconds=42.0,
+            dt=40,
+        )
+
+    def confirm(self, deployed: list[str], result: str, counts: dict[str, int]) -> None:
+        for d in deployed:
+            self.health(len(STAGES) - 1, d, "confirm")
+        self.add(
+            "confirm.checked",
+            rollback_copies={"ok": deployed, "missing": []},
+            health={"healthy": len(deployed), "degraded": 0, "failed": 0},
+        )
+        self.add(
+            "confirm.completed",
+            result=result,
+            counts=counts,
+            reasons=[] if result == "COMPLETE" else ["1 device skipped, 1 quarantined"],
+        )
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+def happy() -> list[Event]:
+    log = Log()
+    log.created()
+    log.deploy(0, CANARIES, drill=True)
+    log.verify()
+    log.approve()
+    log.deploy(1, WAVE1)
+    log.gate(1, CANARIES + WAVE1, targeted=3)
+    log.deploy(2, WAVE2)
+    log.gate(2, CANARIES + WAVE1 + WAVE2, targeted=5)
+    everyone = CANARIES + WAVE1 + WAVE2
+    log.confirm(
+        everyone,
+        "COMPLETE",
+        {
+            "deployed_healthy": 10,
+            "skipped": 0,
+            "quarantined": 0,
+            "not_targeted": 2,
+            "failed": 0,
+            "rolled_back": 0,
+        },
+    )
+    return log.events
+
+
+def bad_canary() -> list[Event]:
+    log = Log()
+    log.created()
+    log.deploy(0, CANARIES)
+    log.verify(bad={"rpi-b-01": {"error_rate": 0.06}})
+    log.rollback(["rpi-b-01"], "canary verdict FAIL: canary rpi-b-01 is FAILED")
+    log.rollback(["orin-a-01"], "operator: abandon vision 2.4.1", requested_by="bob")
+    return log.events
+
+
+def wave_rolled_back() -> list[Event]:
+    log = Log()
+    log.created()
+    log.deploy(0, CANARIES)
+    log.verify()
+    log.approve()
+    log.deploy(1, WAVE1)
+    log.gate(1, CANARIES + WAVE1, targeted=3)
+    log.deploy(2, WAVE2)
+    reason = "2 of 5 devices failed (40.0 %) > 20 %: roll back the wave and halt"
+    log.gate(
+        2,
+        CANARIES + WAVE1 + WAVE2,
+        bad=("orin-a-04", "rpi-b-05"),
+        action="ROLLBACK_WAVE_AND_HALT",
+        scope="WAVE",
+        rollback=WAVE2,
+        targeted=5,
+        reason=reason,
+    )
+    log.rollback(WAVE2, reason)
+    log.add("deployment.halted", reason=reason)
+    return log.events
+
+
+def rollback_failure() -> list[Event]:
+    log = Log()
+    log.created()
+    log.deploy(0, CANARIES)
+    log.verify()
+    log.approve()
+    log.deploy(1, WAVE1)
+    reason = "2 of 3 devices failed (66.7 %) > 20 %: roll back the wave and halt"
+    log.gate(
+        1,
+        CANARIES + WAVE1,
+        bad=("rpi-b-02", "rpi-b-03"),
+        action="ROLLBACK_WAVE_AND_HALT",
+        scope="WAVE",
+        rollback=WAVE1,
+        targeted=3,
+        reason=reason,
+    )
+    log.rollback(
+        WAVE1,
+        reason,
+        fail={"rpi-b-03": "agent unreachable after slot switch"},
+        capability_ok=CANARIES,
+    )
+    return log.events
+
+
+def partial() -> list[Event]:
+    """Wave 2: one device unreachable (skipped), one failed (20 %: pause), resumed by carol,
+    the failed device quarantined, CONFIRM PARTIAL."""
+    log = Log()
+    log.created()
+    log.deploy(0, CANARIES)
+    log.verify()
+    log.approve()
+    log.deploy(1, WAVE1)
+    log.gate(1, CANARIES + WAVE1, targeted=3)
+    log.deploy(2, WAVE2, skip=("orin-a-05",))
+    live = CANARIES + WAVE1 + WAVE2[:-1]
+    reason = "1 of 5 devices failed (20.0 %): pause for a human decision"
+    log.gate(
+        2,
+        live,
+        bad=("rpi-b-04",),
+        action="PAUSE_FOR_HUMAN",
+        scope="DEVICE",
+        rollback=["rpi-b-04"],
+        targeted=5,
+        reason=reason,
+    )
+    log.add("deployment.resumed", actor="carol", comment="isolated: quarantine it", dt=300)
+    log.rollback(["rpi-b-04"], "quarantine failed devices of wave 2")
+    healthy = [d for d in live if d != "rpi-b-04"]
+    log.confirm(
+        healthy,
+        "PARTIAL",
+        {
+            "deployed_healthy": 8,
+            "skipped": 1,
+            "quarantined": 1,
+            "not_targeted": 2,
+            "failed": 0,
+            "rolled_back": 0,
+        },
+    )
+    return log.events
+
+
+SCENARIOS = {
+    "happy": happy,
+    "bad_canary": bad_canary,
+    "wave_rolled_back": wave_rolled_back,
+    "rollback_failure": rollback_failure,
+    "partial": partial,
+}

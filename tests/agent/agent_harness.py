@@ -32,6 +32,9 @@ from fleetgate.artifacts.distribution import DistributionServer, publish_bundle
 REPO = Path(__file__).resolve().parents[2]
 DEMO_APP = REPO / "src" / "fleetgate" / "sim" / "demo_app.py"
 TOKEN = "t0ken-for-tests"
+# Run the agents under another interpreter (e.g. a Python 3.10 venv with the agent's four
+# dependencies) to check the device-side promise: FLEETGATE_TEST_AGENT_PYTHON=/path/to/python.
+AGENT_PYTHON = os.environ.get("FLEETGATE_TEST_AGENT_PYTHON") or sys.executable
 
 
 def free_port() -> int:
@@ -168,8 +171,10 @@ port = {self.app_port}
         log = (self.workdir / f"agent-{self.runs}.log").open("wb")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_AGENT_")}
         full_env = {**base_env, "FG_TEST_TOKEN": TOKEN, **(env or {})}
+        if sys.executable != AGENT_PYTHON:
+            full_env["PYTHONPATH"] = str(REPO / "src")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetgate", "agent", "run", "--config", str(self.config)],
+            [AGENT_PYTHON, "-m", "fleetgate", "agent", "run", "--config", str(self.config)],
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -288,3 +288,37 @@ def test_systemd_mode_restarts_the_unit_after_the_switch(make_agent, kit, tmp_pa
         if pid:
             with contextlib.suppress(OSError):
                 os.killpg(int(pid), 9)
+
+
+def test_demo_app_settings_and_deterministic_errors(tmp_path):
+    from fleetgate.sim import demo_app
+
+    (tmp_path / "demo.toml").write_text(
+        '# comment\nmode = "errors"  # trailing\nversion = "2.1"\nerror_rate = 0.25\nrps = 40\n'
+    )
+    settings = demo_app.load_settings(str(tmp_path))
+    assert settings["mode"] == "errors" and settings["version"] == "2.1"
+    assert settings["error_rate"] == 0.25 and settings["rps"] == 40
+    metrics = demo_app.Metrics(settings)
+    assert [metrics.health_fails() for _ in range(8)] == [False, False, False, True] * 2
+    metrics.tick(100)
+    text = metrics.render()
+    assert "app_requests_total 100\n" in text and "app_errors_total 25\n" in text
+    (tmp_path / "demo.toml").write_text('mode = "explode"\n')
+    with pytest.raises(SystemExit, match="explode"):
+        demo_app.load_settings(str(tmp_path))
+
+
+def test_demo_app_crash_at_start_exits_nonzero_at_once(tmp_path):
+    import subprocess
+
+    (tmp_path / "demo.toml").write_text('mode = "crash-at-start"\n')
+    demo = REPO / "src" / "fleetgate" / "sim" / "demo_app.py"
+    proc = subprocess.run(
+        [sys.executable, str(demo), "--port", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 3 and "crash-at-start" in proc.stderr

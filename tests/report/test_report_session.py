@@ -327,11 +327,30 @@ def test_json_and_markdown_agree(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_table_ends_at_a_blank_line(name: str) -> None:
+    """In GitHub markdown a text line right after a table becomes one of its rows."""
+    _, md = report_of(SCENARIOS[name]())
+    lines = lines_of(md)
+    in_fence = False
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("```"):
+            in_fence = not in_fence
+        if not in_fence and line.startswith("|") and not lines[i + 1].startswith("|"):
+            assert lines[i + 1] == "", f"line {i + 2} follows a table: {lines[i + 1]!r}"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_every_prefix_of_the_log_reports(name: str) -> None:
     """A report can be asked for at any moment of a deployment (``deploy report`` while it
     runs): every prefix of the log builds and renders, and the state block matches the fold."""
     events = SCENARIOS[name]()
-    for n in range(1, len(events) + 1):
+    # Every prefix that ends a phase step, and every third one inside the device chatter.
+    cuts = [
+        n
+        for n in range(1, len(events) + 1)
+        if n % 3 == 0 or n == len(events) or not events[n - 1].action.startswith("device.")
+    ]
+    for n in cuts:
         r = build_report(DEP, events[:n])
         md = render_report_md(r)
         assert r["state_block"] == render_state_block(fold(DEP, events[:n]))

@@ -56,7 +56,9 @@ def fmt_ms(x: Any) -> str:
 
 
 def fmt_mb(x: Any) -> str:
-    return NA if _f(x) is None else f"{fmt_num(x)} MB"
+    """Megabytes, whole: a tenth of a MB is noise next to a device's memory or disk."""
+    v = _f(x)
+    return NA if v is None or v != v else f"{round(v)} MB"
 
 
 # -- data ---------------------------------------------------------------------------------------

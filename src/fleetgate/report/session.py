@@ -8,6 +8,11 @@ CANARY HEALTH REPORT boxes), ``approval``, ``rollout``, ``rollbacks``, ``confirm
 ``report.session_md``, re-exported here) renders it as the spec's markdown. No store, no device,
 no clock: the same events always give the same report.
 
+Modules: ``session_log`` (normalise + fold + index the events), ``session_phases`` (PREPARE,
+CANARY, VERIFY, approval), ``session_rollout`` (waves, rollbacks, CONFIRM), ``health_box`` (the
+CANARY HEALTH REPORT box), ``session_md`` (markdown). ``deploy report`` calls ``build_report``
+then ``render_report_md`` or ``json.dumps``.
+
 Invariants:
 
 - Details are read in their canonical JSON form (what the store keeps), so a report built from
@@ -36,8 +41,13 @@ Readings of ``docs/events.md`` where it leaves a choice (kept here so the engine
   the failures were isolated and quarantined); PAUSE_FOR_HUMAN -> PAUSED;
   ROLLBACK_WAVE_AND_HALT -> ROLLED BACK; no ``wave.evaluated`` -> PENDING while that wave is
   under way, else NOT RUN (a pre-flight halt, a rollback request). Devices failed = the union of
-  the wave's ``stage.deployed.failed`` and its ``wave.evaluated.failed``. "% of fleet" is the
-  plan's ``cumulative_percent`` for the wave (the spec's "Wave 1 (25% of fleet)").
+  the wave's ``stage.deployed.failed`` and its ``wave.evaluated.failed`` (which, as the engine
+  checks ALL deployed devices, may name devices of earlier waves). Devices skipped = the
+  ``stage.deployed.skipped`` ids, or without ``stage.deployed`` (a pre-flight halt) the wave's
+  devices left unreachable. "% of fleet" is the plan's ``cumulative_percent`` for the wave (the
+  spec's "Wave 1 (25% of fleet)"); ``share_percent`` is the wave's own share of ``fleet_total``.
+- CONFIRM vs ``confirm.completed.counts``: the engine's ``skipped`` also counts devices never
+  reached (PENDING); the comparison allows for that, the table keeps them apart.
 - Rollbacks: one entry per ``rollback.requested``/``rollback.started`` … ``rollback.completed``
   window; ``device.rolled_back`` events outside any window are the canary stage's rollback
   drill. ``devices`` empty in ``rollback.started`` means every deployed device.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleetgate.core.events import Event, StoredEvent
@@ -73,7 +73,10 @@ def _finite(x: Any) -> Any:
 
 
 def canonical_details(details: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(_finite(json.loads(canonical_json(dict(details)))))
+    text = canonical_json(dict(details))
+    data = json.loads(text)
+    # Only a log holding NaN/Infinity (a failed metrics scrape) needs the walk.
+    return dict(_finite(data)) if b"NaN" in text or b"Infinity" in text else dict(data)
 
 
 @dataclass(slots=True)
@@ -94,27 +97,31 @@ class SessionLog:
             if raw.deployment_id != deployment_id:
                 continue
             before = log.state
-            ev = LogEvent(
-                len(log.events),
-                raw.ts,
-                raw.deployment_id,
-                raw.device_id,
-                raw.actor,
-                raw.action,
-                raw.outcome,
-                canonical_details(raw.details),
-                before.phase,
-                before.phase,
-                None,
-                False,
+            details = canonical_details(raw.details)
+            probe = Event(
+                ts=raw.ts,
+                deployment_id=raw.deployment_id,
+                action=raw.action,
+                outcome=raw.outcome,
+                device_id=raw.device_id,
+                actor=raw.actor,
+                details=details,
             )
             try:
-                after, _ = step(before, ev)
+                after, _ = step(before, probe)
             except IllegalTransition as exc:
                 log.warnings.append(f"event #{n + 1} {raw.action} ignored: {exc}")
                 continue
-            ev = replace(
-                ev,
+            ev = LogEvent(
+                index=len(log.events),
+                ts=raw.ts,
+                deployment_id=raw.deployment_id,
+                device_id=raw.device_id,
+                actor=raw.actor,
+                action=raw.action,
+                outcome=raw.outcome,
+                details=details,
+                phase_before=before.phase,
                 phase_after=after.phase,
                 halted_from=after.halted_from,
                 quarantine=after.quarantine_on_rollback,

@@ -36,6 +36,7 @@ _STOPPED = {
     "PARTIAL": "ended PARTIAL",
 }
 _ID_LIMIT = 12  # a rollback of 10,000 devices lists a few ids and a count, not all of them
+_TEXT_LIMIT = 200
 
 
 def _cell(x: Any) -> str:
@@ -59,7 +60,16 @@ def _ids(ids: Sequence[str]) -> str:
 
 
 def _duration(seconds: Any) -> str:
-    return "-" if not isinstance(seconds, int | float) else format_duration(float(seconds))
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "-"
+    if float(seconds).is_integer():
+        return format_duration(float(seconds))
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(round(seconds))
+
+
+def _short(text: str) -> str:
+    """A heading-sized excerpt; the full text is in the JSON document and the VERIFY reasons."""
+    return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 1].rstrip() + "…"
 
 
 def _not_reached(r: Mapping[str, Any]) -> str:
@@ -197,7 +207,7 @@ def _wave(w: Mapping[str, Any]) -> list[str]:
     if w["skipped"]:
         rows.append(["Devices skipped (unreachable)", w["skipped"]])
     rows += [["Health check", w["health_check"]], ["Soak period", soak]]
-    lines = [head, *_table(["Metric", "Value"], rows)]
+    lines = [head, *_table(["Metric", "Value"], rows), ""]  # a table ends at a blank line
     if w["decision"]:
         detail = []
         if w["failure_rate"] is not None:
@@ -206,7 +216,7 @@ def _wave(w: Mapping[str, Any]) -> list[str]:
             detail.append(f"scope {w['scope']}")
         extra = f" ({', '.join(detail)})" if detail else ""
         reason = f" — {w['reason']}" if w["reason"] else ""
-        lines += ["", f"**Decision**: {w['decision']}{extra}{reason}"]
+        lines.append(f"**Decision**: {w['decision']}{extra}{reason}")
     if w["failed_ids"]:
         lines.append(f"**Failed devices**: {_ids(w['failed_ids'])}")
     if w["skipped_ids"]:
@@ -215,7 +225,7 @@ def _wave(w: Mapping[str, Any]) -> list[str]:
         res = w["resumed"]
         note = f' — "{res["comment"]}"' if res["comment"] else ""
         lines.append(f"**Resumed** by {res['by']} at {res['ts']}{note}")
-    return lines
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def _rollout(r: Mapping[str, Any]) -> list[str]:
@@ -230,7 +240,7 @@ def _rollout(r: Mapping[str, Any]) -> list[str]:
 def _rollbacks(r: Mapping[str, Any]) -> list[str]:
     lines = ["### ROLLBACK", ""]
     for i, rb in enumerate(r["rollbacks"]):
-        reason = f": {rb['reason']}" if rb["reason"] else ""
+        reason = f": {_short(rb['reason'])}" if rb["reason"] else ""
         lines += [""] if i else []
         lines.append(f"**Rollback {rb['number']}** ({rb['scope']}, during {rb['phase']}){reason}")
         rows: list[list[Any]] = [
@@ -245,6 +255,8 @@ def _rollbacks(r: Mapping[str, Any]) -> list[str]:
         if rb["logs_captured"]:
             rows.append(["Logs captured", len(rb["logs_captured"])])
         lines += _table(["Metric", "Value"], rows)
+        if rb["failures"] or rb["capability"] is not None:
+            lines.append("")  # a table ends at a blank line
         for f in rb["failures"]:
             lines.append(
                 f"**ROLLBACK FAILED** on {f['device_id']} (highest severity): {f['error']} — "

@@ -77,8 +77,9 @@ def rollout_section(
             )
         )
         skipped = ids(deployed_ev.details, "skipped") if deployed_ev else []
-        if not skipped:
-            skipped = [str(e.device_id) for e in dev_events if e.action == "device.skipped"]
+        if not skipped and reached:
+            # No stage.deployed (a pre-flight halt): the wave's devices left unreachable.
+            skipped = [i for i in devs if state.devices[i] in (D.SKIPPED, D.UNREACHABLE)]
         soak_done = log.last_of_stage(n, "soak.completed")
         soak_start = log.last_of_stage(n, "soak.started")
         if soak_done is not None:
@@ -267,10 +268,12 @@ def confirm_section(log: SessionLog) -> dict[str, Any]:
     if isinstance(recorded, Mapping):
         for row in rows:
             key = _RECORDED_KEYS.get(str(row["status"]))
-            if key and key in recorded and num(recorded[key]) != row["count"]:
+            n = row["count"]
+            if key == "skipped":  # the engine counts never-deployed (pending) devices as skipped
+                n += counts[D.PENDING]
+            if key and key in recorded and num(recorded[key]) != n:
                 warnings.append(
-                    f"confirm.completed counts {key}={recorded[key]}, "
-                    f"the device events give {row['count']}"
+                    f"confirm.completed counts {key}={recorded[key]}, the device events give {n}"
                 )
     phase = state.phase
     return {

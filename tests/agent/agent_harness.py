@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,16 @@ def build(
 ) -> BuiltBundle:
     src = make_app_dir(root, name, version, mode, **kw)
     return build_bundle(src, key, root / "bundles")
+
+
+@dataclass
+class Release:
+    bundle: BuiltBundle
+    stage: dict[str, str]  # manifest, signature, url for POST /v1/stage
+
+    @property
+    def id(self) -> str:
+        return self.bundle.manifest.release_id
 
 
 class BlobServer:

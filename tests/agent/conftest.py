@@ -10,20 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import AgentProc, BlobServer, build
+from agent_harness import AgentProc, BlobServer, Release, build
 
-from fleetgate.artifacts.bundle import BuiltBundle
 from fleetgate.artifacts.keys import generate_keypair, load_private_key
-
-
-@dataclass
-class Release:
-    bundle: BuiltBundle
-    stage: dict[str, str]  # manifest, signature, url for POST /v1/stage
-
-    @property
-    def id(self) -> str:
-        return self.bundle.manifest.release_id
 
 
 @dataclass

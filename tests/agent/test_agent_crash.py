@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
+from agent_harness import AgentProc
 
 # point -> (release current after the restart: "old"|"new", previous after the restart)
 POINTS = {
@@ -32,16 +35,41 @@ POINTS = {
 }
 
 
-@pytest.mark.parametrize("point", list(POINTS))
-def test_sigkill_at_each_step_comes_back_on_old_or_new(make_agent, kit, tmp_path, point):
-    command = point.split(":")[0]
-    a = make_agent()
-    a.post("stage", deployment_id="setup", seq=1, **kit.v1.stage)
-    assert a.post("activate", deployment_id="setup", seq=2, release=kit.v1.id)[0] == 200
-    if command in ("activate", "rollback"):
+@pytest.fixture(scope="module")
+def before(kit, tmp_path_factory):
+    """Data dirs as each command finds them, built once by a real agent and copied per test:
+    stage → v1 running; activate → v1 running, v2 staged; rollback → v2 running, v1 previous."""
+    root = tmp_path_factory.mktemp("crash-templates")
+    a = AgentProc(root / "builder", kit.pub_path)
+    dirs = {}
+    try:
+        a.start()
+        a.post("stage", deployment_id="setup", seq=1, **kit.v1.stage)
+        assert a.post("activate", deployment_id="setup", seq=2, release=kit.v1.id)[0] == 200
+        dirs["stage"] = _snapshot(a, root / "stage")
         a.post("stage", deployment_id="setup", seq=3, **kit.v2.stage)
-    if command == "rollback":
+        dirs["activate"] = _snapshot(a, root / "activate")
         assert a.post("activate", deployment_id="setup", seq=4, release=kit.v2.id)[0] == 200
+        dirs["rollback"] = _snapshot(a, root / "rollback")
+    finally:
+        a.cleanup()
+    return dirs
+
+
+def _snapshot(a: AgentProc, dest: Path) -> Path:
+    """Copy the data dir of a *stopped* agent (so state.json is final and no app runs)."""
+    a.stop()
+    shutil.copytree(a.data_dir, dest, symlinks=True)
+    a.start()
+    return dest
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_sigkill_at_each_step_comes_back_on_old_or_new(make_agent, kit, before, tmp_path, point):
+    command = point.split(":")[0]
+    a = make_agent(start=False)
+    shutil.copytree(before[command], a.data_dir, symlinks=True)
+    if command == "rollback":
         # Seen from a rollback, "old" is what runs before it (v2), "new" what it restores (v1).
         rel = {"old": kit.v2, "new": kit.v1, None: None}
         body = {}
@@ -59,7 +87,6 @@ def test_sigkill_at_each_step_comes_back_on_old_or_new(make_agent, kit, tmp_path
         rel = {"old": kit.v1, "new": kit.v2, None: None}
         body = kit.v2.stage
         final = {"status": "staged", "release": kit.v2.id}
-    a.stop()
 
     marker = tmp_path / "paused-at"
     a.start(env={"FLEETGATE_AGENT_PAUSE_AT": point, "FLEETGATE_AGENT_PAUSE_MARKER": str(marker)})

@@ -131,15 +131,17 @@ async def app_up_without_url(svc: AgentService) -> bool:
     return await svc.supervisor.is_running() or svc.current_kind is ArtifactKind.CONFIG
 
 
-async def wait_healthy(svc: AgentService, manifest: Manifest) -> str | None:
-    """None once the app is healthy; else why not. Fails fast when the app exits first."""
+async def wait_healthy(svc: AgentService, manifest: Manifest, started: bool) -> str | None:
+    """None once the app is healthy; else why not. Fails fast when the app exits first.
+    ``started``: this command (re)started the app, so every exit since counts (even a spawn
+    that failed before this call)."""
     sup = svc.supervisor
     if manifest.kind is ArtifactKind.CONFIG:
         if svc.reload_error is not None:
             return svc.reload_error
         if manifest.run.health_url is None:
             return None
-    exits0 = sup.exits
+    exits0 = 0 if started else sup.exits
     deadline = time.monotonic() + svc.config.health_timeout_s
     url = svc.prober.target.health_url if svc.prober.target else None
     if url is None:  # no health URL: the process must simply stay up for a second
@@ -276,10 +278,13 @@ async def activate(
     svc.activity = "activating"
     old = svc.state.current
     manifest = await _load_verified(svc, rid)
+    started = True
     if rid == old:
         # Already switched (maybe by the run a crash cut short): make sure it runs.
         if not await svc.supervisor.is_running() or manifest.kind is ArtifactKind.CONFIG:
             await start_release(svc, rid, manifest)
+        else:
+            started = False
     else:
         rec.params.update({"from": old, "to": rid})
         await svc.save()
@@ -293,7 +298,7 @@ async def activate(
         await pause_point("activate:after-state")
         await start_release(svc, rid, manifest)
         await pause_point("activate:after-start")
-    error = await wait_healthy(svc, manifest)
+    error = await wait_healthy(svc, manifest, started)
     base = {"release": rid, "previous": svc.state.previous}
     if error is not None:
         log.warning("activate %s: start failed: %s", rid, error)
@@ -322,6 +327,7 @@ async def rollback(
     svc.activity = "rolling-back"
     assert target is not None
     manifest = await _load_verified(svc, target)
+    started = True
     if target != current:
         rec.params.update({"from": left, "to": target})
         await svc.save()
@@ -338,7 +344,9 @@ async def rollback(
         await svc.save()
         if not await svc.supervisor.is_running() or manifest.kind is ArtifactKind.CONFIG:
             await start_release(svc, target, manifest)
-    error = await wait_healthy(svc, manifest)
+        else:
+            started = False
+    error = await wait_healthy(svc, manifest, started)
     reply: dict[str, Any] = {
         "status": "rolled-back",
         "release": target,

@@ -446,3 +446,24 @@ def test_a_wave_halted_at_preflight_reports_not_run_with_the_reason() -> None:
     assert f"**Decision**: HALT — {reason}" in md
     assert confirm_counts(r)["Skipped (unreachable)"] == (2, 16.7)
     assert r["state"]["phase"] == "HALTED"
+
+
+def test_an_unanswered_health_check_reads_not_responding_with_no_invented_numbers() -> None:
+    log = Log()
+    log.created()
+    log.deploy(0, CANARIES)
+    for d in CANARIES:
+        log.health(0, d, "initial")
+    log.soak(0)
+    log.health(0, "orin-a-01", "post-soak")
+    log.add("device.health", "rpi-b-01", stage=0, round="post-soak", status="failed",
+            outcome="failed", reasons=["health endpoint not responding: timeout"], sample=None,
+            baseline=None)  # fmt: skip
+    r, md = report_of(log.events)
+    row = r["verify"]["rows"][1]
+    assert row["health"] == "FAILED" and row["cpu_percent"] is None
+    assert "| rpi-b-01 | FAILED | n/a | n/a | n/a | n/a |" in md
+    box = r["verify"]["health_boxes"][1]
+    assert box["endpoint_responding"] is False and box["baseline_latency_ms"] == 18.0
+    assert "| " + "  Health endpoint: not responding".ljust(BOX_WIDTH) + " |" in md
+    assert box["verdict"] == "PENDING"  # no canary.verdict recorded yet

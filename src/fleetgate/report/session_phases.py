@@ -260,6 +260,8 @@ def verify_section(
         if disk_min is None:
             disk_min = num(plan.get("artifact", {}).get("disk_mb"))
         sample_d = sample if isinstance(sample, Mapping) else None
+        if chosen is not None and sample_d is None:
+            sample_d = {"app_up": False}  # the engine records no sample when health went unanswered
         rows.append(
             {
                 "device_id": dev,

@@ -52,37 +52,20 @@ def test_the_cli_path_of_agent_run_loads_nothing_controller_only():
     assert _loaded_after(code) == []
 
 
-def test_agent_check_process_imports_nothing_controller_only(tmp_path, kit):
-    """``python -X importtime`` lists every module the real process imported."""
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        '[device]\nid = "a"\nhardware = "x"\n[agent]\ndata_dir = "d"\ntoken_env = "FG_T"\n'
-        f'public_key = "{kit.pub_path}"\n'
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "fleetgate",
-            "agent",
-            "check",
-            "--config",
-            str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        env={"FG_T": "x", "PATH": "/usr/bin:/bin"},
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_running_agent_process_imports_nothing_controller_only(make_agent, kit):
+    """``python -X importtime`` lists every module the real ``agent run`` process imported,
+    here after serving a ping and a stage (which loads the signature and extraction code)."""
+    a = make_agent(start=False)
+    a.start(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[0] == 200
+    assert a.get("/v1/health")[0] == 200
+    a.stop()
     imported = {
         line.split("|")[-1].strip().split(".")[0]
-        for line in proc.stderr.splitlines()
+        for line in a.log_text().splitlines()
         if line.startswith("import time:")
     }
-    assert "aiohttp" in imported and "fleetgate" in imported
+    assert {"aiohttp", "fleetgate", "cryptography", "tarfile"} <= imported
     assert imported & set(CONTROLLER_ONLY) == set()
 
 

@@ -306,3 +306,31 @@ def test_download_cut_midway_is_resumed(make_agent, kit):
     assert flaky.ranges[-1] is not None and flaky.ranges[-1] != "bytes=0-"
     assert a.release_entries() == [rel.id]
     assert (a.data_dir / "releases" / rel.id / "blob.bin").stat().st_size == 256 * 1024
+
+
+def test_while_a_command_runs_others_are_refused_and_reads_still_answer(make_agent, kit, tmp_path):
+    import threading
+
+    marker = tmp_path / "paused"
+    a = make_agent(start=False)
+    a.start(
+        env={
+            "FLEETGATE_AGENT_PAUSE_AT": "stage:after-download",
+            "FLEETGATE_AGENT_PAUSE_MARKER": str(marker),
+        }
+    )
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the agent is killed while this waits
+            a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)
+
+    threading.Thread(target=send, daemon=True).start()
+    a.wait_for(marker.exists, what="stage paused mid-way")
+    status, body = a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)
+    assert (status, body["error"], body["retryable"]) == (409, "in-progress", True)
+    status, body = a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)
+    assert (status, body["error"], body["retryable"]) == (409, "busy", True)
+    facts = a.facts()
+    assert facts["state"] == "staging" and facts["last_seq"] == 1  # seq 2 was not consumed
+    assert a.get("/v1/ping")[0] == 200 and a.get("/v1/health")[0] == 200
+    a.kill()

@@ -153,11 +153,13 @@ def _halt(state: DeploymentState, reason: str, from_phase: Phase | None = None) 
 
 
 def step(state: DeploymentState, event: EventLike) -> tuple[DeploymentState, list[Effect]]:
-    new = _record(state, event)
+    new = apply(state, event)
     return new, next_effects(new)
 
 
-def _record(state: DeploymentState, event: EventLike) -> DeploymentState:
+def apply(state: DeploymentState, event: EventLike) -> DeploymentState:
+    """``step`` without computing effects: O(1) per device event (the recorder's hot path).
+    Raises ``IllegalTransition`` before changing anything."""
     new = _apply(state, event)
     who = f" {event.device_id}" if event.device_id else ""
     return replace(new, last_action=f"{event.action}{who} ({event.outcome})")
@@ -431,5 +433,5 @@ def fold(deployment_id: str, events: Iterable[EventLike]) -> DeploymentState:
     """Rebuild a deployment's state from its events (in order)."""
     state = DeploymentState.empty(deployment_id)
     for ev in events:
-        state = _record(state, ev)
+        state = apply(state, ev)
     return state

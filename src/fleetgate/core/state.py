@@ -1,9 +1,14 @@
 """A deployment's state, and the spec's ``<fleet-deploy-state>`` block rendered from it.
 
-``DeploymentState`` is a value: ``core.machine.step`` returns a new one for each event, and
-folding a deployment's stored events from ``DeploymentState.empty`` rebuilds exactly the state
-the live controller had (DESIGN.md invariant 7). Nothing here reads a clock; timestamps come from
-the events.
+``core.machine.apply`` returns a new ``DeploymentState`` for each event, and folding a
+deployment's stored events from ``DeploymentState.empty`` rebuilds exactly the state the live
+controller had (DESIGN.md invariant 7). Nothing here reads a clock; timestamps come from the
+events.
+
+Cost: a deployment of N devices has ~10 N events, so copying the per-device table on every event
+would make a fold O(N²) (minutes at 10,000 devices). The device table is therefore owned by one
+*lineage* of states: a device event updates it in place and the successor shares it. Hold on to
+the latest state only, or call ``snapshot()`` to keep an independent copy of an earlier one.
 """
 
 from __future__ import annotations
@@ -70,10 +75,6 @@ class Approval(str, Enum):
     NOT_REQUIRED = "NOT_REQUIRED"
 
 
-def _freeze(m: Mapping[str, DeviceStatus]) -> Mapping[str, DeviceStatus]:
-    return MappingProxyType(dict(m))
-
-
 @dataclass(frozen=True, slots=True)
 class DeploymentState:
     deployment_id: str
@@ -82,7 +83,7 @@ class DeploymentState:
     sha256: str = ""
     fleet_total: int = 0
     stages: tuple[tuple[str, ...], ...] = ()  # stage 0 = canaries, then the waves
-    devices: Mapping[str, DeviceStatus] = field(default_factory=dict)
+    devices: dict[str, DeviceStatus] = field(default_factory=dict)  # shared with successors
     stage: int = 0  # the stage being (or last) worked on
     stage_deployed: int = -1  # highest stage whose deploy step finished
     stages_done: int = 0  # stages whose gate passed
@@ -102,7 +103,8 @@ class DeploymentState:
     allow_short_soak: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "devices", _freeze(self.devices))
+        if not isinstance(self.devices, dict):
+            object.__setattr__(self, "devices", dict(self.devices))
         object.__setattr__(self, "soak_started", MappingProxyType(dict(self.soak_started)))
 
     @classmethod
@@ -110,9 +112,13 @@ class DeploymentState:
         return cls(deployment_id=deployment_id)
 
     def with_devices(self, updates: Mapping[str, DeviceStatus], **kw: Any) -> DeploymentState:
-        merged = dict(self.devices)
-        merged.update(updates)
-        return replace(self, devices=merged, **kw)
+        """Update device statuses in place (O(1) per device) and return the successor."""
+        self.devices.update(updates)
+        return replace(self, **kw) if kw else self
+
+    def snapshot(self) -> DeploymentState:
+        """An independent copy: later events applied to this lineage do not change it."""
+        return replace(self, devices=dict(self.devices))
 
     # -- derived counts --------------------------------------------------------------------
     def count(self, *statuses: DeviceStatus, ids: tuple[str, ...] | None = None) -> int:
@@ -166,7 +172,8 @@ def render_state_block(s: DeploymentState) -> str:
     D = DeviceStatus
     canaries = s.canaries
     deployed = (D.DEPLOYED, D.HEALTHY, D.DEGRADED, D.FAILED, D.ROLLBACK_FAILED, D.STAGED)
-    wave = s.stage if s.phase is Phase.ROLLOUT else s.stages_done - 1 if s.stages_done else 0
+    # The wave being worked on, or (after a halt or a rollback) the one the deployment stopped in.
+    wave = s.stage if s.stage_deployed >= 0 or s.phase is Phase.ROLLOUT else 0
     blockers: list[str] = []
     if s.halt_reason and s.phase is Phase.HALTED:
         blockers.append(s.halt_reason)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetgate.core.events import Event, StoredEvent
-from fleetgate.core.machine import step
+from fleetgate.core.machine import apply
 from fleetgate.core.state import DeploymentState
 
 
@@ -156,7 +156,7 @@ class Recorder:
     async def record_event(self, ev: Event) -> None:
         if self._closed or self._task is None:
             raise RuntimeError("recorder is not running")
-        self.state, _ = step(self.state, ev)  # raises IllegalTransition: nothing written
+        self.state = apply(self.state, ev)  # raises IllegalTransition: nothing written
         self.ledger.observe(ev)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((ev, fut))

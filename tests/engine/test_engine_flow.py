@@ -45,11 +45,15 @@ async def test_happy_path_waits_for_approval_then_completes(tmp_path: Path) -> N
         assert len(rel) == 1
         (release_id,) = rel
         # Every targeted device runs the release; stage/activate executed exactly once each.
+        # (the drill canary was rolled back and activated again on purpose: 2 activations)
+        assert state.drill == "done" and state.drill_device in state.canaries
         for dev in state.devices:
             snap = h.fleet.device_state(dev)
             assert snap.current == release_id
             assert snap.executed[("stage", release_id)] == 1
-            assert snap.executed[("activate", release_id)] == 1
+            drilled = dev == state.drill_device
+            assert snap.executed[("activate", release_id)] == (2 if drilled else 1)
+            assert (("rollback", "app-1.0.0-00000000") in snap.executed) == drilled
         # Waves: health checks covered ALL deployed devices after each wave, not just the wave.
         checked = [e.details["checked"] for e in events if e.action == "wave.evaluated"]
         assert checked == sorted(checked) and checked[-1] == len(state.devices)
@@ -168,3 +172,18 @@ async def test_rollback_failure_stops_everything(tmp_path: Path) -> None:
         assert failed.device_id == victim and "state" in failed.details
         with pytest.raises(IllegalTransition):
             await h.controller.record_human(state.deployment_id, "deployment.resumed", "bob")
+
+
+async def test_failed_rollback_drill_halts_before_the_verdict(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        dep = await h.start()
+        canaries = (await h.controller.state(dep)).canaries
+        for dev in canaries:  # whichever canary is drilled cannot roll back
+            h.fleet.inject(f"rollback-fail:device={dev}")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.HALTED
+        assert "rollback drill failed" in state.halt_reason
+        assert state.manual_intervention == (state.drill_device,)
+        assert state.canary_verdict == "PENDING"  # no verdict, no approval request
+        events = await h.events(dep)
+        assert not any(e.action == "approval.requested" for e in events)

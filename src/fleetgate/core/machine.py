@@ -306,6 +306,11 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
                 s = replace(s, pending_quarantine=())
                 return _start_rollback(s, ids, Phase.ROLLOUT, quarantine=True)
             return s
+        case "drill.started":
+            _require(s, e, Phase.CANARY)
+            return replace(s, drill_device=str(d["device"]), drill="started")
+        case "drill.completed":
+            return replace(s, drill="done")
         case "deployment.aborted":
             return replace(s, phase=Phase.ABORTED, halt_reason=str(d.get("reason", "")))
         case "confirm.completed":
@@ -328,6 +333,7 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
                 "deployment",
                 "policy",
                 "distribution",
+                "drill",
             ):
                 return s
             raise IllegalTransition(f"unknown event {a!r}", deployment_id=s.deployment_id)
@@ -339,6 +345,11 @@ def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
         raise IllegalTransition(
             f"{e.action} for a device outside the plan: {dev!r}", deployment_id=s.deployment_id
         )
+    if dev == s.drill_device:
+        if s.drill == "started" and e.action == "device.rolled_back":
+            s = replace(s, drill="rolled_back")
+        elif s.drill == "rolled_back" and e.action == "device.activated":
+            s = replace(s, drill="reactivated")
     cur = s.devices[dev]
     match e.action:
         case "device.unreachable":

@@ -101,6 +101,9 @@ class DeploymentState:
     plan: Mapping[str, Any] = field(default_factory=dict)
     last_action: str = ""
     allow_short_soak: bool = False
+    # Rollback drill on one canary: "" → started → rolled_back → reactivated → done
+    drill_device: str | None = None
+    drill: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, dict):

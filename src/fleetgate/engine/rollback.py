@@ -37,7 +37,7 @@ async def run_rollback(ctx: EngineContext, ids: tuple[str, ...], reason: str) ->
     rec = ctx.recorder
     t0 = time.perf_counter()
     await rec.record("rollback.started", devices=list(ids), reason=reason)
-    results = await ctx.each(ids, lambda i: _rollback_one(ctx, i), "rollback")
+    results = await ctx.each(ids, lambda i: rollback_device(ctx, i), "rollback")
     done = sorted(i for i, ok in results.items() if ok)
     failed = sorted(i for i, ok in results.items() if not ok)
     if failed:
@@ -53,7 +53,7 @@ async def run_rollback(ctx: EngineContext, ids: tuple[str, ...], reason: str) ->
     )
 
 
-async def _rollback_one(ctx: EngineContext, dev_id: str) -> bool:
+async def rollback_device(ctx: EngineContext, dev_id: str) -> bool:
     rec, dev = ctx.recorder, ctx.device(dev_id)
     try:
         logs = await ctx.transport.logs(dev, 100)

@@ -17,6 +17,7 @@ Per device, in this order (spec CANARY/ROLLOUT steps a–e, Guardrails 2 and 4):
 Idempotent on resume: devices already on the release are not deployed again; a command whose
 intent is in the log without a result is re-sent with the same ``seq`` (the agent replays it),
 after checking the device's facts — a device that already runs the release is recorded as such.
+A device activated before the crash but not yet smoke-tested gets only its smoke test.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _mb(n: int) -> float:
 async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> None:
     rec = ctx.recorder
     todo = [i for i in ids if rec.state.devices[i] in _TODO]
-    resumed = [i for i in ids if rec.state.devices[i] is D.STAGED]
+    # Resumed after a crash: staged (activate left), or activated (the smoke test left).
+    resumed = [i for i in ids if rec.state.devices[i] in (D.STAGED, D.DEPLOYED)]
     await rec.record("stage.started", stage=stage, devices=len(ids), todo=len(todo))
 
     reachable, unreachable = await _preflight_all(ctx, stage, todo)
@@ -82,6 +84,11 @@ async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> Non
             reason="unreachable after retries; set aside for investigation",
         )
 
+    if stage == 0:
+        from fleetgate.engine.drill import rollback_drill
+
+        if not await rollback_drill(ctx):
+            return  # the drill failed: the deployment is halted
     state = rec.state
     failed = [i for i in ids if state.devices[i] is D.FAILED]
     skipped = [i for i in ids if state.devices[i] is D.SKIPPED]
@@ -191,6 +198,10 @@ def _preflight_problem(ctx: EngineContext, facts: Facts) -> str:
 async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
     rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
     status = rec.state.devices[dev_id]
+    if status is D.DEPLOYED:
+        # Activated before a crash, its smoke test not recorded: only the smoke test is left.
+        await smoke_test(ctx, stage, dev_id)
+        return
     try:
         baseline = await ctx.transport.health(dev)
     except FleetgateError:
@@ -239,6 +250,12 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
             seconds=round(time.perf_counter() - t0, 3),
         )
 
+    await activate_one(ctx, stage, dev_id)
+
+
+async def activate_one(ctx: EngineContext, stage: int, dev_id: str) -> bool:
+    """Activate the staged release and smoke-test it; False when the device failed."""
+    rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
     pending = rec.ledger.pending_for(dev_id, "activate")
     seq = pending.seq if pending else ctx.next_seq(dev_id)
     if pending is None:
@@ -257,10 +274,10 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
         )
     except FleetgateError as exc:
         await _failed(ctx, stage, dev_id, "activate", str(exc))
-        return
+        return False
     if not act.ok:
         await _failed(ctx, stage, dev_id, "activate", act.error or act.status, list(act.logs))
-        return
+        return False
     await rec.record(
         "device.activated",
         device_id=dev_id,
@@ -271,6 +288,7 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
         replayed=act.replayed,
     )
     await smoke_test(ctx, stage, dev_id)
+    return rec.state.devices[dev_id] is D.HEALTHY
 
 
 async def smoke_test(ctx: EngineContext, stage: int, dev_id: str) -> None:

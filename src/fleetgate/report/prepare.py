@@ -158,6 +158,9 @@ def render_prepare_md(p: dict[str, Any]) -> str:
     if p["blockers"]:
         lines += [f"**Blocked**: {b}" for b in p["blockers"]]
     else:
-        lines.append("Proceeding to CANARY phase." if p.get("started") else
-                     "Plan only: no device was touched.")
+        lines.append(
+            "Proceeding to CANARY phase."
+            if p.get("started")
+            else "Plan only: no device was touched."
+        )
     return "\n".join(lines) + "\n"

@@ -187,3 +187,15 @@ async def test_failed_rollback_drill_halts_before_the_verdict(tmp_path: Path) ->
         assert state.canary_verdict == "PENDING"  # no verdict, no approval request
         events = await h.events(dep)
         assert not any(e.action == "approval.requested" for e in events)
+
+
+async def test_no_deployable_canary_fails_at_once_without_a_soak(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        dep = await h.start()
+        for dev in (await h.controller.state(dep)).canaries:
+            h.fleet.inject(f"low-disk:free_mb=0,device={dev}")
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.ABORTED
+        assert h.clock.slept < 60  # retries' backoff at most, never the 10 min soak
+        verdict = next(e for e in await h.events(dep) if e.action == "canary.verdict")
+        assert "no canary was deployed" in verdict.details["reasons"]

@@ -90,6 +90,19 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
     rec = ctx.recorder
     canaries = rec.state.canaries
     live = [i for i in canaries if rec.state.devices[i].on_new_release]
+    if not live:
+        # Nothing was deployed (every canary skipped or failed): no soak can prove anything.
+        reasons = [f"{i}: {rec.state.devices[i].value}" for i in canaries]
+        await rec.record(
+            "canary.verdict",
+            outcome="failed",
+            verdict="FAIL",
+            failed=list(canaries),
+            all_failed=True,
+            soak_s=0,
+            reasons=["no canary was deployed", *reasons],
+        )
+        return
     initial = await health_round(ctx, 0, live, "initial")
     await soak(ctx, 0, ctx.policy.soak.canary_s)
     post = await health_round(ctx, 0, live, "post-soak")

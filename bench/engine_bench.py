@@ -1,0 +1,355 @@
+"""Deployment-engine benchmark: a full deployment and a fleet-wide rollback on a virtual fleet.
+
+    .venv/bin/python bench/engine_bench.py [--devices 1000 10000] [--concurrency 200 500]
+                                           [--skip-rollback] [--profile DIR]
+
+For each fleet size × controller concurrency, in a fresh worker process (so its CPU time and
+peak RSS are its own) and a fresh temporary directory:
+
+1. ``python -m fleetgate sim run --devices N --registry-out fleet.yaml`` is started as a separate
+   process on 127.0.0.1 (the controller's CPU time must not include the devices' work); the
+   worker waits for its ``ready`` line and kills it by pid at the end.
+2. The worker builds a signed release of the example app (``app`` 2.0.0 over the sim's
+   ``app-1.0.0-00000000``), a SQLite store in the tmp dir with the inventory imported, and a
+   ``Controller`` over ``HttpTransport`` (real loopback HTTP, TokenSource reading the sim's token
+   file), concurrency C for both.
+3. Timed (wall = ``perf_counter``, CPU = ``process_time`` of the controller process):
+   ``start`` (verify bundle, plan, publish), ``drive`` to AWAITING_APPROVAL (canary + verify,
+   zero soak), then — timed apart, it is a human's step — ``record_human(approval.granted)``,
+   then ``drive`` to COMPLETE (3 waves: the default 25/50/100 %, zero soak between waves).
+   "deployment" = start + to-approval + rollout: controller work only.
+4. Unless ``--skip-rollback``: ``record_human(rollback.requested, devices=[])`` and ``drive``
+   until ROLLED_BACK — every device of the fleet back on 1.0.0. The spec's bound: < 5 minutes.
+5. Events written to the hash-chained log (count, events/s), peak RSS of the controller
+   (``ru_maxrss``) and of the sim (``VmHWM``), CPU seconds the sim used (``/proc/PID/stat``).
+
+``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
+functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY: dict[str, Any] = {"allow_short_soak": True, "soak": {"canary": 0, "between_waves": 0}}
+ROLLBACK_LIMIT_S = 300.0  # the spec: fleet-wide rollback in under 5 minutes
+T = TypeVar("T")
+
+
+@dataclass
+class Timing:
+    wall_s: float
+    cpu_s: float
+    sim_cpu_s: float = 0.0
+    events: int = 0
+    rss_mib: float = 0.0  # the controller's peak RSS so far, at the end of this phase
+
+
+@dataclass
+class RunResult:
+    devices: int
+    concurrency: int
+    outcome: str = ""
+    sim_start_s: float = 0.0
+    phases: dict[str, Timing] = field(default_factory=dict)
+    rollback_outcome: str = ""
+    controller_rss_deploy_mib: float = 0.0
+    controller_rss_mib: float = 0.0
+    sim_hwm_mib: float = 0.0
+    error: str = ""
+    running: str = ""  # the phase in progress (names the one a timeout interrupted)
+
+
+# -- the virtual fleet process -------------------------------------------------------------------
+class SimProcess:
+    """``fleetgate sim run`` in its own process; ``stop()`` kills exactly that pid."""
+
+    def __init__(self, devices: int, work: Path) -> None:
+        self.inventory = work / "fleet.yaml"
+        self._log = (work / "sim.stderr").open("wb")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "fleetgate", "sim", "run", "--devices", str(devices)),
+                *("--registry-out", str(self.inventory), "--host", "127.0.0.1", "--seed", "1"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=work,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            if raw.strip() == b"ready":
+                break
+        else:
+            self.stop()
+            raise RuntimeError(f"sim exited before ready: {(work / 'sim.stderr').read_text()}")
+        self.start_s = time.perf_counter() - t0
+
+    def cpu_s(self) -> float:
+        """utime + stime of the sim process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def hwm_mib(self) -> float:
+        m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{self.proc.pid}/status").read_text())
+        return int(m.group(1)) / 1024 if m else 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+# -- the release -----------------------------------------------------------------------------------
+def build_release(work: Path) -> tuple[Path, Path]:
+    """A signed bundle of the example app as ``app`` 2.0.0; returns (bundle, public key)."""
+    from fleetgate.artifacts.bundle import build_bundle
+    from fleetgate.artifacts.keys import generate_keypair, load_private_key
+
+    key, pub = generate_keypair(work / "keys")
+    src = work / "app-2.0.0"
+    shutil.copytree(ROOT / "examples" / "app", src, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = src / "fleetgate.toml"
+    text = re.sub(r'(?m)^name = ".*"$', 'name = "app"', toml.read_text(), count=1)
+    toml.write_text(re.sub(r'(?m)^version = ".*"$', 'version = "2.0.0"', text, count=1))
+    return build_bundle(src, load_private_key(key), work / "dist").path, pub
+
+
+# -- one run (worker process) ----------------------------------------------------------------------
+async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) -> tuple[T, Timing]:
+    """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
+    w0, c0, s0 = time.perf_counter(), time.process_time(), sim.cpu_s()
+    res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
+    out = await coro
+    res.running = ""
+    t = Timing(time.perf_counter() - w0, time.process_time() - c0, sim.cpu_s() - s0)
+    t.rss_mib = rss_mib()
+    res.phases[name] = t
+    print(f"  [{res.devices} c{res.concurrency}] {name}: {t.wall_s:.2f} s", file=sys.stderr)
+    return out, t
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool) -> None:
+    from fleetgate.config.policy_file import policy_from_dict
+    from fleetgate.core.state import Phase as P
+    from fleetgate.engine.service import Controller, ControllerConfig
+    from fleetgate.registry.loader import load_inventory
+    from fleetgate.store import Store
+    from fleetgate.transports.http import HttpTransport
+    from fleetgate.transports.tokens import TokenSource
+
+    bundle, pub = build_release(work)
+    policy = policy_from_dict(POLICY, "bench policy")
+    c = res.concurrency
+    async with (
+        Store.open(f"sqlite+aiosqlite:///{work}/fg.db") as store,
+        HttpTransport(TokenSource(), concurrency=c) as transport,
+    ):
+        await store.replace_devices(load_inventory(sim.inventory))
+        ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub, concurrency=c))
+        seen = (await store.chain_head())[0]
+
+        async def count() -> int:
+            """Events appended since the last call: the chain head's seq moves by exactly that
+            (this store holds one deployment), without loading the log into this process."""
+            nonlocal seen
+            head = (await store.chain_head())[0]
+            new, seen = head - seen, head
+            return new
+
+        start = ctl.start(bundle, policy, policy_doc=POLICY, actor="bench")
+        dep, ph = await timed(res, "start", sim, start)
+        ph.events = await count()
+        state, ph = await timed(res, "to_approval", sim, ctl.drive(dep))
+        ph.events = await count()
+        if state.phase is not P.AWAITING_APPROVAL:
+            res.outcome = f"{state.phase.value} before approval: {state.halt_reason}"
+            return
+        approve = ctl.record_human(dep, "approval.granted", "bench", comment="benchmark")
+        _, ph = await timed(res, "approval", sim, approve)
+        ph.events = await count()
+        state, ph = await timed(res, "rollout", sim, ctl.drive(dep))
+        ph.events = await count()
+        res.outcome = state.phase.value
+        res.controller_rss_deploy_mib = rss_mib()
+        if state.phase is P.COMPLETE and rollback:
+
+            async def roll_back() -> Any:
+                await ctl.record_human(
+                    dep, "rollback.requested", "bench", devices=[], reason="bench"
+                )
+                return await ctl.drive(dep)
+
+            state, ph = await timed(res, "rollback", sim, roll_back())
+            ph.events = await count()
+            back = sum(1 for s in state.devices.values() if s.value == "rolled_back")
+            res.rollback_outcome = f"{state.phase.value} ({back}/{len(state.devices)} rolled back)"
+        # What every drive/record_human (and a resumed controller) pays before it acts: load
+        # the deployment's whole log and fold it. Last, so it cannot inflate the figures above.
+        _, ph = await timed(res, "load+fold", sim, ctl.state(dep))
+        ph.events = seen  # the log's length (this store holds one deployment)
+
+
+def worker(devices: int, concurrency: int, rollback: bool, profile: Path | None) -> RunResult:
+    res = RunResult(devices, concurrency)
+    with tempfile.TemporaryDirectory(prefix="fg-engine-bench-") as tmp:
+        work = Path(tmp)
+        sim = SimProcess(devices, work)
+        res.sim_start_s = sim.start_s
+        prof = None
+        try:
+            if profile is not None:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+            asyncio.run(drive_run(res, sim, work, rollback))
+        except KeyboardInterrupt:
+            res.error = f"interrupted (SIGINT/SIGTERM) during {res.running or 'set-up'}"
+        except Exception as exc:  # a benchmark reports what broke instead of a traceback only
+            res.error = f"{type(exc).__name__}: {exc}"
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            if prof is not None and profile is not None:
+                prof.disable()
+                profile.mkdir(parents=True, exist_ok=True)
+                out = profile / f"engine-{devices}-c{concurrency}.prof"
+                prof.dump_stats(out)
+                import pstats
+
+                pstats.Stats(str(out), stream=sys.stderr).sort_stats("tottime").print_stats(25)
+            res.sim_hwm_mib = sim.hwm_mib() if sim.proc.poll() is None else 0.0
+            sim.stop()
+    res.controller_rss_mib = rss_mib()
+    return res
+
+
+# -- the parent: one worker per run, then the table ----------------------------------------------
+def run_worker(n: int, c: int, args: argparse.Namespace) -> RunResult:
+    cmd = [sys.executable, __file__, "--worker", str(n), str(c)]
+    if args.skip_rollback:
+        cmd.append("--skip-rollback")
+    if args.profile:
+        cmd += ["--profile", str(args.profile)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True)
+    try:
+        stdout, _ = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: the worker stops its sim and still prints the phases it finished.
+        os.kill(proc.pid, signal.SIGTERM)
+        stdout, _ = proc.communicate()
+    last = (stdout.strip().splitlines() or ["{}"])[-1]
+    try:
+        doc = json.loads(last)
+    except ValueError:
+        return RunResult(n, c, error=f"worker exit {proc.returncode}: {last[:200]}")
+    phases = {k: Timing(**v) for k, v in doc.pop("phases").items()}
+    return RunResult(**doc, phases=phases)
+
+
+def report(r: RunResult) -> None:
+    print(f"\n== {r.devices:,} devices, concurrency {r.concurrency} ==")
+    if r.error:
+        print(f"   ERROR: {r.error}")
+    print(f"   outcome: {r.outcome}   (sim ready in {r.sim_start_s:.1f} s)")
+    ph = r.phases
+    rows: list[tuple[str, Timing]] = [
+        (k, ph[k]) for k in ("start", "to_approval", "approval", "rollout") if k in ph
+    ]
+    dep = [ph[k] for k in ("start", "to_approval", "rollout") if k in ph]
+    if "rollout" in ph:
+        rows.append(
+            (
+                "deployment",
+                Timing(
+                    sum(p.wall_s for p in dep),
+                    sum(p.cpu_s for p in dep),
+                    sum(p.sim_cpu_s for p in dep),
+                    sum(p.events for p in dep),
+                    max(p.rss_mib for p in dep),
+                ),
+            )
+        )
+    rows += [(k, ph[k]) for k in ("rollback", "load+fold") if k in ph]
+    head = f"{'phase':<12}{'wall s':>9}{'ctl CPU s':>11}{'sim CPU s':>11}{'events':>9}{'ev/s':>9}"
+    print(f"   {head}{'ctl RSS MiB':>13}")
+    for name, p in rows:
+        rate = p.events / p.wall_s if p.wall_s > 0 else 0.0
+        print(
+            f"   {name:<12}{p.wall_s:>9.2f}{p.cpu_s:>11.2f}{p.sim_cpu_s:>11.2f}"
+            f"{p.events:>9,}{rate:>9,.0f}{p.rss_mib:>13.0f}"
+        )
+    if "rollback" in ph:
+        met = "met" if ph["rollback"].wall_s < ROLLBACK_LIMIT_S else "NOT met"
+        print(
+            f"   rollback: {r.rollback_outcome}; spec < {ROLLBACK_LIMIT_S:.0f} s: {met} "
+            f"({ph['rollback'].wall_s:.1f} s)"
+        )
+    print(
+        f"   peak RSS: controller {r.controller_rss_deploy_mib:.0f} MiB after the deployment, "
+        f"{r.controller_rss_mib:.0f} MiB at the end; sim {r.sim_hwm_mib:.0f} MiB (VmHWM)"
+    )
+    print("   (ctl RSS = the controller's peak RSS so far, at the end of that phase)")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--devices", type=int, nargs="+", default=[1000, 10_000])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[200])
+    ap.add_argument("--skip-rollback", action="store_true")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    ap.add_argument(
+        "--timeout", type=float, default=3600.0, help="stop a run after this many seconds"
+    )
+    ap.add_argument("--worker", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        n, c = args.worker
+        signal.signal(signal.SIGTERM, _interrupt)
+        res = worker(n, c, not args.skip_rollback, args.profile)
+        print(json.dumps(asdict(res)), flush=True)
+        return
+    print(
+        f"fleetgate engine bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"sim in its own process, HttpTransport over 127.0.0.1, SQLite store, zero soak"
+    )
+    for n in args.devices:
+        for c in args.concurrency:
+            report(run_worker(n, c, args))
+
+
+if __name__ == "__main__":
+    main()

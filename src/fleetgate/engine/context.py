@@ -80,6 +80,19 @@ class EngineContext:
         commands this deployment already sent the device (from the log)."""
         return self.seq_base * 100_000 + self.recorder.ledger.commands.get(device_id, 0) + 1
 
+    async def begin_command(self, device_id: str, command: str, **intent: Any) -> int:
+        """The seq to send ``command`` with: the in-flight one if a controller died after
+        logging it (the agent then answers from its record), else a new one whose intent
+        (``device.<command>_requested``) is logged before anything is sent."""
+        pending = self.recorder.ledger.pending_for(device_id, command)
+        if pending is not None:
+            return pending.seq
+        seq = self.next_seq(device_id)
+        await self.recorder.record(
+            f"device.{command}_requested", device_id=device_id, seq=seq, **intent
+        )
+        return seq
+
     async def bounded(self, coro: Awaitable[T]) -> T:
         async with self._sem:
             return await coro

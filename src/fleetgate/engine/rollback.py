@@ -88,9 +88,7 @@ async def rollback_device(ctx: EngineContext, dev_id: str) -> bool:
                 reason="device is not on the new release",
             )
             return True
-    seq = pending.seq if pending else ctx.next_seq(dev_id)
-    if pending is None:
-        await rec.record("device.rollback_requested", device_id=dev_id, seq=seq, to=None)
+    seq = await ctx.begin_command(dev_id, "rollback", to=None)
     try:
         res, _ = await ctx.retrying(
             lambda: ctx.transport.rollback(dev, deployment_id=ctx.deployment_id, seq=seq)

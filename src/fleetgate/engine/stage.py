@@ -213,16 +213,7 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
         )
 
     if status is not D.STAGED:
-        pending = rec.ledger.pending_for(dev_id, "stage")
-        seq = pending.seq if pending else ctx.next_seq(dev_id)
-        if pending is None:
-            await rec.record(
-                "device.stage_requested",
-                device_id=dev_id,
-                stage=stage,
-                seq=seq,
-                release=rel.release_id,
-            )
+        seq = await ctx.begin_command(dev_id, "stage", stage=stage, release=rel.release_id)
         t0 = time.perf_counter()
         try:
             res, attempts = await ctx.retrying(
@@ -256,16 +247,7 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
 async def activate_one(ctx: EngineContext, stage: int, dev_id: str) -> bool:
     """Activate the staged release and smoke-test it; False when the device failed."""
     rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
-    pending = rec.ledger.pending_for(dev_id, "activate")
-    seq = pending.seq if pending else ctx.next_seq(dev_id)
-    if pending is None:
-        await rec.record(
-            "device.activate_requested",
-            device_id=dev_id,
-            stage=stage,
-            seq=seq,
-            release=rel.release_id,
-        )
+    seq = await ctx.begin_command(dev_id, "activate", stage=stage, release=rel.release_id)
     try:
         act, _ = await ctx.retrying(
             lambda: ctx.transport.activate(

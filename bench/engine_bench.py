@@ -1,7 +1,7 @@
 """Deployment-engine benchmark: a full deployment and a fleet-wide rollback on a virtual fleet.
 
     .venv/bin/python bench/engine_bench.py [--devices 1000 10000] [--concurrency 200 500]
-                                           [--skip-rollback] [--profile DIR]
+                                           [--skip-rollback] [--profile DIR] [--timeout S]
 
 For each fleet size × controller concurrency, in a fresh worker process (so its CPU time and
 peak RSS are its own) and a fresh temporary directory:
@@ -18,9 +18,11 @@ peak RSS are its own) and a fresh temporary directory:
    zero soak), then — timed apart, it is a human's step — ``record_human(approval.granted)``,
    then ``drive`` to COMPLETE (3 waves: the default 25/50/100 %, zero soak between waves).
    "deployment" = start + to-approval + rollout: controller work only.
-4. Unless ``--skip-rollback``: ``record_human(rollback.requested, devices=[])`` and ``drive``
+4. "load+fold": ``Controller.state`` of the finished deployment — loading the whole log and
+   folding it, which every later ``drive``/``record_human`` (and a resumed controller) pays first.
+5. Unless ``--skip-rollback``: ``record_human(rollback.requested, devices=[])`` and ``drive``
    until ROLLED_BACK — every device of the fleet back on 1.0.0. The spec's bound: < 5 minutes.
-5. Events written to the hash-chained log (count, events/s), peak RSS of the controller
+6. Events written to the hash-chained log (count, events/s), peak RSS of the controller
    (``ru_maxrss``) and of the sim (``VmHWM``), CPU seconds the sim used (``/proc/PID/stat``).
 
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
@@ -199,6 +201,10 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool)
         ph.events = await count()
         res.outcome = state.phase.value
         res.controller_rss_deploy_mib = rss_mib()
+        # What every later drive/record_human (the rollback's two calls, a resumed controller)
+        # pays before it acts: load the deployment's whole log and fold it.
+        _, ph = await timed(res, "load+fold", sim, ctl.state(dep))
+        ph.events = seen  # the log's length (this store holds one deployment)
         if state.phase is P.COMPLETE and rollback:
 
             async def roll_back() -> Any:
@@ -211,10 +217,6 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool)
             ph.events = await count()
             back = sum(1 for s in state.devices.values() if s.value == "rolled_back")
             res.rollback_outcome = f"{state.phase.value} ({back}/{len(state.devices)} rolled back)"
-        # What every drive/record_human (and a resumed controller) pays before it acts: load
-        # the deployment's whole log and fold it. Last, so it cannot inflate the figures above.
-        _, ph = await timed(res, "load+fold", sim, ctl.state(dep))
-        ph.events = seen  # the log's length (this store holds one deployment)
 
 
 def worker(devices: int, concurrency: int, rollback: bool, profile: Path | None) -> RunResult:
@@ -299,7 +301,7 @@ def report(r: RunResult) -> None:
                 ),
             )
         )
-    rows += [(k, ph[k]) for k in ("rollback", "load+fold") if k in ph]
+    rows += [(k, ph[k]) for k in ("load+fold", "rollback") if k in ph]
     head = f"{'phase':<12}{'wall s':>9}{'ctl CPU s':>11}{'sim CPU s':>11}{'events':>9}{'ev/s':>9}"
     print(f"   {head}{'ctl RSS MiB':>13}")
     for name, p in rows:
@@ -319,6 +321,18 @@ def report(r: RunResult) -> None:
         f"{r.controller_rss_mib:.0f} MiB at the end; sim {r.sim_hwm_mib:.0f} MiB (VmHWM)"
     )
     print("   (ctl RSS = the controller's peak RSS so far, at the end of that phase)")
+
+
+def revision() -> str:
+    """The commit measured (``+dirty`` when src/ has uncommitted changes)."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=ROOT)
+    except OSError:
+        return "unknown revision"
+    return (rev or "unknown revision") + ("+dirty" if dirty.returncode else "")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -343,8 +357,9 @@ def main() -> None:
         print(json.dumps(asdict(res)), flush=True)
         return
     print(
-        f"fleetgate engine bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"sim in its own process, HttpTransport over 127.0.0.1, SQLite store, zero soak"
+        f"fleetgate engine bench ({revision()}): {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}; "
+        "sim in its own process, HttpTransport over 127.0.0.1, SQLite store, zero soak"
     )
     for n in args.devices:
         for c in args.concurrency:

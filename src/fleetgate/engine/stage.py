@@ -26,10 +26,11 @@ import json
 import time
 from typing import Any
 
-from fleetgate.core.gates import evaluate_health, unreachable_decision
+from fleetgate.core.gates import unreachable_decision
 from fleetgate.core.model import DeviceState
 from fleetgate.core.state import DeviceStatus
 from fleetgate.engine.context import EngineContext, sample_dict
+from fleetgate.engine.verify import check_health
 from fleetgate.errors import DeviceError, FleetgateError, TransportError
 from fleetgate.transports.base import Facts
 
@@ -274,23 +275,8 @@ async def activate_one(ctx: EngineContext, stage: int, dev_id: str) -> bool:
 
 
 async def smoke_test(ctx: EngineContext, stage: int, dev_id: str) -> None:
-    try:
-        sample = await ctx.transport.health(ctx.device(dev_id))
-    except FleetgateError as exc:
-        await _failed(ctx, stage, dev_id, "smoke", f"health not answered: {exc}")
-        return
-    verdict = evaluate_health(sample, ctx.baselines.get(dev_id), ctx.policy.health)
-    await ctx.recorder.record(
-        "device.health",
-        device_id=dev_id,
-        stage=stage,
-        round="smoke",
-        outcome="ok" if verdict.healthy else "failed",
-        status=verdict.status.value.lower(),
-        reasons=list(verdict.reasons),
-        sample=sample_dict(sample),
-        baseline=sample_dict(ctx.baselines.get(dev_id)),
-    )
+    """The smoke test right after activation: one health check against the baseline."""
+    await check_health(ctx, stage, dev_id, "smoke")
 
 
 async def _failed(

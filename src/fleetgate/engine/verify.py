@@ -33,44 +33,49 @@ from fleetgate.errors import FleetgateError
 D = DeviceStatus
 
 
-async def health_round(
-    ctx: EngineContext, stage: int, ids: Iterable[str], round_name: str
-) -> dict[str, HealthSample]:
-    """Ask every device for health, judge it against its baseline, record each verdict.
-    A device that does not answer is recorded FAILED for this round."""
-
-    async def one(dev_id: str) -> HealthSample | None:
-        baseline = ctx.baselines.get(dev_id)
-        try:
-            sample = await ctx.transport.health(ctx.device(dev_id))
-        except FleetgateError as exc:
-            await ctx.recorder.record(
-                "device.health",
-                device_id=dev_id,
-                outcome="failed",
-                stage=stage,
-                round=round_name,
-                status="failed",
-                reasons=[f"health endpoint not responding: {exc}"],
-                sample=None,
-                baseline=sample_dict(baseline),
-            )
-            return None
-        verdict = evaluate_health(sample, baseline, ctx.policy.health)
+async def check_health(
+    ctx: EngineContext, stage: int, dev_id: str, round_name: str
+) -> HealthSample | None:
+    """Ask one device for health, judge it against its own baseline, record the verdict.
+    A device that does not answer is recorded FAILED ("health endpoint not responding")."""
+    baseline = ctx.baselines.get(dev_id)
+    try:
+        sample = await ctx.transport.health(ctx.device(dev_id))
+    except FleetgateError as exc:
         await ctx.recorder.record(
             "device.health",
             device_id=dev_id,
+            outcome="failed",
             stage=stage,
             round=round_name,
-            outcome="ok" if verdict.healthy else "failed",
-            status=verdict.status.value.lower(),
-            reasons=list(verdict.reasons),
-            sample=sample_dict(sample),
+            status="failed",
+            reasons=[f"health endpoint not responding: {exc}"],
+            sample=None,
             baseline=sample_dict(baseline),
         )
-        return sample
+        return None
+    verdict = evaluate_health(sample, baseline, ctx.policy.health)
+    await ctx.recorder.record(
+        "device.health",
+        device_id=dev_id,
+        stage=stage,
+        round=round_name,
+        outcome="ok" if verdict.healthy else "failed",
+        status=verdict.status.value.lower(),
+        reasons=list(verdict.reasons),
+        sample=sample_dict(sample),
+        baseline=sample_dict(baseline),
+    )
+    return sample
 
-    results = await ctx.each(list(ids), one, f"health-{round_name}")
+
+async def health_round(
+    ctx: EngineContext, stage: int, ids: Iterable[str], round_name: str
+) -> dict[str, HealthSample]:
+    """``check_health`` on every device (bounded parallel); the samples that came back."""
+    results = await ctx.each(
+        list(ids), lambda i: check_health(ctx, stage, i, round_name), f"health-{round_name}"
+    )
     return {i: s for i, s in results.items() if s is not None}
 
 

@@ -199,3 +199,21 @@ async def test_no_deployable_canary_fails_at_once_without_a_soak(tmp_path: Path)
         assert h.clock.slept < 60  # retries' backoff at most, never the 10 min soak
         verdict = next(e for e in await h.events(dep) if e.action == "canary.verdict")
         assert "no canary was deployed" in verdict.details["reasons"]
+
+
+async def test_no_new_deployment_while_a_rollback_failure_is_unresolved(tmp_path: Path) -> None:
+    from fleetgate.errors import GuardrailError
+
+    async with harness(tmp_path, faults=("crash-loop:version=2.0.0",)) as h:
+        dep = await h.start()
+        victim = (await h.controller.state(dep)).canaries[0]
+        h.fleet.inject(f"rollback-fail:device={victim}")
+        await h.controller.drive(dep)
+        record = next(r for r in await h.store.list_deployments() if r.id == dep)
+        assert record.status == "HALTED"  # the summary row follows the log
+        assert record.data["manual_intervention"] == [victim]
+        with pytest.raises(GuardrailError, match="rollback failed and is unresolved"):
+            await h.start()
+        # An operator fixes the device by hand and records it: deployments may proceed again.
+        await h.controller.record_human(dep, "device.recovered", "bob", device_id=victim)
+        assert await h.start()

@@ -6,13 +6,14 @@ approval (or for a human decision after a pause), 2 bad input, 5 internal error.
 ``start`` runs until the deployment needs a human; with ``--follow`` it then waits, showing the
 state, for the decision to be recorded (``deploy approve`` from another terminal) and drives on
 until the end. ``approve``/``resume``/``rollback`` record the human decision and drive the
-deployment on from there; ``--no-drive`` only records it.
+deployment on from there, with one read of the log; ``--no-drive`` only records it. ``resume``
+of a deployment that is not HALTED records nothing: it is crash recovery, driving on from the
+log.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -167,9 +168,7 @@ async def _follow(ctl: Any, dep: str, state: DeploymentState) -> DeploymentState
     while not state.phase.terminal:
         if state.phase in (Phase.AWAITING_APPROVAL, Phase.HALTED):
             print(f"waiting: {render_state_block(state).splitlines()[-3]}", file=sys.stderr)
-            # The decision comes from another process: the store is the only channel.
-            while (await ctl.state(dep)).phase is state.phase:  # noqa: ASYNC110
-                await asyncio.sleep(2)
+            await ctl.wait_for_news(dep)
         state = await ctl.drive(dep)
     return state
 
@@ -191,45 +190,43 @@ async def cmd_start(args: argparse.Namespace) -> int:
         return _emit(args, state)
 
 
-async def cmd_status(args: argparse.Namespace) -> int:
-    from fleetgate.core.machine import fold
+async def _load(args: argparse.Namespace) -> tuple[str, list[Any]]:
+    """The deployment named (or the latest) and its events."""
     from fleetgate.store import Store
 
     async with Store.open(args.db) as store:
         dep = args.id or await _latest(store)
         events = await store.events(dep)
-        if not events:
-            raise InputError(f"no deployment {dep!r}")
-        state = fold(dep, events)
-    return _emit(args, state)
+    if not events:
+        raise InputError(f"no deployment {dep!r}")
+    return dep, events
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from fleetgate.core.machine import fold
+
+    dep, events = await _load(args)
+    return _emit(args, fold(dep, events))
 
 
 async def cmd_decide(args: argparse.Namespace) -> int:
+    from fleetgate.engine.service import Decision
+
     actor = args.actor or os.environ.get("USER") or ""
     details: dict[str, Any] = {"comment": args.comment}
     if args.action == "rollback.requested":
         details.update(devices=args.device, reason=args.comment or "operator rollback")
     async with controller(args) as ctl:
-        state = await ctl.state(args.id)
-        if args.action == "deployment.resumed" and state.phase is not Phase.HALTED:
-            # Not halted: the controller that drove it died. Resuming is driving on from the
-            # log; there is no human decision to record.
-            return _emit(args, state if state.phase.terminal else await ctl.drive(args.id))
-        state = await ctl.record_human(args.id, args.action, actor, **details)
-        if not args.no_drive:
-            state = await ctl.drive(args.id)
+        state = await ctl.decide(
+            args.id, Decision(args.action, actor, None, details), drive=not args.no_drive
+        )
         return _emit(args, state)
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
     from fleetgate.report.session import build_report, render_report_md
-    from fleetgate.store import Store
 
-    async with Store.open(args.db) as store:
-        dep = args.id or await _latest(store)
-        events = await store.events(dep)
-        if not events:
-            raise InputError(f"no deployment {dep!r}")
+    dep, events = await _load(args)
     report = build_report(dep, events)
     if args.format == "json":
         json.dump(report, sys.stdout, indent=2, default=str)

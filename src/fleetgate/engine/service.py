@@ -32,11 +32,11 @@ from typing import Any
 import aiohttp
 
 from fleetgate.core.events import Event
-from fleetgate.core.machine import fold
+from fleetgate.core.machine import Stop, WaitForHuman, fold, next_effects
 from fleetgate.core.model import Device
 from fleetgate.core.plan import plan_deployment
 from fleetgate.core.policy import Policy
-from fleetgate.core.state import DeploymentState
+from fleetgate.core.state import TERMINAL, DeploymentState, Phase
 from fleetgate.engine.context import Clock, EngineContext, Release, sample_from_dict
 from fleetgate.engine.recorder import Recorder
 from fleetgate.engine.runner import drive
@@ -44,6 +44,17 @@ from fleetgate.errors import FleetgateError, GuardrailError, InputError
 from fleetgate.transports.base import DeviceTransport
 
 SEQ_COUNTER = "__deployments__"
+_TERMINAL_NAMES = frozenset(p.value for p in TERMINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A human decision to record: approve, reject, resume, roll back, recover."""
+
+    action: str
+    actor: str
+    device_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +94,13 @@ class Controller:
         from fleetgate.registry import device_to_dict
         from fleetgate.report.prepare import plan_to_dict
 
+        blocked = await self.unresolved_rollback_failures()
+        if blocked:
+            where = "; ".join(f"{d}: {', '.join(ids)}" for d, ids in blocked.items())
+            raise GuardrailError(
+                "a rollback failed and is unresolved (" + where + "): no deployment may "
+                "proceed until it is (record `device.recovered` once the device is fixed)"
+            )
         pub = load_public_key(self.config.public_key)
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
         fleet = await self.store.list_devices()
@@ -146,29 +164,107 @@ class Controller:
 
     # -- reading ---------------------------------------------------------------------------
     async def state(self, deployment_id: str) -> DeploymentState:
-        events = await self.store.events(deployment_id)
-        if not events:
-            raise InputError(f"no deployment {deployment_id!r}")
-        return fold(deployment_id, events)
+        return fold(deployment_id, await self._events(deployment_id))
 
     # -- driving ---------------------------------------------------------------------------
     async def drive(self, deployment_id: str) -> DeploymentState:
+        """Run the deployment until it needs a human or has ended; return the state."""
+        return await self.decide(deployment_id, None)
+
+    async def record_human(
+        self,
+        dep_id: str,
+        action: str,
+        actor: str,
+        device_id: str | None = None,
+        **details: Any,
+    ) -> DeploymentState:
+        """Record a human decision without driving on."""
+        return await self.decide(dep_id, Decision(action, actor, device_id, details), drive=False)
+
+    async def decide(
+        self, dep_id: str, decision: Decision | None, *, drive: bool = True
+    ) -> DeploymentState:
+        """One lease and one read of the log: record ``decision`` (validated by the state
+        machine), then drive on until a human is needed or the deployment ended.
+
+        ``deployment.resumed`` on a deployment that is not HALTED records nothing: its
+        controller died, and resuming it is driving on from the log (crash recovery).
+        """
+        async with self._lease(dep_id):
+            events = await self._events(dep_id)
+            async with self._recorder(dep_id, events) as rec:
+                try:
+                    if decision is not None and not (
+                        decision.action == "deployment.resumed"
+                        and rec.state.phase is not Phase.HALTED
+                    ):
+                        if decision.actor in ("", "fleetgate", "system"):
+                            raise InputError("a human decision needs --as NAME")
+                        await rec.record(
+                            decision.action,
+                            actor=decision.actor,
+                            device_id=decision.device_id,
+                            **decision.details,
+                        )
+                        await self._cache_status(rec.state)
+                    if drive and not isinstance(next_effects(rec.state)[0], WaitForHuman | Stop):
+                        await self._drive(rec, events)
+                    return rec.state
+                finally:
+                    await self._cache_status(rec.state)
+
+    async def _drive(self, rec: Recorder, events: list[Any]) -> None:
         from fleetgate.artifacts.distribution import DistributionServer
 
-        async with self._lease(deployment_id):
-            events = await self.store.events(deployment_id)
-            if not events:
-                raise InputError(f"no deployment {deployment_id!r}")
-            created = events[0].details
-            async with DistributionServer(
-                self.config.blob_dir, self.config.dist_host, self.config.dist_port
-            ) as dist:
-                url = dist.blob_url(str(created["sha256"]))
-                async with self._recorder(deployment_id, events) as rec:
-                    if not rec.state.phase.terminal:
-                        await rec.record("distribution.started", url=url)
-                    ctx = self._context(deployment_id, rec, created, events, url)
-                    return await drive(ctx, self._prepare)
+        created = events[0].details
+        async with DistributionServer(
+            self.config.blob_dir, self.config.dist_host, self.config.dist_port
+        ) as dist:
+            url = dist.blob_url(str(created["sha256"]))
+            await rec.record("distribution.started", url=url)
+            ctx = self._context(rec.deployment_id, rec, created, events, url)
+            await drive(ctx, self._prepare)
+
+    async def wait_for_news(self, dep_id: str, poll_s: float = 2.0) -> None:
+        """Return once an event of this deployment is written by another process (an
+        approval from another terminal, say). Polls the log's tail, not the whole log."""
+        head, _ = await self.store.chain_head()
+        while not await self.store.events(dep_id, after_seq=head):  # noqa: ASYNC110
+            await asyncio.sleep(poll_s)
+
+    async def _events(self, dep_id: str) -> list[Any]:
+        events: list[Any] = await self.store.events(dep_id)
+        if not events:
+            raise InputError(f"no deployment {dep_id!r}")
+        return events
+
+    async def _cache_status(self, state: DeploymentState) -> None:
+        """Keep the deployments table's summary in step with the log (it is a cache: the
+        log is the truth; ``start`` re-folds anything not terminal)."""
+        with contextlib.suppress(FleetgateError):
+            await self.store.update_deployment(
+                state.deployment_id,
+                state.phase.value,
+                {
+                    "manual_intervention": list(state.manual_intervention),
+                    "halt_reason": state.halt_reason,
+                    "targets": len(state.devices),
+                },
+            )
+
+    async def unresolved_rollback_failures(self) -> dict[str, tuple[str, ...]]:
+        """Deployments with a device whose rollback failed and was not recovered. Terminal
+        summaries are trusted; anything else is re-folded, as its cache may be stale after a
+        controller was killed."""
+        out: dict[str, tuple[str, ...]] = {}
+        for record in await self.store.list_deployments():
+            if record.status in _TERMINAL_NAMES:
+                continue
+            state = fold(record.id, await self.store.events(record.id))
+            if state.manual_intervention:
+                out[record.id] = state.manual_intervention
+        return out
 
     async def _prepare(self, ctx: EngineContext) -> None:
         """PREPARE's online half, in the driving process: re-verify the published manifest's
@@ -282,25 +378,6 @@ class Controller:
         # committed event, and the fold continues from there.
         await self.store.release_lease(dep_id, lease.holder)
         return bool(await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()))
-
-    # -- human decisions -------------------------------------------------------------------
-    async def record_human(
-        self,
-        dep_id: str,
-        action: str,
-        actor: str,
-        device_id: str | None = None,
-        **details: Any,
-    ) -> DeploymentState:
-        if not actor or actor in ("fleetgate", "system"):
-            raise InputError("a human decision needs --as NAME")
-        async with self._lease(dep_id):
-            events = await self.store.events(dep_id)
-            if not events:
-                raise InputError(f"no deployment {dep_id!r}")
-            async with self._recorder(dep_id, events) as rec:
-                await rec.record(action, actor=actor, device_id=device_id, **details)
-                return rec.state
 
 
 def holder_is_dead(holder: str) -> bool:

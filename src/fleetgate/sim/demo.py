@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -207,7 +208,7 @@ async def run_demo(
     from fleetgate.config.policy_file import policy_from_dict
     from fleetgate.core.events import Event
     from fleetgate.core.state import Phase
-    from fleetgate.engine.service import Controller, ControllerConfig
+    from fleetgate.engine.service import Controller, ControllerConfig, Decision
     from fleetgate.registry import devices_to_yaml
     from fleetgate.sim.faults import parse_fault
     from fleetgate.sim.fleetspec import FleetSpec
@@ -250,8 +251,7 @@ async def run_demo(
         HttpTransport(TokenSource()) as transport,
     ):
         sim_devs = [
-            Device(**{**_fields(d), "token_file": str(token_file), "token_env": None})
-            for d in vf.devices
+            dataclasses.replace(d, token_file=str(token_file), token_env=None) for d in vf.devices
         ]
         fleet = sim_devs + agent_devs
         (work / "fleet.yaml").write_text(devices_to_yaml(fleet))
@@ -290,10 +290,8 @@ async def run_demo(
             who = "demo --yes (approved on the command line)"
             approved = yes or (ask is not None and ask("Approve the fleet rollout? [y/N] "))
             if not approved:
-                state = await ctl.record_human(
-                    dep, "approval.rejected", os.environ.get("USER", "operator")
-                )
-                state = await ctl.drive(dep)
+                human = os.environ.get("USER", "operator")
+                state = await ctl.decide(dep, Decision("approval.rejected", human))
             else:
                 if not yes:
                     who = os.environ.get("USER", "operator")
@@ -304,16 +302,12 @@ async def run_demo(
                 if scenario == "unreachable":
                     for d in wave1[: max(1, (len(wave1) * 3) // 10 + 1)]:
                         vf.inject(f"unreachable:device={d}")
-                await ctl.record_human(
-                    dep, "approval.granted", who, comment="approved in fleetgate demo"
+                state = await ctl.decide(
+                    dep,
+                    Decision("approval.granted", who, None, {"comment": "approved in the demo"}),
                 )
-                state = await ctl.drive(dep)
         events = await store.events(dep)
     from fleetgate.report.session import build_report, render_report_md
 
     report = render_report_md(build_report(dep, events))
     return DemoResult(dep, state.phase.value, exit_code(state), report)
-
-
-def _fields(d: Device) -> dict[str, Any]:
-    return {f: getattr(d, f) for f in Device.__dataclass_fields__}

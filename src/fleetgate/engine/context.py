@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import stamina
+
 from fleetgate.clock import parse_iso, utc_now_iso
 from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.policy import Policy
 from fleetgate.engine.recorder import Recorder
-from fleetgate.errors import FleetgateError, TransportError
+from fleetgate.errors import FleetgateError
 from fleetgate.transports.base import DeviceTransport
 
 T = TypeVar("T")
@@ -120,19 +122,25 @@ class EngineContext:
     async def retrying(
         self, call: Callable[[], Awaitable[T]], *, attempts: int | None = None
     ) -> tuple[T, int]:
-        """Retry retryable transport errors with jittered exponential backoff (spec: 3
-        attempts). Returns the result and the attempts it took; the last error propagates."""
-        tries = attempts or self.policy.retries.attempts
+        """Retry retryable errors (transport trouble, an agent that is busy) with jittered
+        exponential backoff — the spec's "3 attempts max" by default. Returns the result and
+        the attempts it took; the last error propagates, and non-retryable ones at once."""
         base = self.policy.retries.backoff_s
-        for attempt in range(1, tries + 1):
-            try:
-                return await call(), attempt
-            except FleetgateError as exc:
-                if not exc.retryable or attempt == tries:
-                    raise
-                delay = base * (2 ** (attempt - 1))
-                await self.clock.sleep(delay * (0.5 + self.rng.random()))
-        raise AssertionError("unreachable")  # pragma: no cover
+        async for attempt in stamina.retry_context(
+            on=_retryable,
+            attempts=attempts or self.policy.retries.attempts,
+            timeout=None,
+            wait_initial=base,
+            wait_max=max(base, 60.0),
+            wait_jitter=base,
+        ):
+            with attempt:
+                return await call(), attempt.num
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, FleetgateError) and exc.retryable
 
 
 def sample_dict(s: HealthSample | None) -> dict[str, Any] | None:
@@ -177,7 +185,3 @@ def sample_from_dict(device_id: str, d: Mapping[str, Any] | None) -> HealthSampl
         crash_loop=bool(d.get("crash_loop")),
         release=str(d["release"]) if d.get("release") else None,
     )
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    return isinstance(exc, TransportError)

@@ -7,31 +7,19 @@ calls this, but nothing here needs controller dependencies either.
 
 from __future__ import annotations
 
-import sys
 import tarfile
 from pathlib import Path
 
+from fleetgate.config.toml_file import read_toml
 from fleetgate.core.manifest import manifest_from_dict
 from fleetgate.core.model import Manifest
 from fleetgate.errors import InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 MANIFEST_NAME = "fleetgate.toml"
 
 
 def load_manifest_toml(path: Path) -> Manifest:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
+    data = read_toml(path)
     return manifest_from_dict(data, where=str(path))
 
 

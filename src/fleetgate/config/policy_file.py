@@ -11,13 +11,13 @@ Durations are written ``"15m"``, ``"90s"``, ``"1h30m"`` or as a number of second
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from fleetgate.config.toml_file import read_toml
 from fleetgate.core.policy import (
     CanaryPolicy,
     HealthPolicy,
@@ -27,12 +27,7 @@ from fleetgate.core.policy import (
     Thresholds,
     policy_problems,
 )
-from fleetgate.errors import InputError, PolicyError, ValidationError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the controller runs on 3.11+
-    import tomli as tomllib
+from fleetgate.errors import PolicyError, ValidationError
 
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -162,12 +157,5 @@ def load_policy_doc(path: Path | None) -> tuple[Policy, dict[str, Any]]:
     a resumed controller runs under exactly the policy the deployment started with)."""
     if path is None:
         return Policy(), {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such policy file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
+    data = read_toml(path, "no such policy file")
     return policy_from_dict(data, str(path)), data

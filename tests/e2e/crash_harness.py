@@ -298,7 +298,8 @@ class CrashLoop:
         if wanted <= 0:
             return None
         left = max(wanted, self.expected - len(reader.reached))
-        return 1 + self.rng.randrange(max(1, left // (3 * wanted)))
+        # Aim well short: a kill lands a little after its aim, and a fast run overshoots more.
+        return 1 + self.rng.randrange(max(1, left // (6 * wanted)))
 
     def _killable(self, reader: LogReader, cmd: str, *args: str) -> Run | None:
         """Run ``deploy CMD ARGS``, SIGKILL it at a random point; the run if it exited."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from fleetgate.core.model import (
 )
 from fleetgate.core.plan import Plan, plan_deployment
 from fleetgate.core.policy import CanaryPolicy, Policy
+from fleetgate.errors import PolicyError
 
 HARDWARE = ["jetson-orin-nano", "rpi4", "gateway", "rpi5", "custom-x"]
 GROUPS = ["plant-a", "plant-b", "plant-c", "lab", "edge-1", "edge-2"]
@@ -59,13 +61,20 @@ def fleets() -> st.SearchStrategy[list[Device]]:
 
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
+    """Only policies inside the spec's bounds (core.policy refuses the rest; test_policy.py
+    proves that): wave 1 in 10-25 %, wave 2 in 25-50 %, wave 3 and later in 50-100 %."""
     first = draw(st.sampled_from([10.0, 15.0, 20.0, 25.0]))
-    middle = draw(
-        st.lists(st.sampled_from([30.0, 40.0, 50.0, 60.0, 75.0, 90.0]), unique=True, max_size=3)
+    second = draw(st.sampled_from([x for x in (25.0, 30.0, 40.0, 50.0) if x > first]))
+    later = draw(
+        st.lists(
+            st.sampled_from([x for x in (50.0, 60.0, 75.0, 90.0) if x > second]),
+            unique=True,
+            max_size=3,
+        )
     )
     return Policy(
         canary=CanaryPolicy(percent=draw(st.sampled_from([1.0, 2.0, 3.0, 5.0]))),
-        waves=(first, *sorted(middle), 100.0),
+        waves=(first, second, *sorted(later), 100.0),
     )
 
 
@@ -142,3 +151,24 @@ def test_plan_is_deterministic_and_order_independent(fleet: list[Device]) -> Non
     assert [tuple(d.id for d in w.devices) for w in a.waves] == [
         tuple(d.id for d in w.devices) for w in b.waves
     ]
+
+
+@st.composite
+def out_of_bound_waves(draw: st.DrawFn) -> tuple[float, ...]:
+    """An in-bound wave list with one wave moved outside its Guardrail 3 band, or cut short."""
+    waves = list(draw(policies()).waves)
+    bands = [(10.0, 25.0), (25.0, 50.0)] + [(50.0, 100.0)] * (len(waves) - 2)
+    i = draw(st.integers(0, len(waves) - 1))
+    if i == len(waves) - 1:
+        return (waves[0], 100.0)  # too few waves: wave 2 would jump to the whole fleet
+    lo, hi = bands[i]
+    below, above = st.floats(0.5, lo, exclude_max=True), st.floats(hi, 120.0, exclude_min=True)
+    waves[i] = draw(st.one_of(below, above))
+    return tuple(waves)
+
+
+@settings(max_examples=300, deadline=None)
+@given(out_of_bound_waves())
+def test_out_of_bound_waves_are_refused(waves: tuple[float, ...]) -> None:
+    with pytest.raises(PolicyError, match=r"waves\.cumulative"):
+        Policy(waves=waves)

@@ -1,9 +1,10 @@
 """Load ``rollout.toml`` into a ``core.policy.Policy``.
 
 Shape is checked by pydantic (unknown keys are errors: a typo such as ``wave_halt_abve`` must not
-silently fall back to a default); guardrails are checked by ``core.policy`` so they hold for
-policies built in code too. Every problem becomes one line ``FILE: section.field: reason`` and
-all of them are reported at once.
+silently fall back to a default); the spec's bounds (invariant 12: a policy may tighten them,
+never loosen them) are checked by ``core.policy`` so they hold for policies built in code too.
+Every problem becomes one line ``FILE: section.field: reason`` and all of them are reported at
+once. The one audited override a file may write is ``allow_short_soak = true``.
 
 Durations are written ``"15m"``, ``"90s"``, ``"1h30m"`` or as a number of seconds.
 """

@@ -1,18 +1,34 @@
 """The rollout policy and the guardrails it may not break.
 
-A ``Policy`` is built only through ``Policy.__post_init__``, which refuses any value that would
-break one of the spec's guardrails, so no code path downstream can run an unsafe policy:
+Invariant 12 of DESIGN.md: every number of the spec is a bound a policy may tighten, never
+loosen. A ``Policy`` is built only through ``Policy.__post_init__``, which refuses any value
+outside those bounds, so no code path downstream can run an unsafe policy. The bounds (all
+checked by ``policy_problems``, which reports every problem at once, one per ``section.field``):
 
-- canary: 1–5 % of the target fleet (at least one device is the planner's job);
-- waves: cumulative percentages, strictly increasing, ending at 100, and never one step from
-  below to 100 % straight after the canary (Guardrail 3: "never deploy to all devices at once";
-  the first wave is at most 25 %, the spec's "Wave 1: 10-25 % of fleet");
+- canary: 1-5 % of the target fleet (at least one device is the planner's job), covering every
+  hardware type and group;
+- waves: cumulative percentages of the target fleet, strictly increasing, ending at 100, at
+  least three of them: wave 1 in 10-25 %, wave 2 in 25-50 %, wave 3 and any later wave in
+  50-100 % (Guardrail 3's "MANDATORY STAGING"). Extra waves after the third only make the steps
+  smaller, so they are allowed;
+- thresholds: ``wave_quarantine_below`` <= 5 %, ``wave_halt_above`` <= 20 %, the first not above
+  the second (the decision matrix's bands may only shrink towards "pause for a human" and
+  "roll back"), ``unreachable_halt_above`` <= 20 %;
+- retries: exactly 3 attempts (the spec's "3 attempts max" for a transfer and "3 attempts" for
+  an unreachable device: fewer skips devices a transient fault would have let through, more
+  retries past the spec's limit, so neither direction is a tightening), with a positive backoff
+  (the spec's backoff is exponential; from zero it is no backoff at all);
 - soak: at least 15 minutes for the canary and between waves, unless the policy itself says
-  ``allow_short_soak = true`` (the engine then records that in the audit log);
-- thresholds ordered: quarantine_below <= halt_above, both in [0, 1];
+  ``allow_short_soak = true``: the only override, because the spec allows it ("never reduce
+  soak periods without explicit user approval"); the engine records it with the person who
+  started the deployment in the audit log;
 - approval: the human gate after VERIFY cannot be switched off.
 
-Defaults are the spec's numbers.
+Nothing else can be overridden: the spec names no exception for the canary size, the wave
+sizes, the failure bands or the retries (docs/adr/0001-policy-bounds.md says why).
+
+Defaults are the spec's numbers. ``Thresholds`` and the other parts are plain values: the pure
+decision functions take them as they are, and only a ``Policy`` validates them.
 """
 
 from __future__ import annotations
@@ -25,7 +41,14 @@ from fleetgate.errors import PolicyError
 MIN_SOAK_SECONDS = 15 * 60
 MIN_CANARY_PERCENT = 1.0
 MAX_CANARY_PERCENT = 5.0
-MAX_FIRST_WAVE_PERCENT = 25.0
+# Guardrail 3's wave bands, in cumulative % of the target fleet: wave 1, wave 2, wave 3 and later.
+WAVE_BANDS: tuple[tuple[float, float], ...] = ((10.0, 25.0), (25.0, 50.0), (50.0, 100.0))
+MIN_WAVES = len(WAVE_BANDS)
+MAX_FIRST_WAVE_PERCENT = WAVE_BANDS[0][1]
+MAX_QUARANTINE_BELOW = 0.05
+MAX_WAVE_HALT_ABOVE = 0.20
+MAX_UNREACHABLE_HALT_ABOVE = 0.20
+RETRY_ATTEMPTS = 3
 COVER_ATTRIBUTES = ("hardware", "group", "arch")
 
 
@@ -54,14 +77,14 @@ class HealthPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    wave_quarantine_below: float = 0.05
-    wave_halt_above: float = 0.20
-    unreachable_halt_above: float = 0.20
+    wave_quarantine_below: float = MAX_QUARANTINE_BELOW
+    wave_halt_above: float = MAX_WAVE_HALT_ABOVE
+    unreachable_halt_above: float = MAX_UNREACHABLE_HALT_ABOVE
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    attempts: int = 3
+    attempts: int = RETRY_ATTEMPTS
     backoff_s: float = 2.0
 
 
@@ -83,9 +106,27 @@ class Policy:
 
 
 def policy_problems(p: Policy) -> list[str]:
-    """Every guardrail the policy breaks, as ``section.field: reason`` strings."""
+    """Every bound the policy breaks, as ``section.field: reason`` strings, all of them."""
+    return [
+        *_canary_problems(p.canary),
+        *_wave_problems(p.waves),
+        *_soak_problems(p.soak, p.allow_short_soak),
+        *_threshold_problems(p.thresholds),
+        *_health_problems(p.health),
+        *_retry_problems(p.retries),
+        *(
+            []
+            if p.fleet_rollout_approval
+            else [
+                "approval.fleet_rollout: the human gate after VERIFY cannot be switched off "
+                "(Guardrail 1)"
+            ]
+        ),
+    ]
+
+
+def _canary_problems(c: CanaryPolicy) -> list[str]:
     out: list[str] = []
-    c = p.canary
     if not MIN_CANARY_PERCENT <= c.percent <= MAX_CANARY_PERCENT:
         out.append(f"canary.percent: {c.percent:g} is outside 1-5 % of the fleet (Guardrail 3)")
     for attr in c.cover:
@@ -94,63 +135,108 @@ def policy_problems(p: Policy) -> list[str]:
     for required in ("hardware", "group"):
         if required not in c.cover:
             out.append(f"canary.cover: must include {required!r} (canaries cover every {required})")
+    return out
 
-    w = p.waves
+
+def _wave_band(index: int) -> tuple[float, float]:
+    return WAVE_BANDS[min(index, len(WAVE_BANDS) - 1)]
+
+
+def _wave_problems(w: tuple[float, ...]) -> list[str]:
+    field_ = "waves.cumulative"
+    staging = "Guardrail 3: wave 1 is 10-25 %, wave 2 25-50 %, wave 3 50-100 % of the fleet"
     if not w:
-        out.append("waves.cumulative: must list at least two waves")
-    else:
-        if any(not 0 < x <= 100 for x in w):
-            out.append("waves.cumulative: every value must be in (0, 100]")
-        if any(b <= a for a, b in itertools.pairwise(w)):
-            out.append("waves.cumulative: values must strictly increase")
-        if w[-1] != 100:
-            out.append("waves.cumulative: the last wave must reach 100")
-        if len(w) < 2:
+        return [f"{field_}: must list at least {MIN_WAVES} waves ({staging})"]
+    out: list[str] = []
+    if any(not 0 < x <= 100 for x in w):
+        out.append(f"{field_}: every value must be in (0, 100]")
+    if any(b <= a for a, b in itertools.pairwise(w)):
+        out.append(f"{field_}: values must strictly increase")
+    if w[-1] != 100:
+        out.append(f"{field_}: the last wave must reach 100")
+    if len(w) == 1 and w[0] >= 100:
+        out.append(
+            f"{field_}: a single wave to 100 % deploys the whole fleet at once "
+            "(Guardrail 3: staged rollouts are mandatory)"
+        )
+    elif len(w) < MIN_WAVES:
+        out.append(f"{field_}: {len(w)} wave(s), at least {MIN_WAVES} are needed ({staging})")
+    # With too few waves the final 100 is the count problem above, not a band problem too.
+    checked = w if len(w) >= MIN_WAVES else w[:-1]
+    for i, x in enumerate(checked):
+        lo, hi = _wave_band(i)
+        if not lo <= x <= hi:
             out.append(
-                "waves.cumulative: a single wave to 100 % deploys the whole fleet at once "
-                "(Guardrail 3: staged rollouts are mandatory)"
+                f"{field_}: wave {i + 1} at {x:g} % is outside {lo:g}-{hi:g} % of the fleet "
+                f"({staging})"
             )
-        elif w[0] > MAX_FIRST_WAVE_PERCENT:
+    return out
+
+
+def _soak_problems(s: SoakPolicy, allow_short_soak: bool) -> list[str]:
+    out: list[str] = []
+    for name, value in (("canary", s.canary_s), ("between_waves", s.between_waves_s)):
+        if value < 0:
+            out.append(f"soak.{name}: {value:g}s must not be negative")
+        elif value < MIN_SOAK_SECONDS and not allow_short_soak:
             out.append(
-                f"waves.cumulative: first wave {w[0]:g} % exceeds {MAX_FIRST_WAVE_PERCENT:g} % "
-                "(Guardrail 3: wave 1 is 10-25 % of the fleet)"
+                f"soak.{name}: {value:g}s is below the 15 min minimum; write "
+                "allow_short_soak = true in the policy to accept it (it is audited)"
             )
+    return out
 
-    if not p.allow_short_soak:
-        for name, value in (("canary", p.soak.canary_s), ("between_waves", p.soak.between_waves_s)):
-            if value < MIN_SOAK_SECONDS:
-                out.append(
-                    f"soak.{name}: {value:g}s is below the 15 min minimum; write "
-                    "allow_short_soak = true in the policy to accept it (it is audited)"
-                )
-    if p.soak.canary_s < 0 or p.soak.between_waves_s < 0:
-        out.append("soak: durations must not be negative")
 
-    t = p.thresholds
-    for name in ("wave_quarantine_below", "wave_halt_above", "unreachable_halt_above"):
+def _threshold_problems(t: Thresholds) -> list[str]:
+    out: list[str] = []
+    limits = (
+        (
+            "wave_quarantine_below",
+            MAX_QUARANTINE_BELOW,
+            "the spec quarantines and continues only below 5 % failed; 5-20 % pauses for a human",
+        ),
+        ("wave_halt_above", MAX_WAVE_HALT_ABOVE, "the spec rolls back a wave above 20 % failed"),
+        (
+            "unreachable_halt_above",
+            MAX_UNREACHABLE_HALT_ABOVE,
+            "the spec halts above 20 % of the target devices unreachable",
+        ),
+    )
+    for name, limit, why in limits:
         value = getattr(t, name)
         if not 0 <= value <= 1:
             out.append(f"thresholds.{name}: {value:g} must be a fraction in [0, 1]")
+        elif value > limit:
+            out.append(f"thresholds.{name}: {value:g} is above {limit:g} ({why})")
     if t.wave_quarantine_below > t.wave_halt_above:
         out.append(
-            "thresholds: wave_quarantine_below must not exceed wave_halt_above "
+            "thresholds.wave_quarantine_below: must not exceed wave_halt_above "
             f"({t.wave_quarantine_below:g} > {t.wave_halt_above:g})"
         )
-    if t.unreachable_halt_above > 0.20:
-        out.append("thresholds.unreachable_halt_above: the spec halts above 20 % unreachable")
-    if t.wave_halt_above > 0.20:
-        out.append("thresholds.wave_halt_above: the spec rolls back a wave above 20 % failures")
+    return out
 
-    h = p.health
-    if h.error_rate_increase_max < 0 or h.latency_ratio_max < 1 or h.crash_restarts_max < 0:
+
+def _health_problems(h: HealthPolicy) -> list[str]:
+    out: list[str] = []
+    if h.error_rate_increase_max < 0:
+        out.append(f"health.error_rate_increase_max: {h.error_rate_increase_max:g} must be >= 0")
+    if h.latency_ratio_max < 1:
+        out.append(f"health.latency_ratio_max: {h.latency_ratio_max:g} must be >= 1")
+    if h.crash_restarts_max < 0:
+        out.append(f"health.crash_restarts_max: {h.crash_restarts_max} must be >= 0")
+    return out
+
+
+def _retry_problems(r: RetryPolicy) -> list[str]:
+    out: list[str] = []
+    if r.attempts != RETRY_ATTEMPTS:
         out.append(
-            "health: error_rate_increase_max >= 0, latency_ratio_max >= 1, crash_restarts_max >= 0"
+            f"retries.attempts: {r.attempts} must be exactly {RETRY_ATTEMPTS}: the spec retries a "
+            "transfer '3 attempts max' and an unreachable device '3 attempts'; fewer skips "
+            "devices a transient fault would have let through, more retries past the spec's limit"
         )
-    if p.retries.attempts < 1 or p.retries.backoff_s < 0:
-        out.append("retries: attempts >= 1 and backoff >= 0")
-    if not p.fleet_rollout_approval:
+    if r.backoff_s <= 0:
         out.append(
-            "approval.fleet_rollout: the human gate after VERIFY cannot be switched off "
-            "(Guardrail 1)"
+            f"retries.backoff: {r.backoff_s:g}s must be positive (the spec's retries back off "
+            "exponentially)"
         )
     return out

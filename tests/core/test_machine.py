@@ -10,6 +10,7 @@ from fleetgate.core.events import Event
 from fleetgate.core.machine import (
     Confirm,
     EvaluateWave,
+    ReplaceCanaries,
     Rollback,
     RunStage,
     Stop,
@@ -160,8 +161,8 @@ def test_canary_fail_all_rolls_back_then_aborts() -> None:
     assert all(s.devices[d] is DeviceStatus.PENDING for d in STAGES[1] + STAGES[2])
 
 
-def test_some_canaries_fail_asks_a_human_then_reverifies() -> None:
-    events = [
+def partial_canary_fail() -> list[Event]:
+    return [
         created(),
         ev("prepare.passed"),
         *deploy_stage(0),
@@ -169,11 +170,81 @@ def test_some_canaries_fail_asks_a_human_then_reverifies() -> None:
         ev("device.rolled_back", "c2"),
         ev("rollback.completed"),
     ]
+
+
+def test_some_canaries_fail_asks_a_human_and_never_reverifies_into_a_pass() -> None:
+    """Invariant 11 (issue 7.2): resume after a partial FAIL used to re-verify only c1 and
+    record PASS, rolling out to c2's cell unproven. Now the failed canary is quarantined, and
+    the resume leads to a replacement canary round, not to a verdict on what is left."""
+    events = partial_canary_fail()
     s, effects = run(events)
     assert s.phase is Phase.HALTED and isinstance(effects[0], WaitForHuman)
+    assert s.devices["c2"] is DeviceStatus.QUARANTINED
+    assert s.canary_verdict == "FAIL"
     s, effects = run([*events, ev("deployment.resumed", actor="bob")])
-    assert s.phase is Phase.VERIFY
-    assert effects == [VerifyCanary(("c1",))]
+    assert s.phase is Phase.VERIFY and s.canary_verdict == "FAIL"
+    assert effects == [ReplaceCanaries("replace", ("c2",))]
+    # A verdict recorded now (the old path) is refused outright.
+    with pytest.raises(IllegalTransition):
+        run([*events, ev("deployment.resumed", actor="bob"), ev("canary.verdict", verdict="PASS")])
+
+
+def test_replacement_canary_goes_through_the_whole_canary_stage() -> None:
+    events = [
+        *partial_canary_fail(),
+        ev("deployment.resumed", actor="bob", canary_failure="replace"),
+        ev("canary.replaced", retired=["c2"], replacements=["w1a"], excluded=["w2c"]),
+    ]
+    s, effects = run(events)
+    assert s.phase is Phase.CANARY and s.canary_round == 2 and s.canary_verdict == "PENDING"
+    assert s.stages[0] == ("c1", "c2", "w1a") and s.stages[1] == ("w1b",)
+    assert s.stages[2] == ("w2a", "w2b")
+    assert s.devices["w2c"] is DeviceStatus.EXCLUDED
+    assert effects == [RunStage(0, ("c1", "c2", "w1a"))]
+    s, effects = run([*events, ev("device.staged", "w1a"), ev("device.activated", "w1a")])
+    s, effects = run([*events, *deploy_stage_ids(["w1a"], 0)])
+    assert s.phase is Phase.VERIFY and effects == [VerifyCanary(("c1", "w1a"))]
+    s, _ = run([*events, *deploy_stage_ids(["w1a"], 0), ev("canary.verdict", verdict="PASS")])
+    assert s.phase is Phase.AWAITING_APPROVAL
+    assert [h["verdict"] for h in s.canary_history] == ["FAIL", "PASS"]
+
+
+def deploy_stage_ids(ids: list[str], n: int) -> list[Event]:
+    out: list[Event] = []
+    for d in ids:
+        out += [ev("device.staged", d), ev("device.activated", d)]
+    return [*out, ev("stage.deployed", stage=n)]
+
+
+def test_canary_replaced_refuses_devices_already_touched_or_without_a_decision() -> None:
+    with pytest.raises(IllegalTransition):
+        run([*partial_canary_fail(), ev("canary.replaced", replacements=["w1a"])])
+    resumed = [*partial_canary_fail(), ev("deployment.resumed", actor="bob")]
+    with pytest.raises(IllegalTransition):
+        run([*resumed, ev("canary.replaced", replacements=["c1"])])  # a canary, not a wave device
+    with pytest.raises(IllegalTransition):
+        run([*partial_canary_fail(), ev("deployment.resumed", actor="bob", canary_failure="yolo")])
+
+
+def test_a_failed_stage_is_not_deployed_and_a_failed_start_stays_failed() -> None:
+    """Invariant 10 (issue 7.1): a stage failure leaves the old release running; a later
+    healthy sample must not turn a failed device into a deployed, healthy one."""
+    events = [
+        created(),
+        ev("prepare.passed"),
+        ev("device.deploy_failed", "c1", step="stage", error="507 insufficient-disk"),
+        ev("device.staged", "c2"),
+        ev("device.activated", "c2"),
+        ev("device.deploy_failed", "c2", step="activate", error="start-failed"),
+        ev("device.health", "c1", status="healthy"),
+        ev("device.health", "c2", status="healthy"),
+    ]
+    s, _ = run(events)
+    assert s.devices["c1"] is DeviceStatus.DEPLOY_FAILED
+    assert not s.devices["c1"].on_new_release
+    assert s.devices["c2"] is DeviceStatus.FAILED
+    assert "insufficient-disk" in s.reasons["c1"]
+    assert "deployed_count: 1" in render_state_block(s)
 
 
 def test_wave_matrix_outcomes() -> None:

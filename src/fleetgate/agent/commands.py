@@ -31,6 +31,7 @@ from fleetgate.agent.releases import valid_release_id
 from fleetgate.agent.reply import CommandError, Reply, bad_request
 from fleetgate.agent.state import CommandRecord
 from fleetgate.agent.supervisor import Launch, ProcessSupervisor, run_oneshot
+from fleetgate.core.disk import stage_bytes_needed
 from fleetgate.core.model import ArtifactKind, Manifest
 from fleetgate.errors import FleetgateError, IntegrityError
 
@@ -257,7 +258,7 @@ def _check_disk(svc: AgentService, manifest: Manifest) -> None:
     free = st.f_bavail * st.f_frsize
     unpacked = max(manifest.requires.disk_mb * MIB, manifest.size)
     reserve = svc.config.reserve_mb * MIB
-    need = manifest.size + unpacked + reserve
+    need = stage_bytes_needed(manifest.size, manifest.requires.disk_mb, svc.config.reserve_mb)
     if free < need:
         raise CommandError(
             507,

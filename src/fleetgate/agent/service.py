@@ -266,6 +266,7 @@ class AgentService:
             "arch": self.config.arch,
             "ram_mb": total,
             "disk_free_mb": disk_free_mb(self.config.data_dir),
+            "reserve_mb": self.config.reserve_mb,
             "software": {"python": sys.version.split()[0], **self.config.software},
             "agent_version": __version__,
             "current": self.state.current,

@@ -73,6 +73,16 @@ class VerifyCanary:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceCanaries:
+    """After a partial canary FAIL and a human's resume: choose replacement canaries for the
+    cells the failed canaries covered ("replace"), or set those cells' devices aside
+    ("exclude"); then ``canary.replaced``. Round 2 then runs the whole canary stage."""
+
+    decision: str
+    retired: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EvaluateWave:
     """Health on ALL deployed devices, soak, again; then ``wave.evaluated``."""
 
@@ -103,7 +113,18 @@ class Stop:
     phase: Phase
 
 
-Effect = Prepare | RunStage | VerifyCanary | EvaluateWave | Rollback | Confirm | WaitForHuman | Stop
+Effect = (
+    Prepare
+    | RunStage
+    | VerifyCanary
+    | ReplaceCanaries
+    | EvaluateWave
+    | Rollback
+    | Confirm
+    | WaitForHuman
+    | Stop
+)
+CANARY_DECISIONS = ("replace", "exclude")
 
 _WAVE_ACTIONS = ("CONTINUE", "QUARANTINE_AND_CONTINUE", "PAUSE_FOR_HUMAN", "ROLLBACK_WAVE_AND_HALT")
 
@@ -218,20 +239,43 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             return replace(s, phase=Phase.VERIFY) if stage == 0 else s
         case "soak.started":
             key = f"{d.get('stage', s.stage)}:{d.get('round', 'soak')}"
-            return replace(s, soak_started={**s.soak_started, key: e.ts})
+            return replace(s, soak_started={**s.soak_started, key: str(d.get("store_ts", e.ts))})
         case "canary.verdict":
             _require(s, e, Phase.VERIFY)
+            if s.canary_decision:
+                raise IllegalTransition(
+                    "canary.verdict before the replacement canaries were chosen",
+                    deployment_id=s.deployment_id,
+                )
             verdict = str(d["verdict"])
+            entry = {
+                "round": s.canary_round,
+                "verdict": verdict,
+                "failed": list(_ids(d, "failed")),
+                "ts": e.ts,
+            }
+            history = (*s.canary_history, entry)
             if verdict == "PASS":
-                return replace(s, canary_verdict="PASS", phase=Phase.AWAITING_APPROVAL)
+                return replace(
+                    s, canary_verdict="PASS", phase=Phase.AWAITING_APPROVAL, canary_history=history
+                )
             failed = _ids(d, "failed") or s.canaries
-            then = Phase.ABORTED if d.get("all_failed", True) else Phase.HALTED
+            all_failed = bool(d.get("all_failed", True))
             s = replace(
                 s,
                 canary_verdict="FAIL",
+                canary_history=history,
                 halt_reason="canary verdict FAIL: " + "; ".join(d.get("reasons", [])),
             )
-            return _start_rollback(s, failed, then)
+            s = s.with_devices(
+                {}, {i: f"canary failed: {s.reasons.get(i, 'see verdict')}" for i in failed}
+            )
+            # Some canaries failed: they are rolled back and quarantined (set aside for
+            # investigation) and a human decides; all failed: the release is bad, abort.
+            then = Phase.ABORTED if all_failed else Phase.HALTED
+            return _start_rollback(s, failed, then, quarantine=not all_failed)
+        case "canary.replaced":
+            return _apply_replaced(s, e)
         case "approval.requested":
             return s
         case "approval.granted":
@@ -298,9 +342,19 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             back = s.halted_from or Phase.PREPARE
             if back in (Phase.HALTED, Phase.ROLLING_BACK):
                 back = Phase.ROLLOUT if s.stage > 0 else Phase.VERIFY
+            if s.drill == "failed":  # validate rollback again, on another canary
+                s = replace(s, drill="", drill_device=None)
             s = replace(s, phase=back, halt_reason="", halted_from=None)
             if back is Phase.VERIFY and s.canary_verdict == "FAIL":
-                s = replace(s, canary_verdict="PENDING")  # re-verify the remaining canaries
+                # Invariant 11: a FAIL is never re-verified into a PASS. The human chooses how
+                # the failed canaries' cells are covered again; round 2 proves it.
+                choice = str(d.get("canary_failure") or "replace")
+                if choice not in CANARY_DECISIONS:
+                    raise IllegalTransition(
+                        f"canary_failure must be one of {CANARY_DECISIONS}, not {choice!r}",
+                        deployment_id=s.deployment_id,
+                    )
+                return replace(s, canary_decision=choice)
             if s.pending_quarantine:
                 ids = s.pending_quarantine
                 s = replace(s, pending_quarantine=())
@@ -310,7 +364,7 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             _require(s, e, Phase.CANARY)
             return replace(s, drill_device=str(d["device"]), drill="started")
         case "drill.completed":
-            return replace(s, drill="done")
+            return replace(s, drill="done" if d.get("ok", True) else "failed")
         case "deployment.aborted":
             return replace(s, phase=Phase.ABORTED, halt_reason=str(d.get("reason", "")))
         case "confirm.completed":
@@ -351,24 +405,37 @@ def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
         elif s.drill == "rolled_back" and e.action == "device.activated":
             s = replace(s, drill="reactivated")
     cur = s.devices[dev]
+    d = e.details
     match e.action:
         case "device.unreachable":
-            return s.with_devices({dev: D.UNREACHABLE})
+            why = f"unreachable (attempt {d.get('attempt', 1)}): {d.get('error', '')}".rstrip(": ")
+            return s.with_devices({dev: D.UNREACHABLE}, {dev: why})
         case "device.skipped":
-            return s.with_devices({dev: D.SKIPPED})
+            return s.with_devices({dev: D.SKIPPED}, {dev: str(d.get("reason") or "skipped")})
         case "device.staged":
             return s.with_devices({dev: D.STAGED})
         case "device.activated":
             return s.with_devices({dev: D.DEPLOYED})
         case "device.deploy_failed":
-            return s.with_devices({dev: D.FAILED})
+            # Invariant 10: a failed transfer or stage leaves the device on its old release
+            # (DEPLOY_FAILED: never counted as deployed); a failed start leaves it on the new
+            # one (FAILED: it needs a rollback). Both count in the wave's failure rate.
+            step = str(d.get("step") or "stage")
+            status = D.FAILED if step == "activate" else D.DEPLOY_FAILED
+            why = f"{step} failed: {d.get('error') or 'no detail'}"
+            return s.with_devices({dev: status}, {dev: why})
         case "device.health":
             if not cur.on_new_release:
                 return s  # a health check of a rolled-back device changes nothing
+            if cur is D.FAILED:
+                return s  # a failure stands for this deployment: a later good sample is luck
             status = {"healthy": D.HEALTHY, "degraded": D.DEGRADED, "failed": D.FAILED}[
-                str(e.details["status"])
+                str(d["status"])
             ]
-            return s.with_devices({dev: status})
+            if status is D.HEALTHY:
+                return s.with_devices({dev: status})
+            why = "health " + str(d["status"]) + ": " + "; ".join(map(str, d.get("reasons", ())))
+            return s.with_devices({dev: status}, {dev: why})
         case "device.rolled_back":
             new = D.QUARANTINED if s.quarantine_on_rollback else D.ROLLED_BACK
             return s.with_devices({dev: new})
@@ -378,10 +445,54 @@ def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
             mi = tuple(sorted({*s.manual_intervention, dev}))
             return s.with_devices({dev: D.ROLLBACK_FAILED}, manual_intervention=mi)
         case "device.recovered":  # an operator fixed a device by hand
+            if dev not in s.manual_intervention:
+                raise IllegalTransition(
+                    f"{dev} has no unresolved rollback failure in this deployment",
+                    deployment_id=s.deployment_id,
+                )
             mi = tuple(i for i in s.manual_intervention if i != dev)
-            return s.with_devices({dev: D.QUARANTINED}, manual_intervention=mi)
+            why = f"rollback failed; recovered by {e.actor}"
+            return s.with_devices({dev: D.QUARANTINED}, {dev: why}, manual_intervention=mi)
         case _:
             return s  # baseline, logs captured, preflight ok …: evidence only
+
+
+def _apply_replaced(s: DeploymentState, e: EventLike) -> DeploymentState:
+    """Round 2 of the canary stage: replacements join stage 0 (leaving their waves),
+    devices of cells nobody can prove any more are EXCLUDED (never deployed)."""
+    _require(s, e, Phase.VERIFY)
+    if not s.canary_decision:
+        raise IllegalTransition(
+            "canary.replaced without a human decision to resume", deployment_id=s.deployment_id
+        )
+    d = e.details
+    repl, excl = _ids(d, "replacements"), _ids(d, "excluded")
+    moved = set(repl) | set(excl)
+    in_waves = {i for st in s.stages[1:] for i in st}
+    for i in moved:
+        if i not in in_waves or s.devices.get(i) is not D.PENDING:
+            raise IllegalTransition(
+                f"canary.replaced: {i} is not an untouched wave device",
+                deployment_id=s.deployment_id,
+            )
+    reasons: Mapping[str, Any] = d.get("reasons", {})
+    stages = (
+        (*s.stages[0], *repl),
+        *(tuple(i for i in st if i not in moved) for st in s.stages[1:]),
+    )
+    s = s.with_devices(
+        {i: D.EXCLUDED for i in excl},
+        {i: str(reasons.get(i) or "its cell lost its canary") for i in excl},
+    )
+    return replace(
+        s,
+        stages=stages,
+        phase=Phase.CANARY,
+        canary_round=s.canary_round + 1,
+        canary_decision="",
+        retired_canaries=tuple(sorted({*s.retired_canaries, *_ids(d, "retired")})),
+        canary_verdict="PENDING",
+    )
 
 
 def _apply_wave(s: DeploymentState, e: EventLike) -> DeploymentState:
@@ -416,6 +527,10 @@ def next_effects(s: DeploymentState) -> list[Effect]:
         case Phase.CANARY:
             return [RunStage(0, s.canaries)]
         case Phase.VERIFY:
+            if s.canary_decision:
+                last = s.canary_history[-1] if s.canary_history else {}
+                retired = tuple(str(i) for i in last.get("failed", ()))
+                return [ReplaceCanaries(s.canary_decision, retired)]
             live = tuple(i for i in s.canaries if s.devices[i].on_new_release)
             return [VerifyCanary(live)]
         case Phase.AWAITING_APPROVAL:
@@ -433,7 +548,14 @@ def next_effects(s: DeploymentState) -> list[Effect]:
                 i
                 for i in s.rollback_scope
                 if s.devices.get(i)
-                not in (D.ROLLED_BACK, D.QUARANTINED, D.ROLLBACK_FAILED, D.PENDING, D.SKIPPED)
+                not in (
+                    D.ROLLED_BACK,
+                    D.QUARANTINED,
+                    D.ROLLBACK_FAILED,
+                    D.PENDING,
+                    D.SKIPPED,
+                    D.EXCLUDED,
+                )
             )
             return [Rollback(todo, s.halt_reason or "rollback")]
         case _:

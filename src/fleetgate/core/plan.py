@@ -301,3 +301,86 @@ def cut_waves(
         deployed += take
         waves.append(Wave(len(waves) + 1, batch, 100 * deployed / targeted))
     return waves
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryReplacement:
+    """How the cells of failed canaries are covered again (invariant 11)."""
+
+    replacements: tuple[Canary, ...]  # join the canary stage; go through all of it
+    excluded: tuple[Exclusion, ...]  # not deployed: a value of theirs has no canary left
+    uncovered: tuple[str, ...]  # "hardware=rpi4" values no canary proves any more
+
+
+def replace_canaries(
+    retired: Sequence[Device],
+    kept: Sequence[Device],
+    pending: Sequence[Device],
+    cover: Sequence[str],
+    decision: str,
+) -> CanaryReplacement:
+    """Cover again what the ``retired`` (failed) canaries covered.
+
+    ``kept`` are the canaries still standing (they are verified again in round 2); ``pending``
+    the wave devices nobody has touched yet. A *lost* value is a cover value (``hardware=…``,
+    ``group=…``) of a retired canary that no kept canary has.
+
+    - ``decision == "replace"``: for each retired canary, the best-monitored non-critical
+      pending device of exactly its cell (all cover values equal) replaces it; values still
+      lost are then covered greedily, as ``select_canaries`` does.
+    - Either way, every pending device that still has a lost value afterwards is *excluded*:
+      no canary proves its hardware type or group, so it is not deployed ("exclude" excludes
+      all of them; a cell without candidates is excluded under "replace" too).
+
+    Deterministic: ties are broken by monitoring, then id.
+    """
+    if decision not in ("replace", "exclude"):
+        raise ValueError(f"decision must be 'replace' or 'exclude', not {decision!r}")
+
+    def values(d: Device) -> set[tuple[str, str]]:
+        return {(a, d.attribute(a)) for a in cover}
+
+    held = {v for d in kept for v in values(d)}
+    lost = {v for d in retired for v in values(d)} - held
+    chosen: list[Canary] = []
+    if decision == "replace" and lost:
+        candidates = sorted(
+            (d for d in pending if not d.critical and d.state is DeviceState.ACTIVE),
+            key=_monitoring_key,
+        )
+        taken: set[str] = set()
+        for r in sorted(retired, key=lambda d: d.id):
+            if not values(r) & lost:
+                continue
+            same = [d for d in candidates if d.id not in taken and values(d) == values(r)]
+            if same:
+                best = same[0]
+                taken.add(best.id)
+                lost -= values(best)
+                chosen.append(Canary(best, f"replaces failed canary {r.id} (same cell)"))
+        while lost:
+            pick: Device | None = None
+            gain: set[tuple[str, str]] = set()
+            for d in candidates:
+                g = values(d) & lost if d.id not in taken else set()
+                if len(g) > len(gain):
+                    pick, gain = d, g
+            if pick is None:
+                break
+            taken.add(pick.id)
+            lost -= gain
+            covers = ", ".join(f"{a}={v}" for a, v in sorted(gain))
+            chosen.append(Canary(pick, f"replaces a failed canary: covers {covers}"))
+    taken_ids = {c.device.id for c in chosen}
+    excluded = tuple(
+        Exclusion(
+            d,
+            "no canary proves "
+            + ", ".join(f"{a}={v}" for a, v in sorted(values(d) & lost))
+            + " after its canary failed",
+        )
+        for d in sorted(pending, key=lambda d: d.id)
+        if d.id not in taken_ids and values(d) & lost
+    )
+    uncovered = tuple(sorted(f"{a}={v}" for a, v in lost))
+    return CanaryReplacement(tuple(chosen), excluded, uncovered)

@@ -50,7 +50,9 @@ class DeviceStatus(str, Enum):
     DEPLOYED = "deployed"  # activated, not judged yet
     HEALTHY = "healthy"
     DEGRADED = "degraded"
-    FAILED = "failed"  # deploy step or health check failed
+    FAILED = "failed"  # runs the release, but activation or a health check failed
+    DEPLOY_FAILED = "deploy_failed"  # transfer or stage failed: never ran the release
+    EXCLUDED = "excluded"  # its cell lost its canary and has no replacement: not deployed
     QUARANTINED = "quarantined"  # failed, rolled back to known-good, set aside
     ROLLED_BACK = "rolled_back"
     ROLLBACK_FAILED = "rollback_failed"  # needs manual intervention
@@ -101,6 +103,16 @@ class DeploymentState:
     plan: Mapping[str, Any] = field(default_factory=dict)
     last_action: str = ""
     allow_short_soak: bool = False
+    # Why each failed, skipped, excluded or quarantined device is set aside (device -> reason);
+    # shared with successors like ``devices``. Only devices that failed somehow are in it.
+    reasons: dict[str, str] = field(default_factory=dict)
+    # Canary rounds: a partial canary FAIL is never turned into a PASS; a human's resume
+    # ("replace" or "exclude") starts round 2 with replacement canaries (or without the cells
+    # that lost theirs), through the whole canary stage and a full soak.
+    canary_round: int = 1
+    canary_decision: str = ""  # "replace" | "exclude": recorded, replacements not yet chosen
+    retired_canaries: tuple[str, ...] = ()  # failed in an earlier round, replaced or excluded
+    canary_history: tuple[Mapping[str, Any], ...] = ()  # one entry per finished canary round
     # Rollback drill on one canary: "" → started → rolled_back → reactivated → done
     drill_device: str | None = None
     drill: str = ""
@@ -108,20 +120,30 @@ class DeploymentState:
     def __post_init__(self) -> None:
         if not isinstance(self.devices, dict):
             object.__setattr__(self, "devices", dict(self.devices))
+        if not isinstance(self.reasons, dict):
+            object.__setattr__(self, "reasons", dict(self.reasons))
         object.__setattr__(self, "soak_started", MappingProxyType(dict(self.soak_started)))
 
     @classmethod
     def empty(cls, deployment_id: str) -> DeploymentState:
         return cls(deployment_id=deployment_id)
 
-    def with_devices(self, updates: Mapping[str, DeviceStatus], **kw: Any) -> DeploymentState:
-        """Update device statuses in place (O(1) per device) and return the successor."""
+    def with_devices(
+        self,
+        updates: Mapping[str, DeviceStatus],
+        reasons: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> DeploymentState:
+        """Update device statuses (and set-aside reasons) in place (O(1) per device) and
+        return the successor."""
         self.devices.update(updates)
+        if reasons:
+            self.reasons.update(reasons)
         return replace(self, **kw) if kw else self
 
     def snapshot(self) -> DeploymentState:
         """An independent copy: later events applied to this lineage do not change it."""
-        return replace(self, devices=dict(self.devices))
+        return replace(self, devices=dict(self.devices), reasons=dict(self.reasons))
 
     # -- derived counts --------------------------------------------------------------------
     def count(self, *statuses: DeviceStatus, ids: tuple[str, ...] | None = None) -> int:
@@ -163,6 +185,12 @@ def _next_action(s: DeploymentState) -> str:
         case Phase.CONFIRM:
             return "full-fleet health check and summary"
         case Phase.HALTED:
+            if s.canary_verdict == "FAIL":
+                return (
+                    f"human decision: fleetgate deploy resume {s.deployment_id} --as NAME "
+                    "(replacement canaries for the failed cells; --exclude-failed-cells to "
+                    f"leave those cells out) or fleetgate deploy rollback {s.deployment_id}"
+                )
             return f"human decision: fleetgate deploy resume|rollback {s.deployment_id}"
         case Phase.ROLLING_BACK:
             return f"roll back {len(s.rollback_scope)} devices"
@@ -174,7 +202,7 @@ def render_state_block(s: DeploymentState) -> str:
     """The spec's ``<fleet-deploy-state>`` block; field names exactly as the spec writes them."""
     D = DeviceStatus
     canaries = s.canaries
-    deployed = (D.DEPLOYED, D.HEALTHY, D.DEGRADED, D.FAILED, D.ROLLBACK_FAILED, D.STAGED)
+    deployed = (D.DEPLOYED, D.HEALTHY, D.DEGRADED, D.FAILED, D.ROLLBACK_FAILED)
     # The wave being worked on, or (after a halt or a rollback) the one the deployment stopped in.
     wave = s.stage if s.stage_deployed >= 0 or s.phase is Phase.ROLLOUT else 0
     blockers: list[str] = []
@@ -191,7 +219,7 @@ def render_state_block(s: DeploymentState) -> str:
         ("deployed_count", str(s.count(*deployed))),
         ("deployed_healthy", str(s.count(D.HEALTHY))),
         ("deployed_degraded", str(s.count(D.DEGRADED))),
-        ("skipped", str(s.count(D.SKIPPED, D.UNREACHABLE))),
+        ("skipped", str(s.count(D.SKIPPED, D.UNREACHABLE, D.EXCLUDED))),
         ("quarantined", str(s.count(D.QUARANTINED))),
         ("rollback_available", "false" if s.manual_intervention else "true"),
         ("canary_verdict", s.canary_verdict),

@@ -3,6 +3,11 @@
 COMPLETE only when every targeted device is deployed and healthy, none was skipped or
 quarantined, and every deployed device still holds its rollback copy; otherwise PARTIAL, with
 the reasons (spec CONFIRM steps 1–7 and "Completion Criteria").
+
+Invariant 10: a device counts as deployed only when it runs the release. The facts read for the
+rollback copy also say which release is current; a device that is not on the release (it never
+switched, or went back by itself) is recorded ``device.deploy_failed`` (step ``confirm``) and is
+counted as failed, never as "Deployed (healthy)".
 """
 
 from __future__ import annotations
@@ -23,9 +28,19 @@ async def run_confirm(ctx: EngineContext) -> None:
 
     async def copy(dev_id: str) -> bool:
         try:
-            return (await ctx.transport.facts(ctx.device(dev_id))).rollback_available
+            facts = await ctx.transport.facts(ctx.device(dev_id))
         except FleetgateError:
             return False
+        if facts.current != ctx.release.release_id and rec.state.devices[dev_id].on_new_release:
+            await rec.record(
+                "device.deploy_failed",
+                device_id=dev_id,
+                outcome="failed",
+                stage=last,
+                step="confirm",
+                error=f"runs {facts.current}, not {ctx.release.release_id}",
+            )
+        return facts.rollback_available
 
     copies = await ctx.each(deployed, copy, "rollback-copy")
     state = rec.state
@@ -34,8 +49,9 @@ async def run_confirm(ctx: EngineContext) -> None:
     counts = {
         "deployed_healthy": state.count(D.HEALTHY),
         "deployed_degraded": state.count(D.DEGRADED),
-        "failed": state.count(D.FAILED, D.ROLLBACK_FAILED),
+        "failed": state.count(D.FAILED, D.ROLLBACK_FAILED, D.DEPLOY_FAILED),
         "skipped": state.count(D.SKIPPED, D.UNREACHABLE, D.PENDING),
+        "excluded": state.count(D.EXCLUDED),
         "quarantined": state.count(D.QUARANTINED),
         "rolled_back": state.count(D.ROLLED_BACK),
         "not_targeted": max(0, state.fleet_total - len(state.devices)),
@@ -50,7 +66,7 @@ async def run_confirm(ctx: EngineContext) -> None:
         },
     )
     reasons: list[str] = []
-    for key in ("deployed_degraded", "failed", "skipped", "quarantined", "rolled_back"):
+    for key in ("deployed_degraded", "failed", "skipped", "excluded", "quarantined", "rolled_back"):
         if counts[key]:
             reasons.append(f"{counts[key]} {key.replace('_', ' ')}")
     if missing:

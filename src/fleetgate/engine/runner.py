@@ -14,6 +14,7 @@ from fleetgate.core.machine import (
     Confirm,
     EvaluateWave,
     Prepare,
+    ReplaceCanaries,
     Rollback,
     RunStage,
     Stop,
@@ -22,6 +23,7 @@ from fleetgate.core.machine import (
     next_effects,
 )
 from fleetgate.core.state import DeploymentState
+from fleetgate.engine.canary_round import start_canary_round
 from fleetgate.engine.confirm import run_confirm
 from fleetgate.engine.context import EngineContext
 from fleetgate.engine.rollback import run_rollback
@@ -46,6 +48,8 @@ async def drive(ctx: EngineContext, prepare: PrepareFn) -> DeploymentState:
                 await run_stage(ctx, stage, ids)
             case VerifyCanary(device_ids=ids):
                 await verify_canary(ctx, ids)
+            case ReplaceCanaries(decision=decision, retired=retired):
+                await start_canary_round(ctx, decision, retired)
             case EvaluateWave(stage=stage):
                 await evaluate_wave(ctx, stage)
             case Rollback(device_ids=ids, reason=reason):

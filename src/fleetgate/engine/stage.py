@@ -26,6 +26,7 @@ import json
 import time
 from typing import Any
 
+from fleetgate.core.disk import stage_mb_needed
 from fleetgate.core.gates import unreachable_decision
 from fleetgate.core.model import DeviceState
 from fleetgate.core.state import DeviceStatus
@@ -36,10 +37,6 @@ from fleetgate.transports.base import Facts
 
 D = DeviceStatus
 _TODO = (D.PENDING, D.UNREACHABLE)
-
-
-def _mb(n: int) -> float:
-    return n / (1024 * 1024)
 
 
 async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> None:
@@ -148,7 +145,8 @@ async def _preflight(ctx: EngineContext, stage: int, dev_id: str, attempt: int) 
         "reachable": True,
         "agent": facts.agent_version,
         "disk_free_mb": facts.disk_free_mb,
-        "disk_needed_mb": _disk_needed_mb(ctx),
+        "disk_needed_mb": round(_disk_needed_mb(ctx, facts), 1),
+        "reserve_mb": facts.reserve_mb,
         "rollback_copy": facts.current,
         "state": facts.state,
     }
@@ -173,10 +171,11 @@ async def _preflight(ctx: EngineContext, stage: int, dev_id: str, attempt: int) 
     return "ok"
 
 
-def _disk_needed_mb(ctx: EngineContext) -> float:
+def _disk_needed_mb(ctx: EngineContext, facts: Facts) -> float:
+    """The agent's own formula (``core.disk``) with the reserve the device reports."""
     manifest = json.loads(ctx.release.manifest_json)
     unpacked = float(manifest.get("requires", {}).get("disk_mb", 0))
-    return round(_mb(ctx.release.size) + unpacked, 1)
+    return stage_mb_needed(ctx.release.size, unpacked, facts.reserve_mb)
 
 
 def _preflight_problem(ctx: EngineContext, facts: Facts) -> str:
@@ -187,11 +186,11 @@ def _preflight_problem(ctx: EngineContext, facts: Facts) -> str:
         return "no known-good release on the device to roll back to (rollback copy required)"
     if facts.current not in facts.releases and facts.releases:
         return f"current release {facts.current} is not on disk"
-    needed = _disk_needed_mb(ctx)
+    needed = _disk_needed_mb(ctx, facts)
     if ctx.release.release_id not in facts.releases and facts.disk_free_mb < needed:
         return (
-            f"insufficient disk: {facts.disk_free_mb:.0f} MB free, {needed:.0f} MB needed "
-            "for the artifact while keeping the rollback copy"
+            f"insufficient disk: {facts.disk_free_mb:.1f} MiB free, {needed:.1f} MiB needed "
+            f"(artifact + unpacked + reserve {facts.reserve_mb:g}) while keeping the rollback copy"
         )
     return ""
 

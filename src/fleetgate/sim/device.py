@@ -187,6 +187,7 @@ class VirtualDevice:
             "arch": self.device.arch.value,
             "ram_mb": self.profile.ram_usable_mb,
             "disk_free_mb": self.disk_free_mb(),
+            "reserve_mb": self.spec.reserve_mb,
             "software": dict(self.device.software),
             "agent_version": AGENT_VERSION,
             "current": self.current,

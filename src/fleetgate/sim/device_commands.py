@@ -19,6 +19,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from fleetgate.core.disk import stage_mb_needed
 from fleetgate.core.manifest import manifest_from_dict
 from fleetgate.core.model import Manifest
 from fleetgate.errors import FleetgateError
@@ -77,7 +78,7 @@ async def stage(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bo
         raise Refused(refusal(409, "incompatible", msg))
     prune(dev, KEEP_RELEASES - 2)
     unpacked = max(manifest.requires.disk_mb * MIB, manifest.size)
-    need_mb = (manifest.size + unpacked) / MIB + dev.spec.reserve_mb
+    need_mb = stage_mb_needed(manifest.size, manifest.requires.disk_mb, dev.spec.reserve_mb)
     free = dev.disk_free_mb()
     if free < need_mb:
         msg = (

@@ -117,6 +117,7 @@ class Facts:
     last_seq: int
     app_running: bool
     interrupted: Mapping[str, Any] | None = None
+    reserve_mb: float = 0.0  # free disk the agent keeps back when staging (core.disk)
 
     @classmethod
     def parse(cls, device_id: str, data: Any) -> Facts:
@@ -130,6 +131,7 @@ class Facts:
             arch=r.text("arch"),
             ram_mb=r.number("ram_mb", 0.0),
             disk_free_mb=r.number("disk_free_mb"),
+            reserve_mb=r.number("reserve_mb", 0.0),
             software=r.str_map("software"),
             agent_version=r.opt_text("agent_version") or "",
             current=r.opt_text("current"),

@@ -163,3 +163,45 @@ def test_bad_db_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> 
 def test_audit_without_a_subcommand_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["audit"]) == EXIT_INPUT
     assert "verify" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("details", "reason"),
+    [("not json{", "details are not JSON"), ("[1, 2]", "details are not a JSON object")],
+)
+def test_verify_and_show_report_details_that_are_no_longer_json(
+    store_url: str, capsys: pytest.CaptureFixture[str], details: str, reason: str
+) -> None:
+    # Issue 7 item 8: this used to be a JSONDecodeError traceback (exit 1), not a BROKEN chain.
+    _populate(store_url)
+    _tamper(store_url, f"UPDATE events SET details = '{details}' WHERE seq = 3")
+    assert run(["--db", store_url, "audit", "verify"]) == EXIT_HALTED
+    out, err = capsys.readouterr()
+    assert out.strip() == f"audit chain BROKEN at seq 3: {reason} (edited)"
+    assert "Traceback" not in err
+
+    assert run(["--db", store_url, "audit", "verify", "--json"]) == EXIT_HALTED
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["checked"], doc["first_bad_seq"]) == (False, 2, 3)
+
+    for argv in (["audit", "show"], ["audit", "show", "--json"]):
+        assert run(["--db", store_url, *argv]) == EXIT_HALTED
+        out, err = capsys.readouterr()
+        assert out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"fleetgate: error: audit log seq 3: {reason}")
+    # A deployment whose events are all intact still shows (seq 3 is not dep-7's).
+    assert run(["--db", store_url, "audit", "show", "dep-7"]) == EXIT_OK
+
+
+def test_an_earlier_edit_is_reported_before_a_later_undecodable_row(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _populate(store_url)
+    _tamper(store_url, "UPDATE events SET details = 'not json{' WHERE seq = 4")
+    _tamper(store_url, "UPDATE events SET actor = 'mallory' WHERE seq = 2")
+    assert run(["--db", store_url, "audit", "verify"]) == EXIT_HALTED
+    assert capsys.readouterr().out.strip() == (
+        "audit chain BROKEN at seq 2: content does not match its hash (edited)"
+    )

@@ -3,13 +3,15 @@
 ``show`` prints the audit log — every event, or one deployment's — as a timeline table (seq,
 time, deployment, device, actor, action, outcome, key details), or with ``--json`` one JSON
 document ``{"deployment_id", "count", "events": [...]}`` holding each event in full, hashes
-included. An ID the store has never heard of is an input error (exit 2).
+included. An ID the store has never heard of is an input error (exit 2). A row that no longer
+decodes (its details edited into something that is not JSON) cannot be shown: one line naming
+its seq on stderr, exit 3, as ``verify`` would.
 
 ``verify`` walks the whole hash chain and the chain head: exit 0 with ``audit chain OK: N
 events``, or exit 3 (halted: the log cannot be trusted) with ``audit chain BROKEN at seq N:
-reason`` naming the first event that does not fit. Both print the result on stdout (it is the
-command's answer, not a failure of the command); ``--json`` prints ``{"ok", "checked",
-"first_bad_seq", "reason"}`` instead.
+reason`` naming the first event that does not fit (an edited row whose details are no longer
+JSON included). Both print the result on stdout (it is the command's answer, not a failure of
+the command); ``--json`` prints ``{"ok", "checked", "first_bad_seq", "reason"}`` instead.
 
 Both read the store named by the global ``--db``.
 """
@@ -111,9 +113,14 @@ def _print_table(events: list[StoredEvent], title: str) -> None:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     from fleetgate.store import Store
+    from fleetgate.store.audit_log import CorruptEventError
 
     async with Store.open(args.db) as store:
-        events = await store.events(args.id)
+        try:
+            events = await store.events(args.id)
+        except CorruptEventError as exc:
+            print(f"fleetgate: error: {exc}", file=sys.stderr)
+            return EXIT_HALTED
         if args.id and not events and await store.get_deployment(args.id) is None:
             raise InputError(f"no deployment {args.id!r} in the store ({store.target.display})")
     if args.json:

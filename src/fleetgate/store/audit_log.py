@@ -10,13 +10,15 @@ decides which kind):
   it. Either way two appenders never read the same head, so the chain never forks.
 - ``details`` are stored as canonical JSON text and returned as what that text decodes to (a
   tuple comes back as a list); the hash is computed over the same canonical form, so a stored
-  event always re-verifies.
+  event always re-verifies. A row that no longer decodes (its details edited into something
+  that is not a JSON object, a seq that is not a number) raises ``CorruptEventError`` naming its
+  seq when it is read, instead of handing a reader garbage.
 - ``verify_log`` reads the chain head and then every event in ``seq`` order, in pages, in one
   snapshot, and feeds them to ``verify_chain`` running in a worker thread (hashing a big log is
   CPU work that must not stall the event loop). Beyond what ``verify_chain`` finds (edits, gaps,
   reordering), it reports events missing from the end (the head is ahead of the log), events
-  added past the head without going through the store, and a head whose hash is not the last
-  event's.
+  added past the head without going through the store, a head whose hash is not the last
+  event's, and a row that does not decode (BROKEN at its seq, like any other edit).
 """
 
 from __future__ import annotations
@@ -33,11 +35,25 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fleetgate.clock import parse_iso
 from fleetgate.core.events import GENESIS_HASH, ChainReport, Event, StoredEvent, seal, verify_chain
 from fleetgate.core.manifest import canonical_json
-from fleetgate.errors import StoreError
+from fleetgate.errors import IntegrityError, StoreError
 from fleetgate.store.schema import CHAIN_HEAD_ID, chain_head
 from fleetgate.store.schema import events as events_table
 
 PAGE_SIZE = 1000
+
+
+class CorruptEventError(IntegrityError):
+    """A stored event's row cannot be decoded: it was edited outside the store."""
+
+    def __init__(self, seq: int | None, reason: str, deployment_id: str | None = None) -> None:
+        where = f"seq {seq}" if seq is not None else "an event"
+        super().__init__(
+            f"audit log {where}: {reason} (edited outside the store; "
+            "`fleetgate audit verify` checks the whole chain)",
+            deployment_id=deployment_id,
+        )
+        self.seq = seq
+        self.reason = reason
 
 
 def _normalised(event: Event) -> tuple[Event, str]:
@@ -105,18 +121,46 @@ def _to_row(ev: StoredEvent, details_text: str) -> dict[str, Any]:
 
 
 def _from_row(row: Row[Any]) -> StoredEvent:
+    try:
+        seq = int(row.seq)
+    except (TypeError, ValueError):
+        raise CorruptEventError(None, f"seq {row.seq!r} is not a number") from None
+    dep = row.deployment_id if isinstance(row.deployment_id, str) else None
+    try:
+        details = json.loads(row.details)
+    except (TypeError, ValueError):
+        raise CorruptEventError(seq, "details are not JSON", dep) from None
+    if not isinstance(details, dict):
+        raise CorruptEventError(seq, "details are not a JSON object", dep)
     return StoredEvent(
-        seq=int(row.seq),
+        seq=seq,
         ts=row.ts,
         deployment_id=row.deployment_id,
         device_id=row.device_id,
         actor=row.actor,
         action=row.action,
         outcome=row.outcome,
-        details=json.loads(row.details),
+        details=details,
         prev_hash=row.prev_hash,
         hash=row.hash,
     )
+
+
+async def _fetch_rows(
+    conn: AsyncConnection,
+    *,
+    after_seq: int = 0,
+    limit: int = PAGE_SIZE,
+    deployment_id: str | None = None,
+    device_id: str | None = None,
+) -> list[Row[Any]]:
+    query = select(events_table).where(events_table.c.seq > after_seq)
+    if deployment_id is not None:
+        query = query.where(events_table.c.deployment_id == deployment_id)
+    if device_id is not None:
+        query = query.where(events_table.c.device_id == device_id)
+    result = await conn.execute(query.order_by(events_table.c.seq).limit(limit))
+    return list(result)
 
 
 async def fetch_page(
@@ -127,14 +171,12 @@ async def fetch_page(
     deployment_id: str | None = None,
     device_id: str | None = None,
 ) -> list[StoredEvent]:
-    """Up to ``limit`` events with ``seq > after_seq`` in ``seq`` order (keyset paging)."""
-    query = select(events_table).where(events_table.c.seq > after_seq)
-    if deployment_id is not None:
-        query = query.where(events_table.c.deployment_id == deployment_id)
-    if device_id is not None:
-        query = query.where(events_table.c.device_id == device_id)
-    result = await conn.execute(query.order_by(events_table.c.seq).limit(limit))
-    return [_from_row(row) for row in result]
+    """Up to ``limit`` events with ``seq > after_seq`` in ``seq`` order (keyset paging).
+    Raises ``CorruptEventError`` for a row that does not decode."""
+    rows = await _fetch_rows(
+        conn, after_seq=after_seq, limit=limit, deployment_id=deployment_id, device_id=device_id
+    )
+    return [_from_row(row) for row in rows]
 
 
 async def iter_pages(
@@ -162,25 +204,36 @@ async def verify_log(conn: AsyncConnection, *, page_size: int = PAGE_SIZE) -> Ch
     ).first()
     loop = asyncio.get_running_loop()
     last: list[StoredEvent] = []
+    corrupt: list[CorruptEventError] = []
 
     def stream() -> Iterator[StoredEvent]:
         # Runs in the worker thread; each page is fetched on the event loop, on ``conn``.
+        # The stream ends at a row that does not decode: every event before it is checked.
         after = 0
         while True:
             future = asyncio.run_coroutine_threadsafe(
-                fetch_page(conn, after_seq=after, limit=page_size), loop
+                _fetch_rows(conn, after_seq=after, limit=page_size), loop
             )
-            page = future.result()
-            for ev in page:
+            rows = future.result()
+            for row in rows:
+                try:
+                    ev = _from_row(row)
+                except CorruptEventError as exc:
+                    corrupt.append(exc)
+                    return
                 last[:] = [ev]
                 yield ev
-            if len(page) < page_size:
+            if len(rows) < page_size:
                 return
-            after = page[-1].seq
+            after = last[-1].seq
 
     report = await asyncio.to_thread(verify_chain, stream())
     if not report.ok:
         return report
+    if corrupt:
+        bad = corrupt[0]
+        seq = bad.seq if bad.seq is not None else (last[0].seq + 1 if last else 1)
+        return ChainReport(False, report.checked, seq, f"{bad.reason} (edited)")
     if head_row is None:
         return ChainReport(False, report.checked, None, "the chain_head row is missing")
     head_seq, head_hash = int(head_row.last_seq), str(head_row.last_hash)

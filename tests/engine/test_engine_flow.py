@@ -11,6 +11,7 @@ from engine_harness import harness
 
 from fleetgate.core.machine import fold
 from fleetgate.core.state import DeviceStatus, Phase
+from fleetgate.engine.service import Decision
 from fleetgate.errors import IllegalTransition
 
 D = DeviceStatus
@@ -214,6 +215,19 @@ async def test_no_new_deployment_while_a_rollback_failure_is_unresolved(tmp_path
         assert record.data["manual_intervention"] == [victim]
         with pytest.raises(GuardrailError, match="rollback failed and is unresolved"):
             await h.start()
-        # An operator fixes the device by hand and records it: deployments may proceed again.
+        # An operator fixes the device by hand and records it: the block is lifted, but this
+        # deployment has not ended and targets the same devices (issue 7.7): end it first.
         await h.controller.record_human(dep, "device.recovered", "bob", device_id=victim)
-        assert await h.start()
+        with pytest.raises(GuardrailError, match=f"deployment {dep} .* has not ended"):
+            await h.start()
+        state = await h.controller.decide(
+            dep, Decision("rollback.requested", "bob", None, {"devices": []})
+        )
+        assert state.phase is Phase.ROLLED_BACK
+        second = await h.start()
+        # The device whose rollback failed stays quarantined in the registry, with the reason,
+        # and the new plan leaves it out.
+        reg = await h.store.get_device(victim)
+        assert reg is not None and reg.state.value == "quarantine"
+        assert dep in reg.state_reason and "rollback failed" in reg.state_reason
+        assert victim not in (await h.controller.state(second)).devices

@@ -191,7 +191,7 @@ def test_ini_errors_are_all_reported(tmp_path: Path) -> None:
         " 'fleetgate_ram_mb'?); allowed: fleetgate_id, fleetgate_hardware, fleetgate_arch,"
         " fleetgate_group, fleetgate_address, fleetgate_token_env, fleetgate_token_file,"
         " fleetgate_ram_mb, fleetgate_disk_mb, fleetgate_gpu, fleetgate_monitoring,"
-        " fleetgate_critical, fleetgate_state, fleetgate_software_NAME",
+        " fleetgate_critical, fleetgate_state, fleetgate_state_reason, fleetgate_software_NAME",
         f"{path}: device 'h1' (line 2): fleetgate_token: inline credentials are not allowed (they"
         " leak into logs and version control); use fleetgate_token_env (an environment variable"
         " name) or fleetgate_token_file (a file path)",
@@ -258,7 +258,7 @@ def test_yaml_form_errors(tmp_path: Path) -> None:
         " 'fleetgate_gpu'?); allowed: fleetgate_id, fleetgate_hardware, fleetgate_arch,"
         " fleetgate_group, fleetgate_address, fleetgate_token_env, fleetgate_token_file,"
         " fleetgate_ram_mb, fleetgate_disk_mb, fleetgate_gpu, fleetgate_monitoring,"
-        " fleetgate_critical, fleetgate_state, fleetgate_software_NAME",
+        " fleetgate_critical, fleetgate_state, fleetgate_state_reason, fleetgate_software_NAME",
     ]
 
 

@@ -94,7 +94,7 @@ def test_bad_record_names_every_field() -> None:
     assert info.value.problems == [
         "store row 7: device 'orin-a-01' (record): colour: unknown key; allowed: id, hardware,"
         " arch, group, address, token_env, token_file, resources, software, monitoring,"
-        " critical, state",
+        " critical, state, state_reason",
         "store row 7: device 'orin-a-01' (record): arch: must be one of arm64, armv7, x86_64,"
         " got 'mips'",
         "store row 7: device 'orin-a-01' (record): resources.ram_mb: expected a whole number of"

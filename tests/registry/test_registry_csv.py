@@ -88,13 +88,13 @@ def test_header_problems_are_reported_once(tmp_path: Path) -> None:
     assert problems_of(path) == [
         f"{path}: line 1: column 'hardwre': unknown column (did you mean 'hardware'?); allowed: "
         "id, hardware, arch, group, address, token_env, token_file, ram_mb, disk_mb, gpu, "
-        "monitoring, critical, state, software.NAME",
+        "monitoring, critical, state, state_reason, software.NAME",
         f"{path}: line 1: column 'token': inline credentials are not allowed (they leak into logs"
         " and version control); use token_env (an environment variable name) or token_file"
         " (a file path)",
         f"{path}: line 1: column 'software.': unknown column (did you mean"
         " 'software.NAME'?); allowed: id, hardware, arch, group, address, token_env, token_file,"
-        " ram_mb, disk_mb, gpu, monitoring, critical, state, software.NAME",
+        " ram_mb, disk_mb, gpu, monitoring, critical, state, state_reason, software.NAME",
         f"{path}: line 1: column 'hardware': missing (required columns: id, hardware, arch, group,"
         " address, ram_mb, disk_mb)",
         f"{path}: line 1: column 'group': missing (required columns: id, hardware, arch, group,"

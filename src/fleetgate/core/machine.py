@@ -215,6 +215,7 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
         "soak.started",
         "approval.requested",
         "confirm.checked",
+        "registry.quarantined",
     ):
         raise IllegalTransition(
             f"{a}: deployment already ended ({s.phase.value})", deployment_id=s.deployment_id
@@ -388,6 +389,7 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
                 "policy",
                 "distribution",
                 "drill",
+                "registry",
             ):
                 return s
             raise IllegalTransition(f"unknown event {a!r}", deployment_id=s.deployment_id)
@@ -443,7 +445,8 @@ def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
             return s.with_devices({dev: D.QUARANTINED})
         case "device.rollback_failed":
             mi = tuple(sorted({*s.manual_intervention, dev}))
-            return s.with_devices({dev: D.ROLLBACK_FAILED}, manual_intervention=mi)
+            why = f"rollback failed: {d.get('error') or 'no detail'}"
+            return s.with_devices({dev: D.ROLLBACK_FAILED}, {dev: why}, manual_intervention=mi)
         case "device.recovered":  # an operator fixed a device by hand
             if dev not in s.manual_intervention:
                 raise IllegalTransition(

@@ -84,6 +84,9 @@ class Device:
     monitoring: Monitoring = Monitoring.MEDIUM
     critical: bool = False
     state: DeviceState = DeviceState.ACTIVE
+    # Why the device is not active (a quarantine names the deployment and the failure);
+    # written by fleetgate when it sets a device aside, or by hand in the inventory.
+    state_reason: str = ""
 
     def __post_init__(self) -> None:
         if not DEVICE_ID_RE.match(self.id):

@@ -133,7 +133,8 @@ def plan_deployment(
         else:
             cell_reasons[key].update(compat.reasons)
         if d.state is not DeviceState.ACTIVE:
-            excluded.append(Exclusion(d, f"state {d.state.value}"))
+            why = f": {d.state_reason}" if d.state_reason else ""
+            excluded.append(Exclusion(d, f"state {d.state.value}{why}"))
         elif not compat.ok:
             excluded.append(Exclusion(d, "incompatible: " + "; ".join(compat.reasons)))
         else:

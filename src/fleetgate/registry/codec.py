@@ -6,7 +6,8 @@ fleet.yaml files, so both directions use the one documented shape::
     {"id": …, "hardware": …, "arch": "arm64", "group": …, "address": …,
      "token_env": …  (and/or "token_file"; a key is present only when set),
      "resources": {"ram_mb": int, "disk_mb": int, "gpu": bool},
-     "software": {name: str}, "monitoring": …, "critical": bool, "state": …}
+     "software": {name: str}, "monitoring": …, "critical": bool, "state": …,
+     "state_reason": …  (present only when set: why the device is not active)}
 
 Round trip: ``device_from_dict(device_to_dict(d)) == d`` for every valid ``Device`` whose text
 fields and software versions are not blank (an inventory never produces blank ones).
@@ -50,6 +51,8 @@ def device_to_dict(d: Device) -> dict[str, Any]:
     out["monitoring"] = d.monitoring.value
     out["critical"] = d.critical
     out["state"] = d.state.value
+    if d.state_reason:
+        out["state_reason"] = d.state_reason
     return out
 
 

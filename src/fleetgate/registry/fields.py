@@ -55,6 +55,7 @@ FIELDS = (
     "monitoring",
     "critical",
     "state",
+    "state_reason",
 )
 # Device fields: a software entry named like one would be shadowed by the field in selectors
 # and canary cover (``Device.attribute`` reads fields first) or be confused with it.
@@ -269,6 +270,7 @@ def build_device(
     monitoring = c.choice("monitoring", Monitoring, Monitoring.MEDIUM)
     critical = c.flag("critical", False)
     state = c.choice("state", DeviceState, DeviceState.ACTIVE)
+    state_reason = c.text("state_reason", required=False) or ""
     software = _software(c, inventory_rules)
     if c.problems:
         return None, c.problems
@@ -287,6 +289,7 @@ def build_device(
         monitoring=monitoring,
         critical=critical,
         state=state,
+        state_reason=state_reason,
     )
     return device, []
 

@@ -51,6 +51,7 @@ DEVICE_KEYS = (
     "monitoring",
     "critical",
     "state",
+    "state_reason",
 )
 RESOURCE_KEYS = ("ram_mb", "disk_mb", "gpu")
 

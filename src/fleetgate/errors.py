@@ -80,3 +80,21 @@ class StoreError(FleetgateError):
 
 class StoreConfigError(StoreError, InputError):
     """The store URL is malformed or names something fleetgate cannot use. Exit code 2."""
+
+
+class LeaseLost(StoreError):
+    """A driver's lease on a deployment was taken over (or could not be renewed): its write
+    was refused and it must stop. Never retried: the new holder drives the deployment now.
+    ``holder`` and ``epoch`` name the lease's current holding when known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deployment_id: str,
+        holder: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        super().__init__(message, deployment_id=deployment_id, retryable=False)
+        self.holder = holder
+        self.epoch = epoch

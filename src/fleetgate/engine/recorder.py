@@ -10,6 +10,11 @@ one flusher task in batches with ``Store.append_many`` — one transaction per b
 event — and every caller of the batch is released when it commits. Order in the log is the order
 in which ``record`` was called, which is the order the state machine saw.
 
+Fencing (invariant 9): a recorder made with the driver's lease ``fence`` passes it on every flush,
+so the store refuses the batch once another controller took the lease over (``LeaseLost``). The
+first failed flush fails every queued record and closes the recorder: later ``record`` calls
+raise the same error, so nothing after a refused batch is ever written.
+
 The recorder also keeps the per-device command ledger (``DeviceLedger``): the last command sent to
 each device with its ``seq`` and whether its result was recorded. After a controller crash the
 ledger is rebuilt from the log, so an in-flight command is re-sent with the *same* seq and the agent
@@ -19,18 +24,22 @@ answers it from its record instead of executing it twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetgate.core.events import Event, StoredEvent
 from fleetgate.core.machine import apply
 from fleetgate.core.state import DeploymentState
 
+if TYPE_CHECKING:
+    from fleetgate.store.leases import Fence
+
 
 class EventSink(Protocol):
-    async def append_many(self, new: list[Event]) -> list[StoredEvent]: ...
+    async def append_many(
+        self, new: list[Event], *, fence: Fence | None = None
+    ) -> list[StoredEvent]: ...
 
 
 _INTENTS = {
@@ -91,8 +100,10 @@ class Recorder:
         *,
         history: Iterable[Event | StoredEvent] = (),
         batch_max: int = 500,
+        fence: Fence | None = None,
     ) -> None:
         self._sink = sink
+        self._fence = fence
         self.state = state
         self._now = now
         self.ledger = DeviceLedger()
@@ -103,6 +114,7 @@ class Recorder:
         self._batch_max = batch_max
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._failure: BaseException | None = None
         self.written = 0
 
     @property
@@ -117,8 +129,13 @@ class Recorder:
         self._closed = True
         self._wake.set()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                # The flusher's own cancellation ends here; the caller's is passed on.
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise
 
     def make(
         self,
@@ -154,6 +171,8 @@ class Recorder:
         await self.record_event(ev)
 
     async def record_event(self, ev: Event) -> None:
+        if self._failure is not None:
+            raise self._failure  # a batch was refused: nothing after it may be written
         if self._closed or self._task is None:
             raise RuntimeError("recorder is not running")
         self.state = apply(self.state, ev)  # raises IllegalTransition: nothing written
@@ -171,8 +190,10 @@ class Recorder:
                 batch = self._queue[: self._batch_max]
                 del self._queue[: len(batch)]
                 try:
-                    await self._sink.append_many([ev for ev, _ in batch])
+                    await self._sink.append_many([ev for ev, _ in batch], fence=self._fence)
                 except BaseException as exc:
+                    if not isinstance(exc, asyncio.CancelledError):
+                        self._failure = exc
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)

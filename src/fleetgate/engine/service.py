@@ -8,6 +8,10 @@
   serves the blob over HTTP for this run, rebuilds the context from the log and runs the drive
   loop until the deployment needs a human or has ended. The lease is renewed in the background
   and released on exit, so a waiting deployment holds no lease.
+- The lease is a fence (invariant 9): its expiry is on the store's clock, every append of the
+  drive carries the holding's epoch and is refused once another controller took over, and a
+  renewal that fails (taken over, or the store unreachable for a whole TTL) cancels the drive.
+  Either way the drive ends with ``LeaseLost`` and this controller writes nothing more.
 - ``approve``/``reject``/``resume``/``request_rollback``/``recover``: human decisions, recorded
   with the human's name, validated by the state machine against the log's current state.
 
@@ -40,7 +44,8 @@ from fleetgate.core.state import TERMINAL, DeploymentState, Phase
 from fleetgate.engine.context import Clock, EngineContext, Release, sample_from_dict
 from fleetgate.engine.recorder import Recorder
 from fleetgate.engine.runner import drive
-from fleetgate.errors import FleetgateError, GuardrailError, InputError
+from fleetgate.errors import FleetgateError, GuardrailError, InputError, LeaseLost, StoreError
+from fleetgate.store.leases import Fence, Lease, lease_lost
 from fleetgate.transports.base import DeviceTransport
 
 SEQ_COUNTER = "__deployments__"
@@ -57,6 +62,23 @@ class Decision:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+LEASE_TTL_ENV = "FLEETGATE_LEASE_TTL"
+
+
+def default_lease_ttl() -> float:
+    """60 s, or ``FLEETGATE_LEASE_TTL`` (seconds): how long a silent driver keeps a deployment."""
+    raw = os.environ.get(LEASE_TTL_ENV, "").strip()
+    if not raw:
+        return 60.0
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = -1.0
+    if not ttl > 0:
+        raise InputError(f"{LEASE_TTL_ENV}={raw!r}: expected a positive number of seconds")
+    return ttl
+
+
 @dataclass
 class ControllerConfig:
     blob_dir: Path
@@ -64,7 +86,7 @@ class ControllerConfig:
     dist_host: str = "127.0.0.1"
     dist_port: int = 0
     concurrency: int = 200
-    lease_ttl_s: float = 60.0
+    lease_ttl_s: float = field(default_factory=default_lease_ttl)
 
 
 @dataclass
@@ -191,9 +213,9 @@ class Controller:
         ``deployment.resumed`` on a deployment that is not HALTED records nothing: its
         controller died, and resuming it is driving on from the log (crash recovery).
         """
-        async with self._lease(dep_id):
+        async with self._lease(dep_id) as fence:
             events = await self._events(dep_id)
-            async with self._recorder(dep_id, events) as rec:
+            async with self._recorder(dep_id, events, fence) as rec:
                 try:
                     if decision is not None and not (
                         decision.action == "deployment.resumed"
@@ -207,14 +229,14 @@ class Controller:
                             device_id=decision.device_id,
                             **decision.details,
                         )
-                        await self._cache_status(rec.state)
+                        await self._cache_status(rec.state, fence)
                     if drive and not isinstance(next_effects(rec.state)[0], WaitForHuman | Stop):
-                        await self._drive(rec, events)
+                        await self._drive(rec, events, fence)
                     return rec.state
                 finally:
-                    await self._cache_status(rec.state)
+                    await self._cache_status(rec.state, fence)
 
-    async def _drive(self, rec: Recorder, events: list[Any]) -> None:
+    async def _drive(self, rec: Recorder, events: list[Any], fence: Fence) -> None:
         from fleetgate.artifacts.distribution import DistributionServer
 
         created = events[0].details
@@ -222,7 +244,10 @@ class Controller:
             self.config.blob_dir, self.config.dist_host, self.config.dist_port
         ) as dist:
             url = dist.blob_url(str(created["sha256"]))
-            await rec.record("distribution.started", url=url)
+            # Who drives from here on: the log names each driver's holding.
+            await rec.record(
+                "distribution.started", url=url, holder=fence.holder, epoch=fence.epoch
+            )
             ctx = self._context(rec.deployment_id, rec, created, events, url)
             await drive(ctx, self._prepare)
 
@@ -239,9 +264,10 @@ class Controller:
             raise InputError(f"no deployment {dep_id!r}")
         return events
 
-    async def _cache_status(self, state: DeploymentState) -> None:
+    async def _cache_status(self, state: DeploymentState, fence: Fence) -> None:
         """Keep the deployments table's summary in step with the log (it is a cache: the
-        log is the truth; ``start`` re-folds anything not terminal)."""
+        log is the truth; ``start`` re-folds anything not terminal). Fenced: a driver that lost
+        its lease may hold a state the log never got, and must not publish it."""
         with contextlib.suppress(FleetgateError):
             await self.store.update_deployment(
                 state.deployment_id,
@@ -251,6 +277,7 @@ class Controller:
                     "halt_reason": state.halt_reason,
                     "targets": len(state.devices),
                 },
+                fence=fence,
             )
 
     async def unresolved_rollback_failures(self) -> dict[str, tuple[str, ...]]:
@@ -337,47 +364,132 @@ class Controller:
         )
 
     @contextlib.asynccontextmanager
-    async def _recorder(self, dep_id: str, events: list[Any]) -> AsyncIterator[Recorder]:
-        rec = Recorder(self.store, fold(dep_id, events), self.clock.now_iso, history=events)
+    async def _recorder(
+        self, dep_id: str, events: list[Any], fence: Fence
+    ) -> AsyncIterator[Recorder]:
+        rec = Recorder(
+            self.store, fold(dep_id, events), self.clock.now_iso, history=events, fence=fence
+        )
         async with rec:
             yield rec
 
     @contextlib.asynccontextmanager
-    async def _lease(self, dep_id: str) -> AsyncIterator[None]:
+    async def _lease(self, dep_id: str) -> AsyncIterator[Fence]:
+        """Hold the deployment's lease for the block; yields the holding's fence.
+
+        A background task renews it every TTL/3. When a renewal finds the lease taken over, or
+        the store has not renewed it for a whole TTL, the task running the block is cancelled
+        and the block ends with ``LeaseLost``: a controller never drives on without its lease.
+        """
         ttl = self.config.lease_ttl_s
-        if not await self._acquire(dep_id, ttl):
-            lease = await self.store.get_lease(dep_id)
-            who = f" by {lease.holder} until {lease.expires_at}" if lease else ""
+        lease = await self._acquire(dep_id, ttl)
+        if lease is None:
+            current = await self.store.get_lease(dep_id)
+            who = (
+                f" by {current.holder} (epoch {current.epoch}) until {current.expires_at} "
+                "(store clock)"
+                if current
+                else ""
+            )
             raise FleetgateError(
                 f"deployment {dep_id} is being driven{who}", deployment_id=dep_id, retryable=True
             )
+        fence = lease.fence
+        driver = asyncio.current_task()
+        assert driver is not None
+        lost: list[LeaseLost] = []
+        inside = [True]  # cancel the driver only while it runs the block
 
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(ttl / 3)
-                await self.store.renew_lease(dep_id, self.holder, ttl, self.clock.now_iso())
+        def stop(exc: LeaseLost) -> None:
+            lost.append(exc)
+            if inside[0]:
+                driver.cancel(str(exc))
 
-        task = asyncio.create_task(renew(), name=f"fleetgate-lease-{dep_id}")
+        task = asyncio.create_task(
+            self._keep_lease(fence, ttl, stop), name=f"fleetgate-lease-{dep_id}"
+        )
         try:
-            yield
+            yield fence
+            inside[0] = False
+            if lost:  # cancelled, but the cancellation was absorbed on the way out
+                if driver.cancelling():
+                    driver.uncancel()
+                raise lost[0]
+        except asyncio.CancelledError:
+            inside[0] = False
+            if lost and driver.uncancel() == 0:
+                raise lost[0] from None
+            raise
+        except BaseExceptionGroup as group:  # noqa: F821 (the controller needs Python 3.11)
+            # Several device tasks failed at once (a TaskGroup): the lost lease is the cause.
+            inside[0] = False
+            found = lost[0] if lost else _first_lease_lost(group)
+            if found is None:
+                raise
+            if lost and driver.cancelling():
+                driver.uncancel()
+            raise found from None
         finally:
+            inside[0] = False
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, FleetgateError):
                 await task
             with contextlib.suppress(FleetgateError):
-                await self.store.release_lease(dep_id, self.holder)
+                await self.store.release_lease(dep_id, self.holder, fence.epoch)
 
-    async def _acquire(self, dep_id: str, ttl: float) -> bool:
-        if await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()):
-            return True
-        lease = await self.store.get_lease(dep_id)
-        if lease is None or not holder_is_dead(lease.holder):
-            return False
+    async def _keep_lease(
+        self, fence: Fence, ttl: float, stop: Callable[[LeaseLost], None]
+    ) -> None:
+        """Renew every TTL/3 until cancelled; on a lost lease call ``stop`` once and return."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()  # a local duration (monotonic), not a wall-clock time
+        dep = fence.deployment_id
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if await self.store.renew_lease(dep, fence.holder, fence.epoch, ttl):
+                    renewed = loop.time()
+                    continue
+                current: Lease | None = await self.store.get_lease(dep)
+                stop(lease_lost(fence, current))
+                return
+            except StoreError as exc:
+                if loop.time() - renewed < ttl:
+                    continue  # a store hiccup: the lease is still ours, try again
+                stop(
+                    LeaseLost(
+                        f"deployment {dep}: lease not renewed for {ttl:g} s ({exc}): "
+                        "stopped driving; this controller writes nothing more",
+                        deployment_id=dep,
+                    )
+                )
+                return
+
+    async def _acquire(self, dep_id: str, ttl: float) -> Lease | None:
+        lease: Lease | None = await self.store.acquire_lease(dep_id, self.holder, ttl)
+        if lease is not None:
+            return lease
+        current: Lease | None = await self.store.get_lease(dep_id)
+        if current is None or not holder_is_dead(current.holder):
+            return None
         # A controller on this host that was killed can neither renew nor release its lease:
         # take over now instead of waiting out its TTL. Its log is complete up to its last
-        # committed event, and the fold continues from there.
-        await self.store.release_lease(dep_id, lease.holder)
-        return bool(await self.store.acquire_lease(dep_id, self.holder, ttl, self.clock.now_iso()))
+        # committed event, and the fold continues from there. Ending its holding and acquiring
+        # anew raises the epoch, so even a wrongly declared dead holder could write nothing.
+        await self.store.release_lease(dep_id, current.holder, current.epoch)
+        taken: Lease | None = await self.store.acquire_lease(dep_id, self.holder, ttl)
+        return taken
+
+
+def _first_lease_lost(exc: BaseException) -> LeaseLost | None:
+    if isinstance(exc, LeaseLost):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):  # noqa: F821 (the controller needs Python 3.11)
+        for inner in exc.exceptions:
+            found = _first_lease_lost(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def holder_is_dead(holder: str) -> bool:

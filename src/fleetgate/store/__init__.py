@@ -5,11 +5,12 @@ for the schema and the guarantees.
 """
 
 from fleetgate.store.engine import StoreTarget, parse_store_url
-from fleetgate.store.leases import Lease
+from fleetgate.store.leases import Fence, Lease
 from fleetgate.store.store import DeploymentRecord, Store, StoreOpener
 
 __all__ = [
     "DeploymentRecord",
+    "Fence",
     "Lease",
     "Store",
     "StoreOpener",

@@ -16,7 +16,9 @@ database JSON type, so what is hashed is exactly what is stored.
 - ``chain_head``: exactly one row (``id = 1``) holding the last ``seq`` and ``hash``; it changes in
   the same transaction as every append, so cutting events off the end is detectable, and on
   PostgreSQL its row lock is what serialises appenders.
-- ``leases``: which controller drives a deployment, until when.
+- ``leases``: which controller drives a deployment, until when (store clock), and the epoch of
+  its holding: the fencing token every append of a driver is checked against. Rows are kept on
+  release so the epoch only ever grows.
 - ``device_seq``: the last command sequence number sent to each device.
 """
 
@@ -98,6 +100,7 @@ leases = Table(
     Column("deployment_id", ID, primary_key=True),
     Column("holder", Text, nullable=False),
     Column("expires_at", TS, nullable=False),
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
 )
 
 device_seq = Table(

@@ -13,7 +13,13 @@ that use the store inside such a block — they would share its connection.
 
 Timestamps are supplied by callers (``fleetgate.clock.utc_now_iso`` where the caller has no
 clock of its own); methods that stamp rows take an optional ``now`` and read the clock only when
-it is omitted. Events keep the ``ts`` their caller gave them.
+it is omitted. Events keep the ``ts`` their caller gave them. The exceptions are the times that
+gate safety: lease expiry is computed and compared with the store's clock (``Store.now``:
+PostgreSQL's ``clock_timestamp()``, the host clock for SQLite), never a caller's.
+
+Fencing: ``append_many``/``append``/``update_deployment`` take an optional ``fence`` (the
+driver's lease holding). It is checked inside the same write transaction, before anything is
+written; a stale one is refused with ``LeaseLost`` and nothing of the call is written.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from fleetgate.errors import StoreError, ValidationError
 from fleetgate.registry.codec import device_from_dict, device_to_dict
 from fleetgate.store import audit_log, leases, migrate
 from fleetgate.store.engine import WRITE_OPTION, StoreTarget, create_store_engine, parse_store_url
-from fleetgate.store.leases import Lease
+from fleetgate.store.leases import Fence, Lease
 from fleetgate.store.schema import deployments, devices, upsert
 
 # The transaction the current task is inside, if any (see ``Store.transaction``).
@@ -232,14 +238,20 @@ class Store:
 
     # -- events --------------------------------------------------------------------------------
 
-    async def append(self, event: Event) -> StoredEvent:
-        return (await self.append_many([event]))[0]
+    async def append(self, event: Event, *, fence: Fence | None = None) -> StoredEvent:
+        return (await self.append_many([event], fence=fence))[0]
 
-    async def append_many(self, new: Sequence[Event]) -> list[StoredEvent]:
-        """Append in order, in one transaction; returns the events with their seq and hashes."""
+    async def append_many(
+        self, new: Sequence[Event], *, fence: Fence | None = None
+    ) -> list[StoredEvent]:
+        """Append in order, in one transaction; returns the events with their seq and hashes.
+        With ``fence``, the lease must still be that holding (checked in the same transaction,
+        before writing): else ``LeaseLost`` and nothing is written."""
         if not new:
             return []
         async with self._tx(write=True) as conn:
+            if fence is not None:
+                await leases.check_fence(conn, fence)
             return await audit_log.append_events(conn, new)
 
     async def iter_events(
@@ -322,9 +334,12 @@ class Store:
         data: Mapping[str, Any],
         *,
         now: str | None = None,
+        fence: Fence | None = None,
     ) -> DeploymentRecord:
         stamp = normalise_iso(now) if now is not None else utc_now_iso()
         async with self._tx(write=True) as conn:
+            if fence is not None:
+                await leases.check_fence(conn, fence)
             row = (
                 await conn.execute(
                     update(deployments)
@@ -368,25 +383,30 @@ class Store:
 
     # -- leases and device sequence numbers ----------------------------------------------------
 
-    async def acquire_lease(
-        self, deployment_id: str, holder: str, ttl_s: float, now: datetime | str
-    ) -> bool:
-        """Take (or extend our own) lease on a deployment; False if someone else holds it."""
-        async with self._tx(write=True) as conn:
-            return await leases.acquire(conn, deployment_id, holder, ttl_s, now)
+    async def now(self) -> datetime:
+        """The store's clock (PostgreSQL server's ``clock_timestamp()``; SQLite: this host's):
+        the one lease expiry and soak times are measured on."""
+        async with self._tx(write=False) as conn:
+            return await leases.store_now(conn)
 
-    async def renew_lease(
-        self, deployment_id: str, holder: str, ttl_s: float, now: datetime | str
-    ) -> bool:
-        """Extend the lease to ``now + ttl_s``; False if ``holder`` no longer holds it."""
+    async def acquire_lease(self, deployment_id: str, holder: str, ttl_s: float) -> Lease | None:
+        """Take the lease (a new holding, with a higher epoch) if it is free, expired on the
+        store's clock, or already ours; None if someone else holds it."""
         async with self._tx(write=True) as conn:
-            return await leases.renew(conn, deployment_id, holder, ttl_s, now)
+            return await leases.acquire(conn, deployment_id, holder, ttl_s)
 
-    async def release_lease(self, deployment_id: str, holder: str) -> bool:
+    async def renew_lease(self, deployment_id: str, holder: str, epoch: int, ttl_s: float) -> bool:
+        """Extend the holding to store-now + ``ttl_s``; False if it is no longer the lease's."""
         async with self._tx(write=True) as conn:
-            return await leases.release(conn, deployment_id, holder)
+            return await leases.renew(conn, deployment_id, holder, epoch, ttl_s)
+
+    async def release_lease(self, deployment_id: str, holder: str, epoch: int) -> bool:
+        """End this holding now (the row and its epoch stay); False if it was not current."""
+        async with self._tx(write=True) as conn:
+            return await leases.release(conn, deployment_id, holder, epoch)
 
     async def get_lease(self, deployment_id: str) -> Lease | None:
+        """The deployment's lease row (also when expired or released), None if never leased."""
         async with self._tx(write=False) as conn:
             return await leases.get(conn, deployment_id)
 

@@ -1,7 +1,14 @@
 """``fleetgate deploy start|status|approve|reject|resume|rollback|report``.
 
 Exit codes (DESIGN.md): 0 COMPLETE, 1 PARTIAL, 3 halted/rolled back/aborted, 4 waiting for
-approval (or for a human decision after a pause), 2 bad input, 5 internal error.
+approval or for a human decision after a 5-20 % wave pause (HALTED with failed devices pending
+quarantine), 2 bad input (a missing, truncated or wrongly signed bundle too), 3 for a refusal by a
+guardrail, 5 internal error.
+
+The release's public key (``--pubkey``, ``FLEETGATE_PUBKEY`` or ``.fleetgate/keys/``) is needed
+only to verify a release: by ``start``, and by a decision whose drive still has PREPARE to run.
+Approving, rejecting, resuming or rolling back a deployment past PREPARE works without it. A
+human's name (``--as``) is stripped; a blank one is refused.
 
 ``start`` runs until the deployment needs a human; with ``--follow`` it then waits, showing the
 state, for the decision to be recorded (``deploy approve`` from another terminal) and drives on
@@ -22,14 +29,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fleetgate.cli.main import EXIT_HALTED, EXIT_OK, EXIT_PARTIAL, EXIT_WAITING
+from fleetgate.cli.main import EXIT_HALTED, EXIT_OK, EXIT_PARTIAL, EXIT_WAITING, person
 from fleetgate.core.state import DeploymentState, Phase, render_state_block
-from fleetgate.errors import InputError
+from fleetgate.errors import InputError, IntegrityError
 
 HOME = Path(os.environ.get("FLEETGATE_HOME", ".fleetgate"))
 
 
 def exit_code(state: DeploymentState) -> int:
+    if state.phase is Phase.HALTED and state.pending_quarantine:
+        return EXIT_WAITING  # a 5-20 % wave pause: a human decides, nothing was rolled back
     return {
         Phase.COMPLETE: EXIT_OK,
         Phase.PARTIAL: EXIT_PARTIAL,
@@ -85,6 +94,7 @@ def register_run(dsub: Any) -> None:
     report = dsub.add_parser("report", help="the session report, from the event log alone")
     report.add_argument("id", nargs="?")
     report.add_argument("--format", choices=("md", "json"), default="md")
+    report.add_argument("--json", action="store_true", help="the same as --format json")
     report.set_defaults(handler=cmd_report)
 
 
@@ -100,17 +110,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=200, help="devices driven in parallel")
 
 
-def _pubkey(args: argparse.Namespace) -> Path:
-    path = args.pubkey or Path(
-        os.environ.get("FLEETGATE_PUBKEY", HOME / "keys" / "fleetgate-signing.pub")
-    )
-    if not Path(path).exists():
+def _pubkey(args: argparse.Namespace, *, required: bool) -> Path | None:
+    """The public key named by ``--pubkey`` or ``FLEETGATE_PUBKEY`` (which must exist), else
+    the default one if it exists; without one, None unless ``required``."""
+    named = args.pubkey or os.environ.get("FLEETGATE_PUBKEY")
+    path = Path(named) if named else HOME / "keys" / "fleetgate-signing.pub"
+    if path.exists():
+        return path
+    if named or required:
         raise InputError(f"{path}: no public key (give --pubkey or set FLEETGATE_PUBKEY)")
-    return Path(path)
+    return None
 
 
 @contextlib.asynccontextmanager
-async def controller(args: argparse.Namespace) -> AsyncIterator[Any]:
+async def controller(args: argparse.Namespace, *, need_pubkey: bool = False) -> AsyncIterator[Any]:
     from fleetgate.cli.progress import Progress
     from fleetgate.engine.service import Controller, ControllerConfig
     from fleetgate.store import Store
@@ -119,7 +132,9 @@ async def controller(args: argparse.Namespace) -> AsyncIterator[Any]:
 
     progress = Progress(enabled=not getattr(args, "json", False))
     config = ControllerConfig(
-        HOME / "blobs", _pubkey(args), concurrency=getattr(args, "concurrency", 200)
+        HOME / "blobs",
+        _pubkey(args, required=need_pubkey),
+        concurrency=getattr(args, "concurrency", 200),
     )
     async with (
         Store.open(args.db) as store,
@@ -179,10 +194,20 @@ async def cmd_start(args: argparse.Namespace) -> int:
 
     policy, doc = load_policy_doc(args.policy)
     selector = parse_selector(args.select) if args.select else None
-    async with controller(args) as ctl:
-        dep = await ctl.start(
-            args.artifact, policy, policy_doc=doc, select=selector.matches if selector else None
-        )
+    async with controller(args, need_pubkey=True) as ctl:
+        try:
+            dep = await ctl.start(
+                args.artifact,
+                policy,
+                policy_doc=doc,
+                select=selector.matches if selector else None,
+            )
+        except IntegrityError as exc:
+            # The bundle the operator named is missing, truncated, altered or signed by
+            # another key: their input to fix (exit 2), not an internal error.
+            reason = str(exc)
+            prefix = f"{args.artifact}: "
+            raise InputError(reason if reason.startswith(prefix) else prefix + reason) from exc
         print(f"started {dep}", file=sys.stderr)
         state = await ctl.drive(dep)
         if args.follow:
@@ -212,7 +237,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_decide(args: argparse.Namespace) -> int:
     from fleetgate.engine.service import Decision
 
-    actor = args.actor or os.environ.get("USER") or ""
+    # Without --as (resume, rollback): $USER; the engine refuses an empty name where it records.
+    user = (os.environ.get("USER") or "").strip()
+    actor = person(args.actor) if args.actor is not None else user
     details: dict[str, Any] = {"comment": args.comment}
     if args.action == "rollback.requested":
         details.update(devices=args.device, reason=args.comment or "operator rollback")
@@ -228,7 +255,7 @@ async def cmd_report(args: argparse.Namespace) -> int:
 
     dep, events = await _load(args)
     report = build_report(dep, events)
-    if args.format == "json":
+    if args.format == "json" or args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:

@@ -6,7 +6,11 @@ returns an exit code. Handlers may be coroutines: they are run with ``asyncio.ru
 
 Exit codes (DESIGN.md): 0 ok/complete, 1 PARTIAL, 2 usage or input error, 3 halted/rolled
 back/aborted, 4 waiting for approval, 5 internal error. A ``FleetgateError`` that is the user's
-fault prints one line per problem on stderr and no traceback.
+fault prints one line per problem on stderr and no traceback. A ``GuardrailError`` is a refusal,
+not a failure of fleetgate: it exits 3 like a halt (a blocked plan, a new deployment while a
+rollback failure is unresolved). Commands that read a file the user named turn an
+``IntegrityError`` about it into an ``InputError`` themselves (``deploy start``, ``artifact
+verify``); one that reaches this dispatcher is about data fleetgate keeps, so it stays 5.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fleetgate.errors import FleetgateError, InputError
+from fleetgate.errors import FleetgateError, GuardrailError, InputError
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -106,12 +110,23 @@ def run(argv: Sequence[str]) -> int:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"fleetgate: error: {line}", file=sys.stderr)
         return EXIT_INPUT
+    except GuardrailError as exc:
+        print(f"fleetgate: error: {exc}", file=sys.stderr)
+        return EXIT_HALTED
     except FleetgateError as exc:
         print(f"fleetgate: error: {exc}", file=sys.stderr)
         return EXIT_HALTED if exc.deployment_id else EXIT_INTERNAL
     except KeyboardInterrupt:
         print("fleetgate: interrupted", file=sys.stderr)
         return 130
+
+
+def person(name: str | None, flag: str = "--as") -> str:
+    """A human's name as the audit log records it (``--as NAME``): stripped, never blank."""
+    cleaned = (name or "").strip()
+    if not cleaned:
+        raise InputError(f"{flag}: a blank name does not name a person; give {flag} NAME")
+    return cleaned
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fleetgate.cli.main import EXIT_OK
+from fleetgate.cli.main import EXIT_OK, person
 
 
 def register(sub: Any) -> None:
@@ -37,6 +37,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     from fleetgate.registry import load_inventory
     from fleetgate.store import Store
 
+    actor = person(args.actor)
     devices = load_inventory(args.file)  # raises ValidationError listing every problem
     digest = hashlib.sha256(args.file.read_bytes()).hexdigest()
     async with Store.open(args.db) as store, store.transaction():
@@ -46,7 +47,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
                 ts=utc_now_iso(),
                 deployment_id=None,
                 action="registry.imported",
-                actor=args.actor,
+                actor=actor,
                 details={"file": str(args.file), "sha256": digest, "devices": len(devices)},
             )
         )

@@ -82,11 +82,21 @@ def default_lease_ttl() -> float:
 @dataclass
 class ControllerConfig:
     blob_dir: Path
-    public_key: Path
+    # Only verifying a release needs it: ``start`` and a drive that still runs PREPARE. Human
+    # decisions on a deployment past PREPARE (approve, reject, resume, rollback) do not.
+    public_key: Path | None
     dist_host: str = "127.0.0.1"
     dist_port: int = 0
     concurrency: int = 200
     lease_ttl_s: float = field(default_factory=default_lease_ttl)
+
+    def require_public_key(self) -> Path:
+        if self.public_key is None:
+            raise InputError(
+                "no public key to verify the release's signature: give --pubkey or set "
+                "FLEETGATE_PUBKEY"
+            )
+        return self.public_key
 
 
 @dataclass
@@ -123,7 +133,7 @@ class Controller:
                 "a rollback failed and is unresolved (" + where + "): no deployment may "
                 "proceed until it is (record `device.recovered` once the device is fixed)"
             )
-        pub = load_public_key(self.config.public_key)
+        pub = load_public_key(self.config.require_public_key())
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
         fleet = await self.store.list_devices()
         if not fleet:
@@ -299,12 +309,13 @@ class Controller:
         from fleetgate.artifacts.keys import load_public_key
         from fleetgate.artifacts.signing import verify_manifest
 
+        key_path = self.config.require_public_key()  # the operator's to give, not a failed check
         checks: list[dict[str, Any]] = []
         try:
             m = verify_manifest(
                 ctx.release.manifest_json.encode(),
                 ctx.release.signature,
-                load_public_key(self.config.public_key),
+                load_public_key(key_path),
             )
             checks.append({"check": "signature", "ok": True, "detail": m.label})
             async with aiohttp.ClientSession() as s, s.head(ctx.release.url) as r:

@@ -1,5 +1,7 @@
 """Shared set-up for engine tests: a signed release, a store, a virtual fleet, a controller
-with a virtual clock (soaks take no wall time but are measured and recorded)."""
+with a virtual clock (soaks take no wall time but are measured and recorded). The virtual clock
+also stands in for the store's clock, the authority soaks are measured on; leases still run on
+the real store clock."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +34,23 @@ FAST_POLICY: dict[str, Any] = {
 
 
 class VirtualClock(Clock):
-    """Time moves only when the engine sleeps (soaks, backoff)."""
+    """Time moves only when the engine sleeps (soaks, backoff). ``store_now`` is the same time
+    seen as the store's clock; ``skew_s`` puts this controller's own clock (``now``,
+    ``now_iso``) off by that much, as on a host with a wrong clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, skew_s: float = 0.0) -> None:
         self.t = time.time()
         self.slept = 0.0
+        self.skew_s = skew_s
+
+    async def store_now(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
 
     def now(self) -> float:
-        return self.t
+        return self.t + self.skew_s
 
     def now_iso(self) -> str:
-        from datetime import UTC, datetime
-
-        return to_iso(datetime.fromtimestamp(self.t, UTC))
+        return to_iso(datetime.fromtimestamp(self.now(), UTC))
 
     async def sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -115,5 +122,11 @@ async def harness(
     url = store_url or f"sqlite+aiosqlite:///{tmp}/fg.db"
     async with Store.open(url) as store, MemoryTransport(fleet) as transport:
         await store.replace_devices(fleet.devices)
-        ctl = Controller(store, transport, ControllerConfig(tmp / "blobs", pub), clock=clock)
+        ctl = Controller(
+            store,
+            transport,
+            ControllerConfig(tmp / "blobs", pub),
+            clock=clock,
+            store_clock=clock.store_now,
+        )
         yield Harness(store, fleet, ctl, clock, bundle, pol, doc)

@@ -2,8 +2,11 @@
 
 Everything here is rebuilt on resume from the ``deployment.created`` event (release, policy,
 device snapshot), so a controller that never saw the start of a deployment can drive it.
-Time is injected (``Clock``) so tests can run soaks in zero time and the crash test can measure
-a soak that counts the time already served.
+Time is injected. ``Clock`` is this controller's own: event timestamps, ``sleep`` for soaks
+and backoff. ``store_clock`` is the authority for times that gate safety (invariant 9): a soak
+is measured on it, so a controller whose own clock is wrong by years neither shortens nor
+lengthens one. It defaults to the store's clock (``Store.now``); tests drive both from one
+virtual clock so soaks take no wall time.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import stamina
 
-from fleetgate.clock import parse_iso, utc_now_iso
+from fleetgate.clock import parse_iso, utc_now, utc_now_iso
 from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.policy import Policy
 from fleetgate.engine.recorder import Recorder
@@ -25,6 +29,14 @@ from fleetgate.errors import FleetgateError
 from fleetgate.transports.base import DeviceTransport
 
 T = TypeVar("T")
+
+# The authoritative clock: an instant read from the store (``Store.now``), not this host.
+StoreClock = Callable[[], Awaitable[datetime]]
+
+
+async def host_clock() -> datetime:
+    """A ``StoreClock`` for contexts with no store behind them (the host's clock)."""
+    return utc_now()
 
 
 class Clock:
@@ -69,6 +81,10 @@ class EngineContext:
     baselines: dict[str, HealthSample | None] = field(default_factory=dict)
     seq_base: int = 0
     on_progress: Callable[[str, int, int], None] | None = None
+    store_clock: StoreClock = host_clock
+    # Longest uninterrupted sleep of a soak: a third of the lease TTL, so the remaining time is
+    # re-read from ``store_clock`` several times per lease period.
+    soak_slice_s: float = 20.0
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)

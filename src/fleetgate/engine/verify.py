@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from fleetgate.clock import parse_iso, to_iso
 from fleetgate.core.gates import (
     ScopeKind,
     WaveAction,
@@ -79,16 +80,35 @@ async def health_round(
     return {i: s for i, s in results.items() if s is not None}
 
 
-async def soak(ctx: EngineContext, stage: int, seconds: float) -> None:
-    key = f"{stage}:soak"
-    started = ctx.recorder.state.soak_started.get(key)
-    if started is None:
-        await ctx.recorder.record("soak.started", stage=stage, round="soak", seconds=seconds)
-        remaining = seconds
+async def soak(ctx: EngineContext, stage: int, seconds: float, *, key: str | None = None) -> None:
+    """Serve a soak of ``seconds``, measured on the store's clock (invariant 9).
+
+    ``soak.started`` records the store-clock start (``store_ts``); a resumed controller serves
+    only what is left, ``seconds - (store_now - started)``, re-read after every slice of sleep,
+    so its own clock (skewed, stopped and resumed) changes nothing. ``soak.completed`` records
+    ``served_s`` on the same clock, always ``>= seconds``. ``key`` names the soak
+    (``"STAGE:ROUND"``, or just the round; default ``"STAGE:soak"``) for a stage with more than
+    one soak.
+    """
+    key = key or f"{stage}:soak"
+    round_name = key.partition(":")[2] if ":" in key else key
+    key = f"{stage}:{round_name}"
+    recorded = ctx.recorder.state.soak_started.get(key)
+    if recorded is None:
+        started = await ctx.store_clock()
+        await ctx.recorder.record(
+            "soak.started", stage=stage, round=round_name, seconds=seconds, store_ts=to_iso(started)
+        )
     else:
-        remaining = seconds - ctx.clock.elapsed_since(started)
-    await ctx.clock.sleep(remaining)
-    await ctx.recorder.record("soak.completed", stage=stage, seconds=seconds)
+        started = parse_iso(recorded)
+    while True:
+        served = ((await ctx.store_clock()) - started).total_seconds()
+        if served >= seconds:
+            break
+        await ctx.clock.sleep(min(seconds - served, ctx.soak_slice_s))
+    await ctx.recorder.record(
+        "soak.completed", stage=stage, round=round_name, seconds=seconds, served_s=served
+    )
 
 
 async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:

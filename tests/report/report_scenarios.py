@@ -16,7 +16,8 @@ from fleetgate.core.events import Event
 DEP = "dep-7f3a"
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)
 FLEET_TOTAL = 12
-SHA = "5e" * 32
+SHA = "5e" * 32  # the payload's digest
+BUNDLE_SHA = "b1" * 32  # the .fgb file's, as `artifact build` prints it
 CANARIES = ["orin-a-01", "rpi-b-01"]
 WAVE1 = ["orin-a-02", "rpi-b-02", "rpi-b-03"]
 WAVE2 = ["orin-a-03", "orin-a-04", "rpi-b-04", "rpi-b-05", "orin-a-05"]
@@ -176,8 +177,10 @@ class Log:
         )
 
     # -- building blocks ---------------------------------------------------------------------
-    def created(self, *, with_plan: bool = True) -> None:
+    def created(self, *, with_plan: bool = True, with_bundle_sha: bool = True) -> None:
         extra: dict[str, Any] = {"plan": plan_dict()} if with_plan else {}
+        if with_bundle_sha:
+            extra["bundle_sha256"] = BUNDLE_SHA
         self.add(
             "deployment.created",
             actor="alice",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from report_scenarios import (
+    BUNDLE_SHA,
     CANARIES,
     DEP,
     FLEET_TOTAL,
@@ -37,7 +38,8 @@ SPEC_LINES = [
     "Strategy: canary -> staged rollout",
     "### PREPARE Phase",
     "**Artifact**: vision v2.4.1",
-    f"**Checksum**: {SHA}",
+    f"**Checksum**: sha256 {BUNDLE_SHA} (bundle, as printed by artifact build); "
+    f"payload sha256 {SHA}",
     "**Device groups**:",
     "| Group | Device Type | Count | Architecture |",
     "**Canary selection**: 2 devices",
@@ -126,9 +128,9 @@ def test_state_block_is_the_machines_block_with_the_spec_field_names() -> None:
 
 def test_health_boxes_are_aligned_and_wrap_long_text() -> None:
     for scenario in SCENARIOS.values():
-        _, md = report_of(scenario())
+        r, md = report_of(scenario())
         boxes = re.findall(r"```\nCANARY HEALTH REPORT\n(.*?)\n```", md, flags=re.S)
-        assert len(boxes) == len(CANARIES)
+        assert len(boxes) == len(r["canary"]["rows"])  # replacement canaries have boxes too
         for box in boxes:
             rows = box.split("\n")
             assert rows[0] == rows[-1] == "+" + "-" * (BOX_WIDTH + 2) + "+"
@@ -153,6 +155,7 @@ def test_happy_path_numbers() -> None:
         12,
         10,
     )
+    assert r["bundle_sha256"] == BUNDLE_SHA
     assert r["groups"] == ["plant-a", "plant-b"]
     assert [(x["device_id"], x["type"], x["group"]) for x in r["canary"]["rows"]] == [
         ("orin-a-01", "jetson-orin-nano", "plant-a"),
@@ -203,8 +206,14 @@ def test_bad_canary_rolled_back_and_rollout_not_reached() -> None:
     boxes = {b["device_id"]: b for b in r["verify"]["health_boxes"]}
     assert (boxes["rpi-b-01"]["status"], boxes["rpi-b-01"]["verdict"]) == ("FAILED", "FAIL")
     assert boxes["rpi-b-01"]["error_rate"] == 0.06
-    assert (boxes["orin-a-01"]["status"], boxes["orin-a-01"]["verdict"]) == ("HEALTHY", "PASS")
-    assert [x["status"] for x in r["canary"]["rows"]] == ["ROLLED BACK", "ROLLED BACK"]
+    # Its own checks passed, but its round failed: it proved nothing, so never "PASS".
+    assert (boxes["orin-a-01"]["status"], boxes["orin-a-01"]["verdict"]) == (
+        "HEALTHY",
+        "NOT PROVEN",
+    )
+    assert "| Status: FAILED (now QUARANTINED)" in md
+    # A partial canary FAIL quarantines the failed canary; bob then rolled back the other.
+    assert [x["status"] for x in r["canary"]["rows"]] == ["ROLLED BACK", "QUARANTINED"]
     assert r["approval"]["status"] == "NOT REQUESTED"
     assert "Requesting human approval" not in md
     assert "**Approval**: not requested (canary verdict FAIL)" in md
@@ -214,7 +223,7 @@ def test_bad_canary_rolled_back_and_rollout_not_reached() -> None:
     assert not any(w["reached"] for w in r["rollout"])
     first, second = r["rollbacks"]
     assert (first["scope"], first["phase"], first["rolled_back"]) == (
-        "canary",
+        "canary quarantine",
         "VERIFY",
         ["rpi-b-01"],
     )
@@ -224,7 +233,11 @@ def test_bad_canary_rolled_back_and_rollout_not_reached() -> None:
         ["orin-a-01"],
     )
     assert "**Rollback 2** (operator, during HALTED): operator: abandon vision 2.4.1" in md
-    assert confirm_counts(r)["Rolled back"] == (2, 16.7)
+    assert confirm_counts(r)["Rolled back"] == (1, 8.3)
+    assert confirm_counts(r)["Quarantined (failed)"] == (1, 8.3)
+    assert [(x["device"], x["status"]) for x in r["confirm"]["set_aside"]] == [
+        ("rpi-b-01", "QUARANTINED")
+    ]
     assert confirm_counts(r)["Pending (not reached)"] == (8, 66.7)
     assert r["result"] == "ROLLED_BACK" and "**Deployment result**: ROLLED_BACK" in md
     assert "_not reached: deployment rolled back in VERIFY_" in section(md, "### CONFIRM")
@@ -344,6 +357,7 @@ def test_every_prefix_of_the_log_reports(name: str) -> None:
     """A report can be asked for at any moment of a deployment (``deploy report`` while it
     runs): every prefix of the log builds and renders, and the state block matches the fold."""
     events = SCENARIOS[name]()
+    fleet_total = fold(DEP, events).fleet_total
     # Every prefix that ends a phase step, and every third one inside the device chatter.
     cuts = [
         n
@@ -355,7 +369,7 @@ def test_every_prefix_of_the_log_reports(name: str) -> None:
         md = render_report_md(r)
         assert r["state_block"] == render_state_block(fold(DEP, events[:n]))
         assert md.startswith("## Fleet Deployment: vision v2.4.1\n")
-        assert sum(row["count"] for row in r["confirm"]["rows"]) == FLEET_TOTAL
+        assert sum(row["count"] for row in r["confirm"]["rows"]) == fleet_total
         assert r["warnings"] == []
 
 
@@ -407,6 +421,22 @@ def test_a_log_without_a_recorded_plan_still_reports() -> None:
     ]
     assert "**Artifact**: vision v2.4.1" in md and "### CANARY Phase" in md
     assert "_not reached yet: deployment in progress (VERIFY)_" in md
+
+
+def test_checksum_names_the_bundle_digest_artifact_build_printed() -> None:
+    r, md = report_of(happy())
+    assert r["prepare"]["plan"]["artifact"]["bundle_sha256"] == BUNDLE_SHA
+    line = next(x for x in md.splitlines() if x.startswith("**Checksum**"))
+    assert line == (
+        f"**Checksum**: sha256 {BUNDLE_SHA} (bundle, as printed by artifact build); "
+        f"payload sha256 {SHA}"
+    )
+    # A log written before the bundle's digest was recorded says which digest it shows.
+    log = Log()
+    log.created(with_bundle_sha=False)
+    r, md = report_of(log.events)
+    assert r["bundle_sha256"] is None
+    assert f"**Checksum**: payload sha256 {SHA} (the bundle's digest was not recorded)" in md
 
 
 def test_prepare_failure_reports_every_later_phase_as_not_reached() -> None:

@@ -58,7 +58,12 @@ async def cmd_plan(args: argparse.Namespace) -> int:
     selector = parse_selector(args.select) if args.select else None
     fleet = await load_fleet(args)
     plan = plan_deployment(fleet, manifest, policy, selector.matches if selector else None)
-    data = plan_to_dict(plan, policy)
+    bundle_sha = None
+    if args.artifact.is_file() and not args.artifact.name.endswith(".toml"):
+        from fleetgate.artifacts.container import file_sha256
+
+        bundle_sha = file_sha256(args.artifact)  # the digest `artifact build` printed
+    data = plan_to_dict(plan, policy, bundle_sha256=bundle_sha)
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")

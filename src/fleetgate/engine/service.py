@@ -41,7 +41,7 @@ from fleetgate.core.model import Device
 from fleetgate.core.plan import plan_deployment
 from fleetgate.core.policy import Policy
 from fleetgate.core.state import TERMINAL, DeploymentState, Phase
-from fleetgate.engine.context import Clock, EngineContext, Release, StoreClock, sample_from_dict
+from fleetgate.engine.context import Clock, EngineContext, Release, sample_from_dict
 from fleetgate.engine.recorder import Recorder
 from fleetgate.engine.runner import drive
 from fleetgate.errors import FleetgateError, GuardrailError, InputError, LeaseLost, StoreError
@@ -109,8 +109,6 @@ class Controller:
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     )
     on_progress: Callable[[str, int, int], None] | None = None
-    # The authority for soak times; None: the store's clock (``Store.now``).
-    store_clock: StoreClock | None = None
 
     # -- start ----------------------------------------------------------------------------
     async def start(
@@ -122,6 +120,7 @@ class Controller:
         select: Callable[[Device], bool] | None = None,
         actor: str = "operator",
     ) -> str:
+        from fleetgate.artifacts.container import file_sha256
         from fleetgate.artifacts.distribution import load_published, publish_bundle
         from fleetgate.artifacts.keys import load_public_key
         from fleetgate.artifacts.signing import verify_bundle
@@ -149,6 +148,7 @@ class Controller:
         manifest_json, signature = await asyncio.to_thread(
             load_published, self.config.blob_dir, sha
         )
+        bundle_sha = await asyncio.to_thread(file_sha256, bundle)  # what `artifact build` printed
         dep_id = "d-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         seq_base = await self.store.next_device_seq(SEQ_COUNTER)
         plan_doc = plan_to_dict(plan, policy, sha256=sha)
@@ -157,6 +157,7 @@ class Controller:
             "stages": stages,
             "artifact": manifest.label,
             "sha256": sha,
+            "bundle_sha256": bundle_sha,
             "fleet_total": plan.fleet_total,
             "plan": plan_doc,
             "policy": policy_doc,
@@ -374,8 +375,6 @@ class Controller:
             baselines=baselines,
             seq_base=int(created["seq_base"]),
             on_progress=self.on_progress,
-            store_clock=self.store_clock or self.store.now,
-            soak_slice_s=self.config.lease_ttl_s / 3,
         )
 
     @contextlib.asynccontextmanager

@@ -18,8 +18,15 @@ from fleetgate.core.policy import Policy
 
 
 def plan_to_dict(
-    plan: Plan, policy: Policy, *, sha256: str | None = None, distribution: str | None = None
+    plan: Plan,
+    policy: Policy,
+    *,
+    sha256: str | None = None,
+    distribution: str | None = None,
+    bundle_sha256: str | None = None,
 ) -> dict[str, Any]:
+    """``sha256`` is the payload's digest (what the signed manifest binds, what devices fetch);
+    ``bundle_sha256`` the ``.fgb`` file's, the one ``fleetgate artifact build`` prints."""
     m = plan.manifest
     groups = Counter((d.group, d.hardware, d.arch.value) for d in plan.targeted)
     return {
@@ -28,6 +35,7 @@ def plan_to_dict(
             "version": m.version,
             "kind": m.kind.value,
             "sha256": sha256 or m.sha256,
+            "bundle_sha256": bundle_sha256,
             "size": m.size,
             "disk_mb": m.requires.disk_mb,
             "manifest": manifest_to_dict(m),
@@ -93,11 +101,23 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def checksum_text(a: dict[str, Any]) -> str:
+    """Both digests, each named: an operator compares the bundle's with ``artifact build``."""
+    payload, bundle = a.get("sha256"), a.get("bundle_sha256")
+    if bundle and payload:
+        return f"sha256 {bundle} (bundle, as printed by artifact build); payload sha256 {payload}"
+    if bundle:
+        return f"sha256 {bundle} (bundle, as printed by artifact build)"
+    if payload:
+        return f"payload sha256 {payload} (the bundle's digest was not recorded)"
+    return "not built yet (app directory)"
+
+
 def render_prepare_md(p: dict[str, Any]) -> str:
     a = p["artifact"]
     lines = ["### PREPARE Phase", ""]
     lines.append(f"**Artifact**: {a['name']} v{a['version']} ({a['kind']})")
-    lines.append(f"**Checksum**: {a['sha256'] or 'not built yet (app directory)'}")
+    lines.append(f"**Checksum**: {checksum_text(a)}")
     lines.append(
         f"**Target fleet**: {p['targeted']} devices across {len(p['groups'])} device groups "
         f"(inventory: {p['fleet_total']}, excluded: {len(p['excluded'])}, "

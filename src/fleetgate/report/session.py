@@ -27,6 +27,10 @@ Invariants:
 
 Readings of ``docs/events.md`` where it leaves a choice (kept here so the engine can match):
 
+- PREPARE's Checksum names both digests: the bundle file's (``deployment.created``
+  ``bundle_sha256``, what ``artifact build`` printed) and the payload's (``sha256``, what the
+  signed manifest binds and devices fetch). Older logs without ``bundle_sha256`` say so.
+
 - Canary table: Transfer is OK on ``device.staged``, FAIL on ``device.deploy_failed`` step
   ``stage``; Deploy OK on ``device.activated``, FAIL on step ``activate``; Smoke Test comes from
   ``device.health`` round ``smoke`` (PASS unless its status is ``failed``) or a ``deploy_failed``
@@ -130,6 +134,7 @@ def build_report(deployment_id: str, events: Sequence[StoredEvent | Event]) -> d
         "name": plan["artifact"]["name"],
         "version": plan["artifact"]["version"],
         "sha256": state.sha256,
+        "bundle_sha256": plan["artifact"].get("bundle_sha256"),
         "fleet_total": state.fleet_total,
         "targeted": targeted,
         "groups": groups,

@@ -61,6 +61,7 @@ def _fallback_plan(created: LogEvent, log: SessionLog) -> dict[str, Any]:
             "version": version,
             "kind": "?",
             "sha256": state.sha256,
+            "bundle_sha256": None,
             "size": None,
             "disk_mb": 0,
         },
@@ -94,6 +95,8 @@ def prepare_section(log: SessionLog, created: LogEvent) -> dict[str, Any]:
     plan["artifact"] = {**fallback["artifact"], **dict(recorded.get("artifact") or {})}
     if not plan["artifact"].get("sha256"):
         plan["artifact"]["sha256"] = log.state.sha256
+    if not plan["artifact"].get("bundle_sha256"):
+        plan["artifact"]["bundle_sha256"] = created.details.get("bundle_sha256")
     if not recorded:
         plan["notes"] = ["the plan was not recorded; rebuilt from the deployment's stages"]
     passed, failed = log.last("prepare.passed"), log.last("prepare.failed")

@@ -41,7 +41,7 @@ from fleetgate.core.model import Device
 from fleetgate.core.plan import plan_deployment
 from fleetgate.core.policy import Policy
 from fleetgate.core.state import TERMINAL, DeploymentState, Phase
-from fleetgate.engine.context import Clock, EngineContext, Release, sample_from_dict
+from fleetgate.engine.context import Clock, EngineContext, Release, StoreClock, sample_from_dict
 from fleetgate.engine.recorder import Recorder
 from fleetgate.engine.runner import drive
 from fleetgate.errors import FleetgateError, GuardrailError, InputError, LeaseLost, StoreError
@@ -109,6 +109,8 @@ class Controller:
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     )
     on_progress: Callable[[str, int, int], None] | None = None
+    # The authority for soak times; None: the store's clock (``Store.now``).
+    store_clock: StoreClock | None = None
 
     # -- start ----------------------------------------------------------------------------
     async def start(
@@ -375,6 +377,8 @@ class Controller:
             baselines=baselines,
             seq_base=int(created["seq_base"]),
             on_progress=self.on_progress,
+            store_clock=self.store_clock or self.store.now,
+            soak_slice_s=self.config.lease_ttl_s / 3,
         )
 
     @contextlib.asynccontextmanager

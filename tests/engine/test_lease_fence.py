@@ -405,3 +405,33 @@ async def test_the_fence_is_passed_by_the_recorder(tmp_path: Path, store_url: st
                 Event(ts=h.clock.now_iso(), deployment_id=dep, action="x"),
                 fence=Fence(dep, holder, epoch),
             )
+
+
+async def test_a_take_over_mid_stage_ends_the_drive_with_lease_lost(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is taken while device tasks run in parallel: their refused records end the
+    drive with the one-line LeaseLost, not a TaskGroup's exception group."""
+    async with harness(tmp_path, store_url=store_url) as h:
+        dep = await h.start()
+        transport = h.controller.transport
+        real_stage = transport.stage
+        theft: list[tuple[int, str]] = []
+        stolen = asyncio.Lock()
+
+        async def stage_then_steal(*args: Any, **kw: Any) -> Any:
+            async with stolen:  # the first device's command steals, the others wait for it
+                if not theft:
+                    lease = await h.store.get_lease(dep)
+                    assert lease is not None
+                    await h.store.release_lease(dep, lease.holder, lease.epoch)
+                    assert await h.store.acquire_lease(dep, "other-host:1:thief", 60)
+                    theft.append(await h.store.chain_head())
+            return await real_stage(*args, **kw)
+
+        monkeypatch.setattr(transport, "stage", stage_then_steal)
+        with pytest.raises(LeaseLost, match=r"lease lost to other-host:1:thief \(epoch 2\)"):
+            await h.controller.drive(dep)
+        ((seq, last_hash),) = theft
+        assert await h.store.chain_head() == (seq, last_hash)
+        assert count(await h.events(dep), "device.staged") == 0

@@ -428,25 +428,24 @@ class Controller:
         )
         try:
             yield fence
+        except (Exception, asyncio.CancelledError) as exc:
+            inside[0] = False
+            if not lost:
+                # Several device tasks refused at once arrive as a TaskGroup's group.
+                found = _first_lease_lost(exc)
+                if found is None or found is exc:
+                    raise
+                raise found from None
+            # We cancelled the drive: undo that, unless someone else cancelled it too.
+            if driver.uncancel() > 0 and isinstance(exc, asyncio.CancelledError):
+                raise
+            raise lost[0] from None
+        else:
             inside[0] = False
             if lost:  # cancelled, but the cancellation was absorbed on the way out
                 if driver.cancelling():
                     driver.uncancel()
                 raise lost[0]
-        except asyncio.CancelledError:
-            inside[0] = False
-            if lost and driver.uncancel() == 0:
-                raise lost[0] from None
-            raise
-        except BaseExceptionGroup as group:  # noqa: F821 (the controller needs Python 3.11)
-            # Several device tasks failed at once (a TaskGroup): the lost lease is the cause.
-            inside[0] = False
-            found = lost[0] if lost else _first_lease_lost(group)
-            if found is None:
-                raise
-            if lost and driver.cancelling():
-                driver.uncancel()
-            raise found from None
         finally:
             inside[0] = False
             task.cancel()

@@ -583,10 +583,182 @@ def partial() -> list[Event]:
     return log.events
 
 
+# -- canary rounds, stage failures, devices set aside (issue 7) ---------------------------------
+# After a partial canary FAIL the failed canaries are rolled back and quarantined and the
+# deployment halts; a human resumes with ``canary_failure`` (replace | exclude), the engine
+# records ``canary.replaced``, and round 2 runs the whole canary stage and its own soak.
+ROUND2_REPLACEMENT = "rpi-b-02"  # a wave-1 device of rpi-b-01's cell (rpi4, plant-b)
+BAD_CANARY_WHY = "canary rpi-b-01 is FAILED: after soak: error rate 6.0 % is 5.9 pts above"
+
+
+def _canary_round(log: Log, canaries: list[str], n: int, bad: dict[str, Any]) -> None:
+    """VERIFY of canary round ``n``: health, a soak of its own, health, the round's verdict."""
+    for d in canaries:
+        log.health(0, d, "initial")
+    rnd = "soak" if n == 1 else f"soak-r{n}"
+    log.add("soak.started", stage=0, round=rnd, seconds=SOAK)
+    log.add("soak.completed", stage=0, round=rnd, seconds=SOAK, served_s=SOAK, dt=SOAK)
+    for d in canaries:
+        log.health(0, d, "post-soak", **bad.get(d, {}))
+    failed = [d for d in canaries if d in bad]
+    log.add(
+        "canary.verdict",
+        outcome="failed" if failed else "ok",
+        verdict="FAIL" if failed else "PASS",
+        failed=failed,
+        all_failed=bool(failed) and len(failed) == len(canaries),
+        reasons=[f"{BAD_CANARY_WHY} baseline 0.1 % (max +1.0)" for _ in failed],
+        soak_s=SOAK,
+        round=n,
+    )
+    if not failed:
+        log.add("approval.requested", verdict="PASS")
+
+
+def _round1_fails_and_bob_resumes(log: Log, choice: str) -> None:
+    log.created()
+    log.deploy(0, CANARIES, drill=True)
+    _canary_round(log, CANARIES, 1, {"rpi-b-01": {"error_rate": 0.06}})
+    # Partial FAIL: the failed canary is rolled back and quarantined, then the deployment halts.
+    log.rollback(["rpi-b-01"], f"canary verdict FAIL: {BAD_CANARY_WHY}")
+    log.add(
+        "deployment.resumed",
+        actor="bob",
+        canary_failure=choice,
+        comment="rpi-b-01 had a bad SD card",
+        dt=300,
+    )
+
+
+def _gate(
+    log: Log,
+    stage: int,
+    deployed: list[str],
+    targeted: int,
+    *,
+    failed: dict[str, str] | None = None,
+    crash: tuple[str, ...] = (),
+) -> None:
+    """``wave.evaluated`` as the engine now writes it: ``failed`` includes devices that failed
+    to stage, ``targeted`` is every device of the wave, ``reasons`` says why each failed."""
+    failed = dict(failed or {})
+    for d in deployed:
+        log.health(stage, d, "initial")
+    log.soak(stage)
+    for d in deployed:
+        if d in crash:
+            why = ["crash loop detected", "3 restarts on this release (max 2)"]
+            log.add(
+                "device.health",
+                d,
+                stage=stage,
+                round="post-soak",
+                status="failed",
+                outcome="failed",
+                reasons=why,
+                sample=sample(d, restarts=3, crash_loop=True),
+                baseline=baseline(d),
+            )
+            failed[d] = "health failed: " + "; ".join(why)
+        else:
+            log.health(stage, d, "post-soak")
+    rate = len(failed) / targeted
+    action = "QUARANTINE_AND_CONTINUE" if failed else "CONTINUE"
+    log.add(
+        "wave.evaluated",
+        outcome="failed" if failed else "ok",
+        stage=stage,
+        action=action,
+        rate=rate,
+        targeted=targeted,
+        failed=sorted(failed),
+        scope="DEVICE" if failed else "NONE",
+        rollback=sorted(failed),
+        reason=(
+            f"{len(failed)}/{targeted} devices failed ({100 * rate:.1f} %): below 5.0 %: "
+            "quarantine them"
+            if failed
+            else f"no device failed (0/{targeted})"
+        ),
+        checked=len(deployed),
+        reasons=failed,
+    )
+    if failed:  # the quarantine: set aside, rolled back (a no-op where nothing was installed)
+        log.add("rollback.started", devices=sorted(failed), reason="quarantine failed devices")
+        for d in sorted(failed):
+            log.add("device.logs_captured", d, app=[], agent=[])
+            if d in crash:
+                log.add("device.rollback_requested", d, seq=9, to=None)
+                log.add(
+                    "device.rolled_back",
+                    d,
+                    seq=9,
+                    release="vision-2.4.0",
+                    **{"from": "vision-2.4.1"},
+                    noop=False,
+                )
+            else:
+                log.add(
+                    "device.rolled_back",
+                    d,
+                    seq=0,
+                    release="vision-2.4.0",
+                    noop=True,
+                    reason="device is not on the new release",
+                )
+        done = sorted(failed)
+        log.add("rollback.completed", rolled_back=done, failed=[], recovered=done, seconds=3.0)
+
+
+def canary_replaced() -> list[Event]:
+    """Round 1 FAIL (rpi-b-01) -> bob resumes with "replace" -> rpi-b-02 replaces it and runs
+    the whole canary stage -> round 2 PASS -> alice approves -> waves (one device of wave 2
+    unreachable, skipped) -> CONFIRM PARTIAL."""
+    log = Log()
+    _round1_fails_and_bob_resumes(log, "replace")
+    log.add(
+        "canary.replaced",
+        decision="replace",
+        round=2,
+        retired=["rpi-b-01"],
+        replacements=[ROUND2_REPLACEMENT],
+        why={ROUND2_REPLACEMENT: "replaces failed canary rpi-b-01 (same cell)"},
+        excluded=[],
+        reasons={},
+        uncovered=[],
+    )
+    log.deploy(0, [ROUND2_REPLACEMENT])
+    round2 = ["orin-a-01", ROUND2_REPLACEMENT]
+    _canary_round(log, round2, 2, {})
+    log.approve()
+    wave1 = [d for d in WAVE1 if d != ROUND2_REPLACEMENT]
+    log.deploy(1, wave1)
+    _gate(log, 1, round2 + wave1, len(wave1))
+    log.deploy(2, WAVE2, skip=("orin-a-05",))
+    live = round2 + wave1 + WAVE2[:-1]
+    _gate(log, 2, live, len(WAVE2))
+    log.confirm(
+        live,
+        "PARTIAL",
+        {
+            "deployed_healthy": 8,
+            "deployed_degraded": 0,
+            "failed": 0,
+            "skipped": 1,
+            "excluded": 0,
+            "quarantined": 1,
+            "rolled_back": 0,
+            "not_targeted": 2,
+        },
+    )
+    return log.events
+
+
 SCENARIOS = {
     "happy": happy,
     "bad_canary": bad_canary,
     "wave_rolled_back": wave_rolled_back,
     "rollback_failure": rollback_failure,
     "partial": partial,
+    "canary_replaced": canary_replaced,
 }

@@ -128,9 +128,9 @@ def test_state_block_is_the_machines_block_with_the_spec_field_names() -> None:
 
 def test_health_boxes_are_aligned_and_wrap_long_text() -> None:
     for scenario in SCENARIOS.values():
-        _, md = report_of(scenario())
+        r, md = report_of(scenario())
         boxes = re.findall(r"```\nCANARY HEALTH REPORT\n(.*?)\n```", md, flags=re.S)
-        assert len(boxes) == len(CANARIES)
+        assert len(boxes) == len(r["canary"]["rows"])  # replacement canaries have boxes too
         for box in boxes:
             rows = box.split("\n")
             assert rows[0] == rows[-1] == "+" + "-" * (BOX_WIDTH + 2) + "+"
@@ -206,8 +206,14 @@ def test_bad_canary_rolled_back_and_rollout_not_reached() -> None:
     boxes = {b["device_id"]: b for b in r["verify"]["health_boxes"]}
     assert (boxes["rpi-b-01"]["status"], boxes["rpi-b-01"]["verdict"]) == ("FAILED", "FAIL")
     assert boxes["rpi-b-01"]["error_rate"] == 0.06
-    assert (boxes["orin-a-01"]["status"], boxes["orin-a-01"]["verdict"]) == ("HEALTHY", "PASS")
-    assert [x["status"] for x in r["canary"]["rows"]] == ["ROLLED BACK", "ROLLED BACK"]
+    # Its own checks passed, but its round failed: it proved nothing, so never "PASS".
+    assert (boxes["orin-a-01"]["status"], boxes["orin-a-01"]["verdict"]) == (
+        "HEALTHY",
+        "NOT PROVEN",
+    )
+    assert "| Status: FAILED (now QUARANTINED)" in md
+    # A partial canary FAIL quarantines the failed canary; bob then rolled back the other.
+    assert [x["status"] for x in r["canary"]["rows"]] == ["ROLLED BACK", "QUARANTINED"]
     assert r["approval"]["status"] == "NOT REQUESTED"
     assert "Requesting human approval" not in md
     assert "**Approval**: not requested (canary verdict FAIL)" in md
@@ -217,7 +223,7 @@ def test_bad_canary_rolled_back_and_rollout_not_reached() -> None:
     assert not any(w["reached"] for w in r["rollout"])
     first, second = r["rollbacks"]
     assert (first["scope"], first["phase"], first["rolled_back"]) == (
-        "canary",
+        "canary quarantine",
         "VERIFY",
         ["rpi-b-01"],
     )
@@ -227,7 +233,8 @@ def test_bad_canary_rolled_back_and_rollout_not_reached() -> None:
         ["orin-a-01"],
     )
     assert "**Rollback 2** (operator, during HALTED): operator: abandon vision 2.4.1" in md
-    assert confirm_counts(r)["Rolled back"] == (2, 16.7)
+    assert confirm_counts(r)["Rolled back"] == (1, 8.3)
+    assert confirm_counts(r)["Quarantined (failed)"] == (1, 8.3)
     assert confirm_counts(r)["Pending (not reached)"] == (8, 66.7)
     assert r["result"] == "ROLLED_BACK" and "**Deployment result**: ROLLED_BACK" in md
     assert "_not reached: deployment rolled back in VERIFY_" in section(md, "### CONFIRM")

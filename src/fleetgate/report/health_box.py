@@ -11,7 +11,9 @@ Box invariants (tested):
   (``+`` + dashes + ``+``; ``| `` + text padded to ``BOX_WIDTH`` + `` |``);
 - text longer than the box (a long device id, a verdict reason quoting numbers) wraps onto
   indented continuation lines instead of breaking the border;
-- a metric the device did not report reads ``n/a``; nothing is invented.
+- a metric the device did not report reads ``n/a``; nothing is invented;
+- Verdict is the canary's own (``report.session_verify``): a box never reads FAILED with
+  PASS — a canary its round failed says FAIL, one whose round failed for others NOT PROVEN.
 
 Units: ``error_rate`` is a fraction (0.01 = 1 %) in the data and a percentage in the text.
 """
@@ -78,15 +80,21 @@ def health_box_data(
     temperature_max_c: float | None,
     verdict: str,
     reason: str,
+    device_status: str | None = None,
+    canary_round: int = 1,
 ) -> dict[str, Any]:
     """One canary's box as raw values. ``sample``/``baseline`` are ``HealthSample`` dicts as
     recorded in ``device.health`` events; ``status`` is that event's status in capitals (or
-    ``FAILED`` / ``-`` when the device never produced a sample)."""
+    ``FAILED`` / ``-`` when the device never produced a sample); ``device_status`` the device's
+    status now (the box says both when they differ: "FAILED (now QUARANTINED)"); ``verdict``
+    the canary's own verdict in its canary round ``canary_round``."""
     app_up = _get(sample, "app_up")
     return {
         "device_id": device_id,
         "type": device_type,
         "status": status,
+        "device_status": device_status,
+        "canary_round": canary_round,
         "round": sample_round,
         "endpoint_responding": None if app_up is None else bool(app_up),
         "latency_ms": _get(sample, "latency_ms"),
@@ -124,6 +132,13 @@ def _gpu(b: Mapping[str, Any]) -> str:
     return f"{fmt_percent(b['gpu_percent'])} (baseline: {fmt_percent(b['baseline_gpu_percent'])})"
 
 
+def _status(b: Mapping[str, Any]) -> str:
+    now = b.get("device_status")
+    if not now or now == b["status"]:
+        return str(b["status"])
+    return str(now) if b["status"] == "-" else f"{b['status']} (now {now})"
+
+
 def _box_text(b: Mapping[str, Any]) -> list[str]:
     temp = b["temperature_c"]
     temp_s = NA if _f(temp) is None else f"{fmt_num(temp)} C"
@@ -133,7 +148,7 @@ def _box_text(b: Mapping[str, Any]) -> list[str]:
     return [
         f"Device: {b['device_id']}",
         f"Type: {b['type']}",
-        f"Status: {b['status']}",
+        f"Status: {_status(b)}",
         "",
         "Application Health:",
         f"  Health endpoint: {_endpoint(b['endpoint_responding'])}",

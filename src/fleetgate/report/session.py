@@ -69,13 +69,9 @@ from fleetgate.core.state import render_state_block
 from fleetgate.errors import InputError
 from fleetgate.report.session_log import SessionLog, device_info, display_status
 from fleetgate.report.session_md import render_report_md
-from fleetgate.report.session_phases import (
-    approval_section,
-    canary_section,
-    prepare_section,
-    verify_section,
-)
+from fleetgate.report.session_phases import approval_section, canary_section, prepare_section
 from fleetgate.report.session_rollout import confirm_section, rollback_sections, rollout_section
+from fleetgate.report.session_verify import verify_section
 
 __all__ = ["build_report", "render_report_md"]
 

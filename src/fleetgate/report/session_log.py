@@ -5,7 +5,9 @@ its canonical JSON form (sorted keys, tuples as lists, non-finite numbers as ``N
 measured") so in-memory and stored events read the same, and folds them with
 ``core.machine.step`` exactly as ``fold`` does, remembering the phase around each event. An
 event the machine refuses is dropped from the view and reported in ``warnings``: a report shows
-what the state machine accepted, nothing else.
+what the state machine accepted, nothing else. ``at_confirm`` keeps the state as it was when
+``confirm.completed`` was recorded (its counts are checked against that, not against what a
+later operator rollback changed).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ _STATUS_TEXT = {
     DeviceStatus.PENDING: "PENDING",
     DeviceStatus.UNREACHABLE: "SKIPPED",
     DeviceStatus.SKIPPED: "SKIPPED",
-    DeviceStatus.STAGED: "DEPLOYED",
+    DeviceStatus.STAGED: "STAGED",  # on disk, not running: not deployed (invariant 10)
     DeviceStatus.DEPLOYED: "DEPLOYED",
     DeviceStatus.HEALTHY: "HEALTHY",
     DeviceStatus.DEGRADED: "DEGRADED",
     DeviceStatus.FAILED: "FAILED",
+    DeviceStatus.DEPLOY_FAILED: "FAILED (NOT DEPLOYED)",
+    DeviceStatus.EXCLUDED: "EXCLUDED",
     DeviceStatus.QUARANTINED: "QUARANTINED",
     DeviceStatus.ROLLED_BACK: "ROLLED BACK",
     DeviceStatus.ROLLBACK_FAILED: "ROLLBACK FAILED",
@@ -86,6 +90,7 @@ class SessionLog:
     state: DeploymentState = field(default_factory=lambda: DeploymentState.empty(""))
     warnings: list[str] = field(default_factory=list)
     transitions: list[dict[str, str]] = field(default_factory=list)
+    at_confirm: DeploymentState | None = None
     # Indexes, so a 10,000-device report does not scan the whole log once per device.
     _by_action: dict[str, list[LogEvent]] = field(default_factory=dict)
     _by_device: dict[tuple[str, str], list[LogEvent]] = field(default_factory=dict)
@@ -133,6 +138,8 @@ class SessionLog:
             if ev.device_id is not None:
                 log._by_device.setdefault((ev.action, ev.device_id), []).append(ev)
             log.state = after
+            if ev.action == "confirm.completed":
+                log.at_confirm = after.snapshot()  # the device table is shared by the lineage
         return log
 
     # -- lookups ---------------------------------------------------------------------------------

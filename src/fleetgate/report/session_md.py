@@ -134,6 +134,13 @@ def _canary(r: Mapping[str, Any]) -> list[str]:
         ["Device ID", "Transfer", "Deploy", "Smoke Test", "Status"],
         [[x["device_id"], x["transfer"], x["deploy"], x["smoke"], x["status"]] for x in c["rows"]],
     )
+    joined: dict[int, list[str]] = {}
+    for x in c["rows"]:
+        if x["round"] > 1:
+            joined.setdefault(x["round"], []).append(f"{x['device_id']}: {x['why'] or '-'}")
+    for n, names in sorted(joined.items()):
+        more = f" … (+{len(names) - _ID_LIMIT} more)" if len(names) > _ID_LIMIT else ""
+        lines += ["", f"**Replacement canaries, round {n}**: {'; '.join(names[:_ID_LIMIT])}{more}"]
     if c["unreachable"]:
         lines += ["", f"**Unreachable at pre-flight**: {_ids(c['unreachable'])}"]
     for d in c["rollback_drill"]:
@@ -142,19 +149,16 @@ def _canary(r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _verify(r: Mapping[str, Any]) -> list[str]:
-    v, a = r["verify"], r["approval"]
-    lines = ["### VERIFY Phase", ""]
-    if not v["reached"]:
-        return [*lines, _not_reached(r)]
+def _soak_text(v: Mapping[str, Any]) -> str:
     if v["soak_served"]:
-        soak = _duration(v["soak_s"])
-    elif v["soak_planned_s"] is not None:
-        soak = f"{_duration(v['soak_planned_s'])} (in progress)"
-    else:
-        soak = "not served"
-    lines += [f"**Soak period**: {soak}", f"**Canary verdict**: {v['verdict']}", ""]
-    lines += _table(
+        return _duration(v["soak_s"])
+    if v["soak_planned_s"] is not None:
+        return f"{_duration(v['soak_planned_s'])} (in progress)"
+    return "not served"
+
+
+def _verify_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return _table(
         ["Device ID", "Health", "CPU", "Memory", "Error Rate", "Latency"],
         [
             [
@@ -165,17 +169,83 @@ def _verify(r: Mapping[str, Any]) -> list[str]:
                 fmt_rate(x["error_rate"]),
                 fmt_ms(x["latency_ms"]),
             ]
-            for x in v["rows"]
+            for x in rows
         ],
     )
-    lines += ["", f"**Baseline comparison**: {v['baseline_comparison']}"]
-    if v["reasons"]:
-        lines += ["", *(f"- {reason}" for reason in v["reasons"])]
+
+
+def _failed_canaries(v: Mapping[str, Any]) -> list[str]:
+    lines = ["", *(f"- {reason}" for reason in v["reasons"])] if v["reasons"] else []
     if v["verdict"] == "FAIL":
         what = "all canaries failed" if v["all_failed"] else "some canaries failed"
         lines += ["", f"**Failed canaries**: {_ids(v['failed'])} ({what})"]
+    return lines
+
+
+def _between_rounds(x: Mapping[str, Any]) -> list[str]:
+    """The human decision after a failed round, and what ``canary.replaced`` made of it."""
+    lines: list[str] = []
+    d, rep = x["decision"], x["replaced"]
+    if d is not None:
+        note = f' — "{d["comment"]}"' if d["comment"] else ""
+        by = f"resumed by {d['by']} at {d['ts']}, canary_failure={d['choice']}"
+        lines += ["", f"**Decision**: {by}{note}"]
+    if rep is None:
+        return lines
+    nxt = rep["round"] or x["round"] + 1
+    lines += ["", f"**Canaries replaced** (for round {nxt}): retired {_ids(rep['retired'])}"]
+    for c in rep["replacements"][:_ID_LIMIT]:
+        lines.append(f"- replacement {c['device_id']}: {c['why'] or '-'}")
+    if len(rep["replacements"]) > _ID_LIMIT:
+        lines.append(f"- … (+{len(rep['replacements']) - _ID_LIMIT} more replacements)")
+    if not rep["replacements"]:
+        lines.append("- no replacement canary")
+    for c in rep["excluded"][:_ID_LIMIT]:
+        lines.append(f"- excluded {c['device_id']}: {c['reason'] or '-'}")
+    if len(rep["excluded"]) > _ID_LIMIT:
+        lines.append(f"- … (+{len(rep['excluded']) - _ID_LIMIT} more excluded)")
+    if rep["uncovered"]:
+        lines.append(f"- uncovered (no canary proves): {', '.join(rep['uncovered'])}")
+    return lines
+
+
+def _rounds(v: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for x in v["rounds"]:
+        lines += [
+            "",
+            f"**Round {x['round']}**: canaries {_ids(x['canaries'])}; soak {_soak_text(x)}; "
+            f"verdict {x['verdict']}",
+            *_verify_table(x["rows"]),
+            *_failed_canaries(x),
+            *_between_rounds(x),
+        ]
+    return lines
+
+
+def _verify(r: Mapping[str, Any]) -> list[str]:
+    v, a = r["verify"], r["approval"]
+    lines = ["### VERIFY Phase", ""]
+    if not v["reached"]:
+        return [*lines, _not_reached(r)]
+    verdict = f"{v['verdict']} ({v['verdict_note']})" if v["verdict_note"] else v["verdict"]
+    lines += [f"**Soak period**: {_soak_text(v)}", f"**Canary verdict**: {verdict}"]
+    if len(v["rounds"]) > 1 or v["verdict_note"]:
+        # Every round, its own verdict and the decision between them: a FAIL is never hidden.
+        lines += _rounds(v)
+    else:
+        lines += ["", *_verify_table(v["rows"])]
+    lines += ["", f"**Baseline comparison**: {v['baseline_comparison']}"]
+    if len(v["rounds"]) == 1 and not v["verdict_note"]:
+        lines += _failed_canaries(v)
+    by_round: dict[int, list[Mapping[str, Any]]] = {}
     for box in v["health_boxes"]:
-        lines += ["", "```", *render_health_box(box), "```"]
+        by_round.setdefault(box["canary_round"], []).append(box)
+    for n, boxes in sorted(by_round.items()):
+        if len(v["rounds"]) > 1:
+            lines += ["", f"**Canary health reports, round {n}**:"]
+        for box in boxes:
+            lines += ["", "```", *render_health_box(box), "```"]
     lines.append("")
     if a["requested"]:
         lines.append("**Requesting human approval for fleet rollout...**")

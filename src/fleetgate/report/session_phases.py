@@ -1,4 +1,5 @@
-"""PREPARE, CANARY, VERIFY and approval sections of the session report, from a ``SessionLog``.
+"""PREPARE, CANARY and approval sections of the session report, from a ``SessionLog``
+(VERIFY, with its canary rounds, is ``report.session_verify``).
 
 Each function returns a JSON-safe dict of raw values (counts, ids, fractions, seconds); the
 markdown renderer formats them. How each field is read from ``docs/events.md`` is written in
@@ -7,13 +8,11 @@ markdown renderer formats them. How each field is read from ``docs/events.md`` i
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from fleetgate.core.state import Phase
-from fleetgate.report.health_box import health_box_data
 from fleetgate.report.session_log import (
     LogEvent,
     SessionLog,
@@ -145,8 +144,19 @@ def _deploy_failed(log: SessionLog, stage: int, dev: str, step: str) -> list[Log
     ]
 
 
+def _joined(log: SessionLog) -> dict[str, tuple[int, str]]:
+    """Replacement canary -> (the canary round it joined, why it was chosen)."""
+    out: dict[str, tuple[int, str]] = {}
+    for n, e in enumerate(log.all("canary.replaced"), start=2):
+        why = e.details.get("why")
+        for i in ids(e.details, "replacements"):
+            out[i] = (n, str(why.get(i, "")) if isinstance(why, Mapping) else "")
+    return out
+
+
 def canary_section(log: SessionLog, info: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     state = log.state
+    joined = _joined(log)
     rows = []
     for dev in state.canaries:
         smoke = log.of_stage(0, "device.health", device=dev)
@@ -173,6 +183,8 @@ def canary_section(log: SessionLog, info: Mapping[str, Mapping[str, str]]) -> di
                     "PASS",
                 ),
                 "status": display_status(state.devices[dev]),
+                "round": joined.get(dev, (1, ""))[0],
+                "why": joined.get(dev, (1, ""))[1],
             }
         )
     windows = rollback_windows(log)
@@ -191,124 +203,20 @@ def canary_section(log: SessionLog, info: Mapping[str, Mapping[str, str]]) -> di
                     "forward_again": bool(again),
                 }
             )
-    preflight = log.last_of_stage(0, "stage.preflight")
+    # Every canary round runs a stage 0 of its own: who was unreachable in any of them.
+    unreachable = [
+        i for e in log.of_stage(0, "stage.preflight") for i in ids(e.details, "unreachable")
+    ]
     deployed = log.last_of_stage(0, "stage.deployed")
     return {
         "reached": log.reached(Phase.CANARY),
         "devices": len(state.canaries),
         "rows": rows,
-        "unreachable": ids(preflight.details, "unreachable") if preflight else [],
+        "unreachable": list(dict.fromkeys(unreachable)),
         "deployed": int(num(deployed.details.get("deployed")) or 0) if deployed else None,
         "failed": ids(deployed.details, "failed") if deployed else [],
         "skipped": ids(deployed.details, "skipped") if deployed else [],
         "rollback_drill": drills,
-    }
-
-
-def _mentions(text: str, dev: str) -> bool:
-    return re.search(rf"(?<![\w.-]){re.escape(dev)}(?![\w.-])", text) is not None
-
-
-def verify_section(
-    log: SessionLog,
-    info: Mapping[str, Mapping[str, str]],
-    plan: Mapping[str, Any],
-    created: Mapping[str, Any],
-) -> dict[str, Any]:
-    state = log.state
-    verdict_ev = log.last("canary.verdict")
-    limit = verdict_ev.index if verdict_ev else len(log.events)
-    verdict = str(verdict_ev.details.get("verdict", "FAIL")) if verdict_ev else "PENDING"
-    reasons = [str(r) for r in verdict_ev.details.get("reasons") or []] if verdict_ev else []
-    failed = ids(verdict_ev.details, "failed") if verdict_ev else []
-    if verdict == "FAIL" and not failed:
-        failed = list(state.canaries)  # the machine reads an empty list as "all canaries"
-    soak_done = log.last_of_stage(0, "soak.completed")
-    soak_start = log.last_of_stage(0, "soak.started")
-    soak_s = num(soak_done.details.get("seconds")) if soak_done else None
-    if soak_s is None and verdict_ev is not None:
-        soak_s = num(verdict_ev.details.get("soak_s"))
-    policy = created.get("policy") or {}
-    health_policy = policy.get("health") if isinstance(policy, Mapping) else None
-    temp_max = num((health_policy or {}).get("temperature_c_max", 85.0))
-    rows, boxes = [], []
-    for dev in state.canaries:
-        healths = [e for e in log.of_stage(0, "device.health", device=dev) if e.index <= limit]
-        post = [e for e in healths if e.details.get("round") == "post-soak"]
-        chosen = (post or healths)[-1] if healths else None
-        sample = chosen.details.get("sample") if chosen else None
-        baseline = chosen.details.get("baseline") if chosen else None
-        if not baseline:
-            b = log.last_of_stage(0, "device.baseline", device=dev)
-            baseline = b.details.get("sample") if b else None
-        if chosen is not None:
-            status = str(chosen.details.get("status", "?")).upper()
-        elif log.all("device.deploy_failed", "device.skipped", device=dev):
-            status = "FAILED"
-        else:
-            status = "-"
-        if verdict_ev is None:
-            dev_verdict = "PENDING"
-        else:
-            dev_verdict = "FAIL" if verdict == "FAIL" and dev in failed else "PASS"
-        why = [r for r in reasons if _mentions(r, dev)] if dev_verdict == "FAIL" else []
-        if not why and status not in ("HEALTHY", "-"):
-            why = [str(r) for r in (chosen.details.get("reasons") or [])] if chosen else []
-            dfail = log.last("device.deploy_failed", device=dev)
-            if not why and dfail is not None:
-                step = dfail.details.get("step", "?")
-                why = [f"{step} failed: {dfail.details.get('error', '')}"]
-        pre = log.last_of_stage(0, "device.preflight", device=dev)
-        disk_min = num(((pre.details.get("checks") or {}) if pre else {}).get("disk_needed_mb"))
-        if disk_min is None:
-            disk_min = num(plan.get("artifact", {}).get("disk_mb"))
-        sample_d = sample if isinstance(sample, Mapping) else None
-        if chosen is not None and sample_d is None:
-            sample_d = {"app_up": False}  # the engine records no sample when health went unanswered
-        rows.append(
-            {
-                "device_id": dev,
-                "health": "OK" if status == "HEALTHY" else status,
-                "round": chosen.details.get("round") if chosen else None,
-                "cpu_percent": sample_d.get("cpu_percent") if sample_d else None,
-                "mem_used_mb": sample_d.get("mem_used_mb") if sample_d else None,
-                "error_rate": sample_d.get("error_rate") if sample_d else None,
-                "latency_ms": sample_d.get("latency_ms") if sample_d else None,
-            }
-        )
-        boxes.append(
-            health_box_data(
-                device_id=dev,
-                device_type=info.get(dev, {}).get("hardware", "?"),
-                status=status,
-                sample=sample_d,
-                baseline=baseline if isinstance(baseline, Mapping) else None,
-                sample_round=rows[-1]["round"],
-                disk_min_mb=disk_min,
-                temperature_max_c=temp_max,
-                verdict=dev_verdict,
-                reason="; ".join(why),
-            )
-        )
-    if verdict == "PASS":
-        comparison = "Within bounds"
-    elif verdict == "FAIL":
-        comparison = "Not within bounds"
-    else:
-        comparison = "Pending"
-    return {
-        "reached": log.reached(Phase.VERIFY),
-        "soak_s": soak_s,
-        "soak_planned_s": num(soak_start.details.get("seconds")) if soak_start else None,
-        "soak_served": soak_done is not None,
-        "verdict": verdict,
-        "verdict_ts": verdict_ev.ts if verdict_ev else None,
-        "failed": failed,
-        "all_failed": bool(verdict_ev.details.get("all_failed")) if verdict_ev else False,
-        "reasons": reasons,
-        "baseline_comparison": comparison,
-        "rows": rows,
-        "health_boxes": boxes,
     }
 
 

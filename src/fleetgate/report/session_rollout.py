@@ -163,8 +163,9 @@ def rollback_windows(log: SessionLog) -> list[tuple[int, int]]:
 
 
 def _scope_label(log: SessionLog, devices: list[str], quarantine: bool, by: str | None) -> str:
-    if quarantine:
-        return "quarantine"
+    if quarantine:  # a partial canary FAIL quarantines the failed canaries
+        canaries = set(log.state.canaries)
+        return "canary quarantine" if devices and set(devices) <= canaries else "quarantine"
     if by is not None and human(by):
         return "operator"
     for n, st in enumerate(log.state.stages):

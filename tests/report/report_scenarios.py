@@ -8,6 +8,7 @@ advances a few seconds per event, so folds, reports and timestamps are all deter
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -589,6 +590,9 @@ def partial() -> list[Event]:
 # records ``canary.replaced``, and round 2 runs the whole canary stage and its own soak.
 ROUND2_REPLACEMENT = "rpi-b-02"  # a wave-1 device of rpi-b-01's cell (rpi4, plant-b)
 BAD_CANARY_WHY = "canary rpi-b-01 is FAILED: after soak: error rate 6.0 % is 5.9 pts above"
+RPI_IN_WAVES = ["rpi-b-02", "rpi-b-03", "rpi-b-04", "rpi-b-05"]
+EXCLUDE_WHY = "no canary proves group=plant-b, hardware=rpi4 after its canary failed"
+DISK_FULL = "rpi-b-05: 507 insufficient-disk: disk full while staging"
 
 
 def _canary_round(log: Log, canaries: list[str], n: int, bad: dict[str, Any]) -> None:
@@ -754,6 +758,166 @@ def canary_replaced() -> list[Event]:
     return log.events
 
 
+def canary_excluded() -> list[Event]:
+    """Round 1 FAIL (rpi-b-01) -> bob resumes with "exclude": every rpi4/plant-b device of the
+    waves is EXCLUDED (no canary proves its cell), round 2 re-verifies orin-a-01 alone."""
+    log = Log()
+    _round1_fails_and_bob_resumes(log, "exclude")
+    log.add(
+        "canary.replaced",
+        decision="exclude",
+        round=2,
+        retired=["rpi-b-01"],
+        replacements=[],
+        why={},
+        excluded=RPI_IN_WAVES,
+        reasons={d: EXCLUDE_WHY for d in RPI_IN_WAVES},
+        uncovered=["group=plant-b", "hardware=rpi4"],
+    )
+    # Round 2's canary stage has nothing new to deploy; the canary left is verified again.
+    log.add("stage.started", stage=0, devices=2, todo=0)
+    log.add(
+        "stage.preflight",
+        stage=0,
+        reachable=[],
+        unreachable=[],
+        rate=0.0,
+        decision="CONTINUE_SKIPPING",
+        reason="",
+    )
+    log.add("stage.deployed", stage=0, deployed=1, failed=[], skipped=[])
+    _canary_round(log, ["orin-a-01"], 2, {})
+    log.approve()
+    orins = [d for d in WAVE1 + WAVE2 if d.startswith("orin")]
+    log.deploy(1, ["orin-a-02"])
+    _gate(log, 1, ["orin-a-01", "orin-a-02"], 1)
+    log.deploy(2, orins[1:])
+    _gate(log, 2, ["orin-a-01", *orins], len(orins) - 1)
+    log.confirm(
+        ["orin-a-01", *orins],
+        "PARTIAL",
+        {
+            "deployed_healthy": 5,
+            "deployed_degraded": 0,
+            "failed": 0,
+            "skipped": 0,
+            "excluded": 4,
+            "quarantined": 1,
+            "rolled_back": 0,
+            "not_targeted": 2,
+        },
+    )
+    return log.events
+
+
+# A bigger inventory for honest decision-matrix rates: 1 failure in a wave of 22 is < 5 %.
+BIG_WAVE1 = [f"orin-a-{n:02d}" for n in range(2, 13)] + [f"rpi-b-{n:02d}" for n in range(2, 13)]
+BIG_WAVE2 = [f"orin-a-{n:02d}" for n in range(13, 24)] + [f"rpi-b-{n:02d}" for n in range(13, 24)]
+BIG_STAGES = [CANARIES, BIG_WAVE1, BIG_WAVE2]
+BIG_FLEET_TOTAL = 48
+STAGE_FAILED = "rpi-b-05"
+CRASHED = "orin-a-20"
+UNREACHABLE = "rpi-b-22"
+
+
+def _big_created(log: Log) -> None:
+    """``Log.created``, then its ``deployment.created`` rewritten for the bigger inventory."""
+    log.created()
+    created = next(i for i, e in enumerate(log.events) if e.action == "deployment.created")
+    ev = log.events[created]
+    plan = dict(ev.details["plan"])
+    targeted = [d for st in BIG_STAGES for d in st]
+    cells: dict[tuple[str, str, str], int] = {}
+    for d in targeted:
+        cells[(group(d), hw(d), arch(d))] = cells.get((group(d), hw(d), arch(d)), 0) + 1
+    plan.update(
+        fleet_total=BIG_FLEET_TOTAL,
+        targeted=len(targeted),
+        device_groups=[
+            {"group": g, "hardware": h, "arch": a, "count": n}
+            for (g, h, a), n in sorted(cells.items())
+        ],
+        waves=[
+            {
+                "number": n,
+                "devices": st,
+                "count": len(st),
+                "cumulative_percent": pct,
+                "by_hardware": {"jetson-orin-nano": 11, "rpi4": 11},
+                "by_group": {"plant-a": 11, "plant-b": 11},
+            }
+            for n, st, pct in ((1, BIG_WAVE1, 50.0), (2, BIG_WAVE2, 100.0))
+        ],
+    )
+    details = dict(ev.details)
+    details.update(
+        stages=BIG_STAGES,
+        fleet_total=BIG_FLEET_TOTAL,
+        targets=[target(d) for d in targeted],
+        plan=plan,
+    )
+    log.events[created] = replace(ev, details=details)
+
+
+def _deploy_with_stage_failure(log: Log, stage: int, devices: list[str], bad: str) -> None:
+    """A wave in which ``bad``'s stage answers 507 after a good pre-flight (its disk filled in
+    between): ``device.deploy_failed`` step ``stage``, never activated."""
+    log.deploy(stage, [d for d in devices if d != bad])
+    deployed = log.events.pop()  # stage.deployed, re-recorded below with the failure in the wave
+    log.add("device.stage_requested", bad, stage=stage, seq=1, release="vision-2.4.1")
+    log.add(
+        "device.deploy_failed",
+        bad,
+        stage=stage,
+        step="stage",
+        error=DISK_FULL,
+        logs=[],
+        outcome="failed",
+    )
+    # The engine's stage.deployed lists only devices that failed to start (FAILED), not those
+    # that failed to stage: the report must still count the stage failure in the wave.
+    log.add("stage.deployed", **{**dict(deployed.details), "deployed": len(devices) - 1})
+
+
+def stage_failures() -> list[Event]:
+    """48-device inventory. Wave 1: rpi-b-05 fails to stage (507 insufficient-disk), 1/22 =
+    4.5 % -> QUARANTINE_AND_CONTINUE. Wave 2: orin-a-20 crash-loops (1/22, quarantined) and
+    rpi-b-22 is unreachable (skipped after 3 attempts). CONFIRM PARTIAL."""
+    log = Log()
+    _big_created(log)
+    log.deploy(0, CANARIES, drill=True)
+    log.verify()
+    log.approve()
+    _deploy_with_stage_failure(log, 1, BIG_WAVE1, STAGE_FAILED)
+    wave1 = [d for d in BIG_WAVE1 if d != STAGE_FAILED]
+    _gate(
+        log,
+        1,
+        CANARIES + wave1,
+        len(BIG_WAVE1),
+        failed={STAGE_FAILED: f"stage failed: {DISK_FULL}"},
+    )
+    log.deploy(2, BIG_WAVE2, skip=(UNREACHABLE,))
+    wave2 = [d for d in BIG_WAVE2 if d != UNREACHABLE]
+    _gate(log, 2, CANARIES + wave1 + wave2, len(BIG_WAVE2), crash=(CRASHED,))
+    healthy = [d for d in CANARIES + wave1 + wave2 if d != CRASHED]
+    log.confirm(
+        healthy,
+        "PARTIAL",
+        {
+            "deployed_healthy": 43,
+            "deployed_degraded": 0,
+            "failed": 0,
+            "skipped": 1,
+            "excluded": 0,
+            "quarantined": 2,
+            "rolled_back": 0,
+            "not_targeted": 2,
+        },
+    )
+    return log.events
+
+
 SCENARIOS = {
     "happy": happy,
     "bad_canary": bad_canary,
@@ -761,4 +925,6 @@ SCENARIOS = {
     "rollback_failure": rollback_failure,
     "partial": partial,
     "canary_replaced": canary_replaced,
+    "canary_excluded": canary_excluded,
+    "stage_failures": stage_failures,
 }

@@ -2,15 +2,17 @@
 
 ``build_report(deployment_id, events)`` reads the audit log's events (``Event`` or
 ``StoredEvent``, in log order; the vocabulary is ``docs/events.md``) and returns one JSON-safe
-document with the spec's session template as data: ``prepare``, ``canary``, ``verify`` (with the
-CANARY HEALTH REPORT boxes), ``approval``, ``rollout``, ``rollbacks``, ``confirm``, ``state``
-(the ``<fleet-deploy-state>`` fields) and ``timeline``. ``render_report_md`` (in
+document with the spec's session template as data: ``prepare``, ``canary``, ``verify`` (every
+canary round, the CANARY HEALTH REPORT boxes), ``approval``, ``rollout``, ``rollbacks``,
+``confirm`` (with ``set_aside``: every device set aside and why), ``devices``, ``state`` (the
+``<fleet-deploy-state>`` fields) and ``timeline``. ``render_report_md`` (in
 ``report.session_md``, re-exported here) renders it as the spec's markdown. No store, no device,
 no clock: the same events always give the same report.
 
 Modules: ``session_log`` (normalise + fold + index the events), ``session_phases`` (PREPARE,
-CANARY, VERIFY, approval), ``session_rollout`` (waves, rollbacks, CONFIRM), ``health_box`` (the
-CANARY HEALTH REPORT box), ``session_md`` (markdown). ``deploy report`` calls ``build_report``
+CANARY, approval), ``session_verify`` (VERIFY: canary rounds, the boxes), ``session_rollout``
+(waves, rollbacks), ``session_confirm`` (CONFIRM accounting, devices set aside), ``health_box``
+(the CANARY HEALTH REPORT box), ``session_md`` (markdown). ``deploy report`` calls ``build_report``
 then ``render_report_md`` or ``json.dumps``.
 
 Invariants:
@@ -22,8 +24,16 @@ Invariants:
   same events (``fold``), so they agree with ``deploy status``. An event the machine refuses
   (it never should be in a log) is left out of every section and named in ``warnings``.
 - CONFIRM accounts for every device of the inventory: the four spec rows plus, only when not
-  zero, Deployed (degraded) / Deployed (not yet checked) / Failed / Rolled back / Rollback failed
-  (manual intervention) / Pending (not reached). Counts sum to ``fleet_total``.
+  zero, Deployed (degraded) / Deployed (not yet checked) / Staged (not activated) / Failed (on
+  the new release) / Failed (not deployed) / Excluded (cell not proven by a canary) / Rolled
+  back / Rollback failed (manual intervention) / Pending (not reached). Counts sum to
+  ``fleet_total``; "Deployed (healthy)" counts only HEALTHY devices, which run the release
+  (invariant 10). ``confirm.set_aside`` lists every quarantined, skipped, excluded, failed,
+  failed-to-deploy and rollback-failed device with its status and the fold's reason.
+- A FAIL is never hidden (invariant 11): every canary round is in ``verify.rounds`` with its own
+  verdict; the top-level verdict line names the round and every earlier FAIL and human decision;
+  a canary's box carries its own verdict (FAIL when its round failed it, PASS only when its round
+  passed, NOT PROVEN when its round failed for other canaries) — never FAILED with PASS.
 
 Readings of ``docs/events.md`` where it leaves a choice (kept here so the engine can match):
 
@@ -35,23 +45,38 @@ Readings of ``docs/events.md`` where it leaves a choice (kept here so the engine
   ``stage``; Deploy OK on ``device.activated``, FAIL on step ``activate``; Smoke Test comes from
   ``device.health`` round ``smoke`` (PASS unless its status is ``failed``) or a ``deploy_failed``
   step ``smoke``; ``-`` means not reached. Status is the device's current status (so a canary
-  rolled back later reads ROLLED BACK; QUARANTINED and ROLLBACK FAILED can appear too).
-- VERIFY rows and boxes use, per canary, the last stage-0 ``device.health`` of round
-  ``post-soak``, else its latest stage-0 sample, up to the (last) ``canary.verdict``. Its baseline
-  is the event's ``baseline``, else the device's stage-0 ``device.baseline``. A box's minimum disk
-  is the pre-flight's ``disk_needed_mb``, else the plan's ``disk_mb``; the temperature threshold
-  is ``policy.health.temperature_c_max`` (85 C by default).
+  rolled back later reads ROLLED BACK; QUARANTINED, FAILED (NOT DEPLOYED) and ROLLBACK FAILED
+  can appear too). Replacement canaries (``canary.replaced.replacements``) are rows of stage 0
+  with the round they joined and ``why``.
+- Canary rounds: round N's evidence is the stage-0 events after the (N-1)th ``canary.replaced``
+  up to round N's ``canary.verdict``; its canaries are round N-1's minus ``retired`` plus
+  ``replacements``. The decision between rounds is the first ``deployment.resumed`` after a FAIL
+  verdict (its actor; ``canary_failure`` read as ``replace`` when absent, as the machine does).
+- VERIFY rows and boxes use, per canary and round, the last stage-0 ``device.health`` of round
+  ``post-soak``, else its latest stage-0 sample in the round; ``verify.rows`` and the boxes hold
+  each canary's last round. Its baseline is the event's ``baseline``, else the device's stage-0
+  ``device.baseline``. A box's minimum disk is the pre-flight's ``disk_needed_mb``, else the
+  plan's ``disk_mb``; the temperature threshold is ``policy.health.temperature_c_max`` (85 C by
+  default). A box's Status is the round's health status, "(now X)" when the device's status
+  changed since; Reason is the verdict's reasons naming the device, else ``state.reasons``.
 - Wave health check: CONTINUE -> PASS; QUARANTINE_AND_CONTINUE -> FAIL (the decision line says
   the failures were isolated and quarantined); PAUSE_FOR_HUMAN -> PAUSED;
   ROLLBACK_WAVE_AND_HALT -> ROLLED BACK; no ``wave.evaluated`` -> PENDING while that wave is
   under way, else NOT RUN (a pre-flight halt, a rollback request). Devices failed = the union of
-  the wave's ``stage.deployed.failed`` and its ``wave.evaluated.failed`` (which, as the engine
-  checks ALL deployed devices, may name devices of earlier waves). Devices skipped = the
+  the wave's ``stage.deployed.failed``, its devices' ``device.deploy_failed`` (steps stage and
+  activate; a CONFIRM-step one is not a failure of the wave's deployment) and its
+  ``wave.evaluated.failed`` (which, as the engine checks ALL deployed devices, may name devices
+  of earlier waves), with ``wave.evaluated.reasons`` (else ``state.reasons``). Devices targeted
+  = ``wave.evaluated.targeted`` when recorded, else the wave's devices; the failure rate is
+  ``wave.evaluated.rate``, else the wave's own failures over targeted. Devices skipped = the
   ``stage.deployed.skipped`` ids, or without ``stage.deployed`` (a pre-flight halt) the wave's
   devices left unreachable. "% of fleet" is the plan's ``cumulative_percent`` for the wave (the
   spec's "Wave 1 (25% of fleet)"); ``share_percent`` is the wave's own share of ``fleet_total``.
-- CONFIRM vs ``confirm.completed.counts``: the engine's ``skipped`` also counts devices never
-  reached (PENDING); the comparison allows for that, the table keeps them apart.
+- CONFIRM vs ``confirm.completed.counts``: compared with the device statuses at that event
+  (``SessionLog.at_confirm``). The engine's ``skipped`` also counts devices never reached
+  (PENDING), its ``failed`` FAILED + DEPLOY_FAILED + ROLLBACK_FAILED; the comparison allows for
+  that, the table keeps them apart. ``registry.quarantined`` devices are listed as put on the
+  registry's quarantine list.
 - Rollbacks: one entry per ``rollback.requested``/``rollback.started`` … ``rollback.completed``
   window; ``device.rolled_back`` events outside any window are the canary stage's rollback
   drill. ``devices`` empty in ``rollback.started`` means every deployed device.
@@ -67,10 +92,11 @@ from typing import Any
 from fleetgate.core.events import Event, StoredEvent
 from fleetgate.core.state import render_state_block
 from fleetgate.errors import InputError
+from fleetgate.report.session_confirm import confirm_section
 from fleetgate.report.session_log import SessionLog, device_info, display_status
 from fleetgate.report.session_md import render_report_md
 from fleetgate.report.session_phases import approval_section, canary_section, prepare_section
-from fleetgate.report.session_rollout import confirm_section, rollback_sections, rollout_section
+from fleetgate.report.session_rollout import rollback_sections, rollout_section
 from fleetgate.report.session_verify import verify_section
 
 __all__ = ["build_report", "render_report_md"]
@@ -117,7 +143,10 @@ def build_report(deployment_id: str, events: Sequence[StoredEvent | Event]) -> d
     prepare = prepare_section(log, created)
     plan = prepare["plan"]
     stages = state.stages
-    targeted = sum(len(s) for s in stages)
+    # Devices excluded after a canary FAIL leave their wave's stage but stay targeted.
+    placed: dict[str, int | None] = {i: n for n, st in enumerate(stages) for i in st}
+    placed.update({i: None for i in state.devices if i not in placed})
+    targeted = len(state.devices)
     groups = sorted({str(g) for g in plan.get("groups", ())}) or sorted(
         {info[i]["group"] for st in stages for i in st if info.get(i, {}).get("group")}
     )
@@ -157,8 +186,7 @@ def build_report(deployment_id: str, events: Sequence[StoredEvent | Event]) -> d
                 "stage": n,
                 "status": display_status(state.devices[dev]),
             }
-            for n, st in enumerate(stages)
-            for dev in st
+            for dev, n in placed.items()
         ],
         "state": _state_fields(block),
         "state_block": block,

@@ -59,6 +59,10 @@ def _ids(ids: Sequence[str]) -> str:
     return shown if len(ids) <= _ID_LIMIT else f"{shown} … (+{len(ids) - _ID_LIMIT} more)"
 
 
+def _devices(n: int) -> str:
+    return f"{n} device" if n == 1 else f"{n} devices"
+
+
 def _duration(seconds: Any) -> str:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         return "-"
@@ -288,7 +292,9 @@ def _wave(w: Mapping[str, Any]) -> list[str]:
         reason = f" — {w['reason']}" if w["reason"] else ""
         lines.append(f"**Decision**: {w['decision']}{extra}{reason}")
     if w["failed_ids"]:
-        lines.append(f"**Failed devices**: {_ids(w['failed_ids'])}")
+        why = w["failed_reasons"]
+        named = [f"{i} ({_short(why[i])})" if why.get(i) else i for i in w["failed_ids"]]
+        lines.append(f"**Failed devices**: {_ids(named)}")
     if w["skipped_ids"]:
         lines.append(f"**Skipped devices**: {_ids(w['skipped_ids'])}")
     if w["resumed"]:
@@ -358,6 +364,21 @@ def _confirm(r: Mapping[str, Any]) -> list[str]:
         ["Status", "Count", "Percentage"],
         [[x["status"], x["count"], f"{x['percent']:.1f}%"] for x in c["rows"]],
     )
+    if c["set_aside"]:
+        # Every one of them, whatever the fleet's size: each needs its reason documented.
+        lines += ["", f"**Set aside** ({_devices(len(c['set_aside']))}):"]
+        lines += _table(
+            ["Device ID", "Status", "Reason"],
+            [[x["device"], x["status"], x["reason"]] for x in c["set_aside"]],
+        )
+    if c["registry_quarantined"]:
+        n = len(c["registry_quarantined"])
+        lines += [
+            "",
+            f"**Quarantine list**: {_devices(n)} put on the registry's quarantine list "
+            f"({_ids(c['registry_quarantined'])}); the next plan leaves them out until "
+            "fleetgate registry release ID",
+        ]
     if c["rollback_copies"] is not None:
         rc = c["rollback_copies"]
         lines += [

@@ -1,12 +1,9 @@
-"""ROLLOUT waves, rollbacks and CONFIRM sections of the session report, from a ``SessionLog``.
+"""ROLLOUT waves and rollbacks sections of the session report, from a ``SessionLog``.
 
 Raw values only (counts, ids, fractions, seconds); ``report.session_md`` formats them. The
 readings of ``docs/events.md`` (health check words, failed = deploy failures + health failures,
-rollback windows) are listed in ``report.session``'s docstring.
-
-CONFIRM accounting is computed from the folded device statuses, never copied from
-``confirm.completed``: the recorded counts are kept beside it and any disagreement becomes a
-warning, so the table always sums to ``fleet_total`` and matches the state block.
+rollback windows) are listed in ``report.session``'s docstring. CONFIRM is
+``report.session_confirm``.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from fleetgate.core.state import TERMINAL, DeviceStatus, Phase
+from fleetgate.core.state import DeviceStatus, Phase
 from fleetgate.report.session_log import LogEvent, SessionLog, human, ids, num, stage_of
 
 D = DeviceStatus
@@ -70,12 +67,30 @@ def rollout_section(
             deployed = int(num(deployed_ev.details["deployed"]) or 0)
         else:
             deployed = len({e.device_id for e in dev_events if e.action == "device.activated"})
+        # Invariant 10: a device whose transfer or stage failed is a failure of its wave, even
+        # in logs whose stage.deployed lists only the devices that failed to start.
+        not_deployed = [
+            str(e.device_id)
+            for e in dev_events
+            if e.action == "device.deploy_failed" and e.details.get("step") != "confirm"
+        ]
         failed = list(
             dict.fromkeys(
                 (ids(deployed_ev.details, "failed") if deployed_ev else [])
+                + not_deployed
                 + (ids(ev.details, "failed") if ev else [])
             )
         )
+        recorded = ev.details.get("reasons") if ev else None
+        recorded = recorded if isinstance(recorded, Mapping) else {}
+        reasons = {i: str(recorded.get(i) or state.reasons.get(i, "")) for i in failed}
+        # The denominator is every device the wave targeted (wave.evaluated.targeted).
+        wave_targeted = int(num(ev.details.get("targeted")) or 0) if ev else 0
+        wave_targeted = wave_targeted or len(devs)
+        in_wave = [i for i in failed if i in set(devs)]
+        rate = num(ev.details.get("rate")) if ev else None
+        if rate is None and (ev is not None or deployed_ev is not None):
+            rate = len(in_wave) / wave_targeted if wave_targeted else 0.0
         skipped = ids(deployed_ev.details, "skipped") if deployed_ev else []
         if not skipped and reached:
             # No stage.deployed (a pre-flight halt): the wave's devices left unreachable.
@@ -117,16 +132,17 @@ def rollout_section(
                 "by_hardware": dict(
                     sorted(Counter(info.get(i, {}).get("hardware", "?") for i in devs).items())
                 ),
-                "targeted": len(devs),
+                "targeted": wave_targeted,
                 "deployed": deployed,
                 "failed": len(failed),
                 "failed_ids": failed,
+                "failed_reasons": reasons,
                 "skipped": len(skipped),
                 "skipped_ids": skipped,
                 "unreachable_ids": ids(preflight.details, "unreachable") if preflight else [],
                 "health_check": health,
                 "checked": int(num(ev.details.get("checked")) or 0) if ev else None,
-                "failure_rate": num(ev.details.get("rate")) if ev else None,
+                "failure_rate": rate,
                 "scope": str(ev.details.get("scope", "")) if ev else "",
                 "soak_s": soak_s,
                 "soak_state": soak_state,
@@ -230,61 +246,3 @@ def rollback_sections(log: SessionLog) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-# (label, statuses) in table order; the first four are the spec's rows, always shown.
-_CONFIRM_ROWS: tuple[tuple[str, tuple[DeviceStatus, ...]], ...] = (
-    ("Deployed (healthy)", (D.HEALTHY,)),
-    ("Skipped (unreachable)", (D.SKIPPED, D.UNREACHABLE)),
-    ("Quarantined (failed)", (D.QUARANTINED,)),
-    ("Not targeted", ()),
-    ("Deployed (degraded)", (D.DEGRADED,)),
-    ("Deployed (not yet checked)", (D.DEPLOYED, D.STAGED)),
-    ("Failed", (D.FAILED,)),
-    ("Rolled back", (D.ROLLED_BACK,)),
-    ("Rollback failed (manual intervention)", (D.ROLLBACK_FAILED,)),
-    ("Pending (not reached)", (D.PENDING,)),
-)
-_RECORDED_KEYS = {
-    "Deployed (healthy)": "deployed_healthy",
-    "Skipped (unreachable)": "skipped",
-    "Quarantined (failed)": "quarantined",
-    "Not targeted": "not_targeted",
-}
-
-
-def confirm_section(log: SessionLog) -> dict[str, Any]:
-    state = log.state
-    counts = Counter(state.devices.values())
-    total = state.fleet_total
-    not_targeted = max(0, total - len(state.devices))
-    rows: list[dict[str, Any]] = []
-    for i, (label, statuses) in enumerate(_CONFIRM_ROWS):
-        n = not_targeted if not statuses else sum(counts[s] for s in statuses)
-        if i < 4 or n:
-            rows.append({"status": label, "count": n, "percent": _percent(n, total)})
-    done, checked = log.last("confirm.completed"), log.last("confirm.checked")
-    recorded = done.details.get("counts") if done else None
-    warnings = []
-    if isinstance(recorded, Mapping):
-        for row in rows:
-            key = _RECORDED_KEYS.get(str(row["status"]))
-            n = row["count"]
-            if key == "skipped":  # the engine counts never-deployed (pending) devices as skipped
-                n += counts[D.PENDING]
-            if key and key in recorded and num(recorded[key]) != n:
-                warnings.append(
-                    f"confirm.completed counts {key}={recorded[key]}, the device events give {n}"
-                )
-    phase = state.phase
-    return {
-        "reached": log.reached(Phase.CONFIRM) or done is not None,
-        "result": str(done.details.get("result")) if done else phase.value,
-        "final": phase in TERMINAL,
-        "rows": rows,
-        "rollback_copies": dict(checked.details.get("rollback_copies") or {}) if checked else None,
-        "health": dict(checked.details.get("health") or {}) if checked else None,
-        "recorded_counts": dict(recorded) if isinstance(recorded, Mapping) else None,
-        "reasons": [str(r) for r in (done.details.get("reasons") or [])] if done else [],
-        "warnings": warnings,
-    }

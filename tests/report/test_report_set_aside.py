@@ -240,3 +240,26 @@ def test_rollback_failure_is_set_aside_first() -> None:
     assert [(x["device"], x["status"]) for x in r["confirm"]["set_aside"]] == [
         ("rpi-b-03", "ROLLBACK FAILED")
     ]
+
+
+def test_devices_put_on_the_registry_quarantine_list_are_named() -> None:
+    events = stage_failures()
+    aside = {
+        STAGE_FAILED: f"stage failed: {DISK_FULL}",
+        CRASHED: "health failed: crash loop",
+        UNREACHABLE: "unreachable after 3 retries",
+    }
+    last = events[-1]
+    events.append(
+        Event(
+            ts=last.ts, deployment_id=DEP, action="registry.quarantined", details={"devices": aside}
+        )
+    )
+    r, md = report_of(events)
+    assert r["confirm"]["registry_quarantined"] == sorted(aside)  # details in canonical order
+    assert (
+        f"**Quarantine list**: 3 devices put on the registry's quarantine list "
+        f"({CRASHED}, {STAGE_FAILED}, {UNREACHABLE}); the next plan leaves them out until "
+        "fleetgate registry release ID"
+    ) in md
+    assert r["warnings"] == [] and r["phase"] == "PARTIAL"

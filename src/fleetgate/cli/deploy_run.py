@@ -55,6 +55,12 @@ def register_run(dsub: Any) -> None:
     start.add_argument("--policy", type=Path, help="rollout.toml (default: the spec's numbers)")
     start.add_argument("--select", help="selector, e.g. 'group=plant-a'")
     start.add_argument("--follow", action="store_true", help="wait for approval and finish")
+    start.add_argument(
+        "--as",
+        dest="actor",
+        default=None,
+        help="who starts it (audit log; names the person behind allow_short_soak); default $USER",
+    )
     _common(start)
     start.set_defaults(handler=cmd_start)
 
@@ -79,6 +85,13 @@ def register_run(dsub: Any) -> None:
         )
         p.add_argument("--comment", default="")
         p.add_argument("--no-drive", action="store_true", help="only record the decision")
+        if name == "resume":
+            p.add_argument(
+                "--exclude-failed-cells",
+                action="store_true",
+                help="after a partial canary FAIL: leave the failed canaries' hardware types and "
+                "groups out of this deployment instead of proving them with replacement canaries",
+            )
         _common(p)
         p.set_defaults(handler=cmd_decide, action=action)
 
@@ -90,6 +103,17 @@ def register_run(dsub: Any) -> None:
     rb.add_argument("--no-drive", action="store_true")
     _common(rb)
     rb.set_defaults(handler=cmd_decide, action="rollback.requested")
+
+    rec = dsub.add_parser(
+        "recover",
+        help="clear a rollback failure once the device is fixed (re-checked first)",
+    )
+    rec.add_argument("id")
+    rec.add_argument("--device", required=True, help="the device whose rollback failed")
+    rec.add_argument("--as", dest="actor", required=True, help="the human who fixed it")
+    rec.add_argument("--comment", default="", help="what was done to the device")
+    _common(rec)
+    rec.set_defaults(handler=cmd_recover)
 
     report = dsub.add_parser("report", help="the session report, from the event log alone")
     report.add_argument("id", nargs="?")
@@ -201,6 +225,9 @@ async def cmd_start(args: argparse.Namespace) -> int:
                 policy,
                 policy_doc=doc,
                 select=selector.matches if selector else None,
+                actor=person(args.actor)
+                if args.actor is not None
+                else (os.environ.get("USER") or "").strip() or "operator",
             )
         except IntegrityError as exc:
             # The bundle the operator named is missing, truncated, altered or signed by
@@ -243,10 +270,22 @@ async def cmd_decide(args: argparse.Namespace) -> int:
     details: dict[str, Any] = {"comment": args.comment}
     if args.action == "rollback.requested":
         details.update(devices=args.device, reason=args.comment or "operator rollback")
+    if getattr(args, "exclude_failed_cells", False):
+        details["canary_failure"] = "exclude"
     async with controller(args) as ctl:
         state = await ctl.decide(
             args.id, Decision(args.action, actor, None, details), drive=not args.no_drive
         )
+        return _emit(args, state)
+
+
+async def cmd_recover(args: argparse.Namespace) -> int:
+    """Re-check the device (reachable, known-good release, healthy); only then record it."""
+    actor = person(args.actor)
+    async with controller(args) as ctl:
+        state = await ctl.recover(args.id, args.device, actor, args.comment)
+        if not getattr(args, "json", False):
+            print(f"{args.device}: recovered (recorded by {actor})", file=sys.stderr)
         return _emit(args, state)
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fleetgate.cli.main import EXIT_OK, person
+from fleetgate.core.model import Device, DeviceState
 
 
 def register(sub: Any) -> None:
@@ -28,6 +31,11 @@ def register(sub: Any) -> None:
     lst.add_argument("--select", help="selector, e.g. 'hardware=rpi4,!state=maintenance'")
     lst.add_argument("--json", action="store_true", help="one JSON document on stdout")
     lst.set_defaults(handler=cmd_list)
+    rel = rsub.add_parser("release", help="return a quarantined device to service")
+    rel.add_argument("id", help="device id")
+    rel.add_argument("--as", dest="actor", default=None, help="who releases it (audit log)")
+    rel.add_argument("--comment", default="", help="what was found and done")
+    rel.set_defaults(handler=cmd_release)
     reg.set_defaults(handler=lambda a: (reg.print_help(sys.stderr), 2)[1])
 
 
@@ -41,6 +49,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     devices = load_inventory(args.file)  # raises ValidationError listing every problem
     digest = hashlib.sha256(args.file.read_bytes()).hexdigest()
     async with Store.open(args.db) as store, store.transaction():
+        devices, kept = keep_quarantine(devices, await store.list_devices())
         await store.replace_devices(devices)
         await store.append(
             Event(
@@ -48,10 +57,71 @@ async def cmd_import(args: argparse.Namespace) -> int:
                 deployment_id=None,
                 action="registry.imported",
                 actor=actor,
-                details={"file": str(args.file), "sha256": digest, "devices": len(devices)},
+                details={
+                    "file": str(args.file),
+                    "sha256": digest,
+                    "devices": len(devices),
+                    "kept_in_quarantine": kept,
+                },
             )
         )
     print(f"imported {len(devices)} devices from {args.file}")
+    if kept:
+        print(
+            f"kept {len(kept)} devices in quarantine (set aside by a deployment): "
+            + ", ".join(kept[:10])
+            + (" …" if len(kept) > 10 else "")
+            + "; fleetgate registry release ID returns one to service",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def keep_quarantine(new: list[Device], old: list[Device]) -> tuple[list[Device], list[str]]:
+    """A re-import must not silently return a quarantined device to service: a device that a
+    deployment quarantined (its ``state_reason`` says so) stays quarantined when the file lists
+    it as ``active``; only ``registry release`` (an audited decision) clears it."""
+    held = {
+        d.id: d
+        for d in old
+        if d.state is DeviceState.QUARANTINE and d.state_reason.startswith("d-")
+    }
+    out: list[Device] = []
+    kept: list[str] = []
+    for d in new:
+        prev = held.get(d.id)
+        if prev is not None and d.state is DeviceState.ACTIVE:
+            d = replace(d, state=DeviceState.QUARANTINE, state_reason=prev.state_reason)
+            kept.append(d.id)
+        out.append(d)
+    return out, kept
+
+
+async def cmd_release(args: argparse.Namespace) -> int:
+    from fleetgate.clock import utc_now_iso
+    from fleetgate.core.events import Event
+    from fleetgate.errors import InputError
+    from fleetgate.store import Store
+
+    actor = person(args.actor if args.actor is not None else os.environ.get("USER"))
+    async with Store.open(args.db) as store, store.transaction():
+        dev = await store.get_device(args.id)
+        if dev is None:
+            raise InputError(f"registry release: no device {args.id!r} in the inventory")
+        if dev.state is not DeviceState.QUARANTINE:
+            raise InputError(f"registry release: {args.id} is {dev.state.value}, not in quarantine")
+        await store.upsert_devices([replace(dev, state=DeviceState.ACTIVE, state_reason="")])
+        await store.append(
+            Event(
+                ts=utc_now_iso(),
+                deployment_id=None,
+                device_id=dev.id,
+                action="registry.released",
+                actor=actor,
+                details={"was": dev.state_reason, "comment": args.comment},
+            )
+        )
+    print(f"{args.id}: back in service (was: {dev.state_reason or 'quarantine'})")
     return EXIT_OK
 
 

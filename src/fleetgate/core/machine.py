@@ -308,16 +308,22 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
         case "rollback.completed":
             _require(s, e, Phase.ROLLING_BACK)
             s = replace(s, rollback_scope=(), quarantine_on_rollback=False)
+            then = s.rollback_then or Phase.HALTED
+            s = replace(s, rollback_then=None)
             if s.manual_intervention:
+                # Where the rollback was going is kept for the resume after the recovery: an
+                # abort or a whole-deployment rollback ends there, never in a rollout again.
+                if then in TERMINAL or then is Phase.ROLLOUT:
+                    after = then
+                else:
+                    after = s.halted_from or Phase.HALTED
                 return _halt(
                     s,
                     "rollback failed on "
                     + ", ".join(s.manual_intervention)
                     + ": manual intervention required; every deployment action stopped",
-                    from_phase=Phase.HALTED,
+                    from_phase=after,
                 )
-            then = s.rollback_then or Phase.HALTED
-            s = replace(s, rollback_then=None)
             if then is Phase.HALTED:
                 return _halt(
                     s,
@@ -341,6 +347,8 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
                     deployment_id=s.deployment_id,
                 )
             back = s.halted_from or Phase.PREPARE
+            if back in TERMINAL:  # a rollback or abort a rollback failure interrupted
+                return replace(s, phase=back, halted_from=None)
             if back in (Phase.HALTED, Phase.ROLLING_BACK):
                 back = Phase.ROLLOUT if s.stage > 0 else Phase.VERIFY
             if s.drill == "failed":  # validate rollback again, on another canary

@@ -41,7 +41,9 @@ from fleetgate.core.model import Device
 from fleetgate.core.plan import plan_deployment
 from fleetgate.core.policy import Policy
 from fleetgate.core.state import TERMINAL, DeploymentState, Phase
+from fleetgate.engine.admission import admit, open_deployments
 from fleetgate.engine.context import Clock, EngineContext, Release, StoreClock, sample_from_dict
+from fleetgate.engine.quarantine import sync_quarantine
 from fleetgate.engine.recorder import Recorder
 from fleetgate.engine.runner import drive
 from fleetgate.errors import FleetgateError, GuardrailError, InputError, LeaseLost, StoreError
@@ -129,13 +131,6 @@ class Controller:
         from fleetgate.registry import device_to_dict
         from fleetgate.report.prepare import plan_to_dict
 
-        blocked = await self.unresolved_rollback_failures()
-        if blocked:
-            where = "; ".join(f"{d}: {', '.join(ids)}" for d, ids in blocked.items())
-            raise GuardrailError(
-                "a rollback failed and is unresolved (" + where + "): no deployment may "
-                "proceed until it is (record `device.recovered` once the device is fixed)"
-            )
         pub = load_public_key(self.config.require_public_key())
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
         fleet = await self.store.list_devices()
@@ -193,6 +188,9 @@ class Controller:
                 )
             )
         async with self.store.transaction():
+            # Checked and created under the log's lock: two starts cannot both pass.
+            await self.store.lock_log()
+            await admit(self.store, (d.id for s in plan.stages() for d in s))
             await self.store.create_deployment(
                 dep_id, manifest.label, sha, {"targets": len(plan.targeted)}
             )
@@ -247,6 +245,7 @@ class Controller:
                         await self._cache_status(rec.state, fence)
                     if drive and not isinstance(next_effects(rec.state)[0], WaitForHuman | Stop):
                         await self._drive(rec, events, fence)
+                    await sync_quarantine(self.store, rec)
                     return rec.state
                 finally:
                     await self._cache_status(rec.state, fence)
@@ -265,6 +264,20 @@ class Controller:
             )
             ctx = self._context(rec.deployment_id, rec, created, events, url)
             await drive(ctx, self._prepare)
+
+    async def recover(
+        self, dep_id: str, device_id: str, actor: str, comment: str = ""
+    ) -> DeploymentState:
+        """Re-check a device whose rollback failed (reachable, on a known-good release,
+        healthy) and only then record ``device.recovered`` (``engine.recover``)."""
+        from fleetgate.engine.recover import recheck_device
+
+        checks = await recheck_device(self.store, self.transport, dep_id, device_id)
+        return await self.decide(
+            dep_id,
+            Decision("device.recovered", actor, device_id, {"checks": checks, "comment": comment}),
+            drive=False,
+        )
 
     async def wait_for_news(self, dep_id: str, poll_s: float = 2.0) -> None:
         """Return once an event of this deployment is written by another process (an
@@ -296,17 +309,8 @@ class Controller:
             )
 
     async def unresolved_rollback_failures(self) -> dict[str, tuple[str, ...]]:
-        """Deployments with a device whose rollback failed and was not recovered. Terminal
-        summaries are trusted; anything else is re-folded, as its cache may be stale after a
-        controller was killed."""
-        out: dict[str, tuple[str, ...]] = {}
-        for record in await self.store.list_deployments():
-            if record.status in _TERMINAL_NAMES:
-                continue
-            state = fold(record.id, await self.store.events(record.id))
-            if state.manual_intervention:
-                out[record.id] = state.manual_intervention
-        return out
+        """Deployments with a device whose rollback failed and was not recovered."""
+        return (await open_deployments(self.store)).rollback_failures
 
     async def _prepare(self, ctx: EngineContext) -> None:
         """PREPARE's online half, in the driving process: re-verify the published manifest's

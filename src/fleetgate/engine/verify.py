@@ -56,14 +56,20 @@ async def check_health(
         )
         return None
     verdict = evaluate_health(sample, baseline, ctx.policy.health)
+    status, reasons = verdict.status.value.lower(), list(verdict.reasons)
+    if sample.release is not None and sample.release != ctx.release.release_id:
+        # Invariant 10: healthy on another release (it never switched, or reverted by itself)
+        # is not a deployed device.
+        status = "failed"
+        reasons.insert(0, f"runs {sample.release}, not {ctx.release.release_id}")
     await ctx.recorder.record(
         "device.health",
         device_id=dev_id,
         stage=stage,
         round=round_name,
-        outcome="ok" if verdict.healthy else "failed",
-        status=verdict.status.value.lower(),
-        reasons=list(verdict.reasons),
+        outcome="ok" if status == "healthy" else "failed",
+        status=status,
+        reasons=reasons,
         sample=sample_dict(sample),
         baseline=sample_dict(baseline),
     )
@@ -128,12 +134,15 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
             reasons=["no canary was deployed", *reasons],
         )
         return
+    n = rec.state.canary_round
     initial = await health_round(ctx, 0, live, "initial")
-    await soak(ctx, 0, ctx.policy.soak.canary_s)
+    await soak(ctx, 0, ctx.policy.soak.canary_s, key=None if n == 1 else f"soak-r{n}")
     post = await health_round(ctx, 0, live, "post-soak")
-    judged = [
-        i for i in canaries if rec.state.devices[i] not in (D.SKIPPED, D.QUARANTINED, D.ROLLED_BACK)
-    ]
+    # Every canary of this round is judged: one that was skipped, rolled back or failed to
+    # stage proves nothing for its cell, so it fails (no sample) instead of being ignored.
+    # Only canaries retired in an earlier round (replaced, or their cells excluded) are not.
+    retired = set(rec.state.retired_canaries)
+    judged = [i for i in canaries if i not in retired and rec.state.devices[i] is not D.EXCLUDED]
     verdict = canary_verdict(
         initial, post, ctx.baselines, judged, ctx.policy.health, soak_served=True
     )
@@ -146,6 +155,7 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
         all_failed=verdict.all_failed,
         reasons=list(verdict.reasons),
         soak_s=ctx.policy.soak.canary_s,
+        round=n,
     )
     if verdict.passed:
         await rec.record("approval.requested", verdict="PASS")
@@ -168,12 +178,14 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
         ids = state.stages[n]
         deployed_by_wave[n] = [i for i in ids if state.devices[i].on_new_release]
         failed_by_wave[n] = [i for i in ids if state.devices[i] in unhealthy]
-    # Devices of this wave that could not even be deployed count as failed for the matrix.
-    targeted = [i for i in wave_ids if state.devices[i] is not D.SKIPPED]
-    failed_here = [i for i in wave_ids if state.devices[i] in unhealthy]
+    # Invariant 10: the matrix counts every device of the wave that failed — to transfer, to
+    # stage, to start, or its health — over every device the wave targeted.
+    targeted = list(wave_ids)
+    not_deployed = [i for i in wave_ids if state.devices[i] is D.DEPLOY_FAILED]
+    failed_here = [i for i in wave_ids if state.devices[i] in unhealthy] + not_deployed
     decision = wave_decision(len(failed_here), len(targeted), ctx.policy.thresholds)
     scope = rollback_scope(failed_by_wave, deployed_by_wave, stage, ctx.policy.thresholds)
-    all_failed = sorted(i for ids in failed_by_wave.values() for i in ids)
+    all_failed = sorted({*(i for ids in failed_by_wave.values() for i in ids), *not_deployed})
 
     action = decision.action
     reason = decision.reason
@@ -202,4 +214,5 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
         rollback=rollback,
         reason=reason,
         checked=len(deployed),
+        reasons={i: state.reasons.get(i, "") for i in failed_here},
     )

@@ -414,3 +414,25 @@ class Store:
         """The next command sequence number for ``device_id`` (1, 2, 3 …), atomically."""
         async with self._tx(write=True) as conn:
             return await leases.next_device_seq(conn, device_id)
+
+    async def lock_log(self) -> None:
+        """Inside ``transaction()``: take the log's append lock until the transaction ends, so
+        a check-then-create (``engine.admission``) cannot race another controller. SQLite's
+        write transaction already holds it; PostgreSQL locks the chain-head row."""
+        async with self._tx(write=True) as conn:
+            await audit_log.read_head(conn, for_update=True)
+
+    async def get_devices(self, ids: Sequence[str]) -> list[Device]:
+        """These devices (unknown ids are left out), in id order; one query per 500 ids."""
+        wanted = sorted(set(ids))
+        out: list[Device] = []
+        async with self._tx(write=False) as conn:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = (
+                    await conn.execute(
+                        select(devices).where(devices.c.id.in_(chunk)).order_by(devices.c.id)
+                    )
+                ).all()
+                out.extend(self._device(row.id, row.data) for row in rows)
+        return out

@@ -422,12 +422,6 @@ def test_a_cell_left_unproven_is_excluded_but_not_quarantined(
     assert set(excluded) <= set(active)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug (cli/registry_cmd.py keep_quarantine): the quarantine lives only in the "
-    "device row; an import that leaves the device out deletes it, and the next import of the "
-    "original file brings it back active without registry release",
-)
 def test_leaving_a_device_out_of_one_import_does_not_release_it(
     tmp_path: Path,
     db: str,

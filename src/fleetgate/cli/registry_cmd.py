@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     devices = load_inventory(args.file)  # raises ValidationError listing every problem
     digest = hashlib.sha256(args.file.read_bytes()).hexdigest()
     async with Store.open(args.db) as store, store.transaction():
-        devices, kept = keep_quarantine(devices, await store.list_devices())
+        devices, kept = keep_quarantine(devices, await store.quarantined())
         await store.replace_devices(devices)
         await store.append(
             Event(
@@ -77,21 +78,19 @@ async def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def keep_quarantine(new: list[Device], old: list[Device]) -> tuple[list[Device], list[str]]:
-    """A re-import must not silently return a quarantined device to service: a device that a
-    deployment quarantined (its ``state_reason`` says so) stays quarantined when the file lists
-    it as ``active``; only ``registry release`` (an audited decision) clears it."""
-    held = {
-        d.id: d
-        for d in old
-        if d.state is DeviceState.QUARANTINE and d.state_reason.startswith("d-")
-    }
+def keep_quarantine(new: list[Device], held: Mapping[str, str]) -> tuple[list[Device], list[str]]:
+    """A re-import must not return a quarantined device to service: a device on the store's
+    quarantine list (``held``: id -> reason) stays quarantined whatever state the file gives it,
+    even if an earlier import left it out; only ``registry release`` (an audited decision)
+    takes it off the list."""
     out: list[Device] = []
     kept: list[str] = []
     for d in new:
-        prev = held.get(d.id)
-        if prev is not None and d.state is DeviceState.ACTIVE:
-            d = replace(d, state=DeviceState.QUARANTINE, state_reason=prev.state_reason)
+        reason = held.get(d.id)
+        if reason is not None and (
+            d.state is not DeviceState.QUARANTINE or d.state_reason != reason
+        ):
+            d = replace(d, state=DeviceState.QUARANTINE, state_reason=reason)
             kept.append(d.id)
         out.append(d)
     return out, kept
@@ -108,7 +107,8 @@ async def cmd_release(args: argparse.Namespace) -> int:
         dev = await store.get_device(args.id)
         if dev is None:
             raise InputError(f"registry release: no device {args.id!r} in the inventory")
-        if dev.state is not DeviceState.QUARANTINE:
+        listed = await store.clear_quarantine(dev.id)
+        if dev.state is not DeviceState.QUARANTINE and not listed:
             raise InputError(f"registry release: {args.id} is {dev.state.value}, not in quarantine")
         await store.upsert_devices([replace(dev, state=DeviceState.ACTIVE, state_reason="")])
         await store.append(

@@ -3,8 +3,9 @@ investigation"), so the next plan excludes them — with the reason — until an
 them to service (``fleetgate registry release ID``).
 
 After each drive, every device of the deployment that ended QUARANTINED, SKIPPED, failed to
-deploy, or whose rollback failed, and that is still ``active`` in the registry, is written back
-as ``state: quarantine`` with ``state_reason`` naming the deployment and the failure (crash
+deploy, or whose rollback failed, and that is still ``active`` in the registry, goes on the
+store's quarantine list (which an inventory import cannot drop) and its device row becomes
+``state: quarantine`` with ``state_reason`` naming the deployment and the failure (crash
 loop, the failed health metric, "unreachable (attempt 3)", "stage failed: 507 …"). The change
 is an audit event, ``registry.quarantined`` (details: ``devices`` {id: reason}), recorded before
 the registry is written, so a crash between the two is repaired by the next drive (it finds the
@@ -43,4 +44,6 @@ async def sync_quarantine(store: Any, rec: Recorder) -> None:
     if not changed:
         return
     await rec.record("registry.quarantined", devices=reasons)
-    await store.upsert_devices(changed)
+    async with store.transaction():
+        await store.set_quarantine(reasons, state.deployment_id)
+        await store.upsert_devices(changed)

@@ -20,6 +20,8 @@ database JSON type, so what is hashed is exactly what is stored.
   its holding: the fencing token every append of a driver is checked against. Rows are kept on
   release so the epoch only ever grows.
 - ``device_seq``: the last command sequence number sent to each device.
+- ``quarantine``: devices a deployment set aside (reason, deployment), until ``registry
+  release``; apart from ``devices`` so an inventory import cannot drop it.
 """
 
 from __future__ import annotations
@@ -101,6 +103,15 @@ leases = Table(
     Column("holder", Text, nullable=False),
     Column("expires_at", TS, nullable=False),
     Column("epoch", BigInteger, nullable=False, server_default="0"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("device_id", ID, primary_key=True),
+    Column("deployment_id", ID, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("since", TS, nullable=False),
 )
 
 device_seq = Table(

@@ -46,7 +46,7 @@ from fleetgate.registry.codec import device_from_dict, device_to_dict
 from fleetgate.store import audit_log, leases, migrate
 from fleetgate.store.engine import WRITE_OPTION, StoreTarget, create_store_engine, parse_store_url
 from fleetgate.store.leases import Fence, Lease
-from fleetgate.store.schema import deployments, devices, upsert
+from fleetgate.store.schema import deployments, devices, quarantine, upsert
 
 # The transaction the current task is inside, if any (see ``Store.transaction``).
 _CURRENT: ContextVar[tuple[Store, AsyncConnection] | None] = ContextVar(
@@ -436,3 +436,41 @@ class Store:
                 ).all()
                 out.extend(self._device(row.id, row.data) for row in rows)
         return out
+
+    # -- the quarantine list ------------------------------------------------------------------
+
+    async def set_quarantine(
+        self, entries: Mapping[str, str], deployment_id: str | None, *, now: str | None = None
+    ) -> None:
+        """Put these devices (id -> reason) on the quarantine list (kept if already on it)."""
+        if not entries:
+            return
+        stamp = normalise_iso(now) if now is not None else utc_now_iso()
+        rows = [
+            {"device_id": d, "deployment_id": deployment_id, "reason": r, "since": stamp}
+            for d, r in sorted(entries.items())
+        ]
+        async with self._tx(write=True) as conn:
+            stmt = upsert(conn, quarantine).values(rows)
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=[quarantine.c.device_id]))
+
+    async def clear_quarantine(self, device_id: str) -> bool:
+        """Take a device off the quarantine list; False if it was not on it."""
+        async with self._tx(write=True) as conn:
+            row = (
+                await conn.execute(
+                    delete(quarantine)
+                    .where(quarantine.c.device_id == device_id)
+                    .returning(quarantine.c.device_id)
+                )
+            ).first()
+        return row is not None
+
+    async def quarantined(self) -> dict[str, str]:
+        """The quarantine list: device id -> reason (naming the deployment, when one did it)."""
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(select(quarantine))).all()
+        return {
+            r.device_id: (f"{r.deployment_id}: {r.reason}" if r.deployment_id else r.reason)
+            for r in rows
+        }

@@ -269,7 +269,7 @@ def test_wave_matrix_outcomes() -> None:
             ),
         ]
     )
-    assert eff == [Rollback(("w1a",), s.halt_reason or "rollback")]
+    assert eff == [Rollback(("w1a",), "quarantine: w1a: failed")]  # the reason names why
     s, eff = run(
         [
             *base,
@@ -298,7 +298,7 @@ def test_wave_matrix_outcomes() -> None:
             ev("deployment.resumed", actor="bob"),
         ]
     )
-    assert s.phase is Phase.ROLLING_BACK and eff[0] == Rollback(("w1a",), "rollback")
+    assert s.phase is Phase.ROLLING_BACK and eff[0] == Rollback(("w1a",), "quarantine: w1a: failed")
     # > 20 %: roll back the wave, halt.
     s, eff = run(
         [

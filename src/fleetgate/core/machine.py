@@ -568,7 +568,11 @@ def next_effects(s: DeploymentState) -> list[Effect]:
                     D.EXCLUDED,
                 )
             )
-            return [Rollback(todo, s.halt_reason or "rollback")]
+            if s.quarantine_on_rollback:
+                why = "quarantine: " + ", ".join(f"{i}: {s.reasons.get(i, 'failed')}" for i in todo)
+            else:
+                why = s.halt_reason or "rollback"
+            return [Rollback(todo, why)]
         case _:
             return [Stop(s.phase)]
 

@@ -88,7 +88,7 @@ async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> Non
         if not await rollback_drill(ctx):
             return  # the drill failed: the deployment is halted
     state = rec.state
-    failed = [i for i in ids if state.devices[i] is D.FAILED]
+    failed = [i for i in ids if state.devices[i] in (D.FAILED, D.DEPLOY_FAILED)]
     skipped = [i for i in ids if state.devices[i] is D.SKIPPED]
     deployed = [i for i in ids if state.devices[i].on_new_release]
     await rec.record(

@@ -170,7 +170,7 @@ async def test_a_clock_years_off_cannot_take_a_live_lease(
         a = controller(h, ControllerClock(h.clock, park=True))
         driving = asyncio.create_task(a.drive(dep))
         try:
-            await wait_for_event(h.store, dep, "soak.started", driving)
+            await wait_for_event(h.store, dep, "soak.sampled", driving)
             head = await h.store.chain_head()
             b = controller(h, ControllerClock(h.clock, skew_s=skew_s))
             with pytest.raises(FleetgateError, match=rf"being driven by {a.holder} \(epoch 1\)"):
@@ -202,7 +202,7 @@ async def test_a_driver_resumed_after_a_take_over_writes_nothing(
         monkeypatch.setattr(a, "_keep_lease", renewal_stalled)
         driving = asyncio.create_task(a.drive(dep))
         try:
-            await wait_for_event(h.store, dep, "soak.started", driving)
+            await wait_for_event(h.store, dep, "soak.sampled", driving)
             await wait_lease_expired(h.store, dep)
             b = controller(h, ControllerClock(h.clock))
             state = await b.drive(dep)
@@ -259,7 +259,7 @@ async def test_two_controllers_racing_exactly_one_drives(tmp_path: Path, store_u
             with pytest.raises(FleetgateError, match="is being driven by"):
                 loser.result()
             winner = ctls[1 - tasks.index(loser)]
-            await wait_for_event(h.store, dep, "soak.started", tasks[ctls.index(winner)])
+            await wait_for_event(h.store, dep, "soak.sampled", tasks[ctls.index(winner)])
         finally:
             for t in tasks:
                 await cancel(t)
@@ -307,7 +307,7 @@ async def test_real_store_clock_soak_is_served_in_full_by_a_skewed_controller(
         first = controller(h, Clock(), virtual_store_clock=False)
         driving = asyncio.create_task(first.drive(dep))
         try:
-            await wait_for_event(h.store, dep, "soak.started", driving)
+            await wait_for_event(h.store, dep, "soak.started", driving)  # a 2 s soak: no sampling
         finally:
             await cancel(driving)  # dies mid-soak (its lease is released on the way out)
         ahead = controller(h, SkewedClock(YEARS_5), virtual_store_clock=False)
@@ -334,7 +334,7 @@ async def test_a_failed_renewal_cancels_the_drive(tmp_path: Path, store_url: str
         a = controller(h, ControllerClock(h.clock, park=True), lease_ttl_s=0.6)
         driving = asyncio.create_task(a.drive(dep))
         try:
-            await wait_for_event(h.store, dep, "soak.started", driving)
+            await wait_for_event(h.store, dep, "soak.sampled", driving)
             lease = await h.store.get_lease(dep)
             assert lease is not None
             # Taken over (as after an expiry the driver did not notice).
@@ -362,7 +362,7 @@ async def test_a_store_that_cannot_renew_for_a_ttl_cancels_the_drive(
         a = controller(h, ControllerClock(h.clock, park=True), store=own, lease_ttl_s=0.6)
         driving = asyncio.create_task(a.drive(dep))
         try:
-            await wait_for_event(h.store, dep, "soak.started", driving)
+            await wait_for_event(h.store, dep, "soak.sampled", driving)
 
             async def unreachable(*_args: Any) -> bool:
                 raise StoreError("connection refused", retryable=True)

@@ -326,11 +326,6 @@ class Answers(MemoryTransport):
         return self.make(device, sample) if device.id in self.ids else sample
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a canary answering health with app_up only (no error rate, no latency, no "
-    "release) passes the canary verdict: PASS without any evidence",
-)
 async def test_canaries_answering_with_no_data_do_not_pass(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         dep = await h.start()

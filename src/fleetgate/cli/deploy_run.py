@@ -85,6 +85,13 @@ def register_run(dsub: Any) -> None:
         )
         p.add_argument("--comment", default="")
         p.add_argument("--no-drive", action="store_true", help="only record the decision")
+        if name == "approve":
+            p.add_argument(
+                "--accept-inconclusive",
+                action="store_true",
+                help="approve although the canary analysis was INCONCLUSIVE (recorded with "
+                "your name)",
+            )
         if name == "resume":
             p.add_argument(
                 "--exclude-failed-cells",
@@ -272,6 +279,8 @@ async def cmd_decide(args: argparse.Namespace) -> int:
         details.update(devices=args.device, reason=args.comment or "operator rollback")
     if getattr(args, "exclude_failed_cells", False):
         details["canary_failure"] = "exclude"
+    if getattr(args, "accept_inconclusive", False):
+        details["accept_inconclusive"] = True
     async with controller(args) as ctl:
         state = await ctl.decide(
             args.id, Decision(args.action, actor, None, details), drive=not args.no_drive

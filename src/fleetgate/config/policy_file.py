@@ -20,6 +20,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from fleetgate.config.toml_file import read_toml
 from fleetgate.core.policy import (
+    AnalysisMetric,
+    AnalysisPolicy,
     CanaryPolicy,
     HealthPolicy,
     Policy,
@@ -99,6 +101,25 @@ class _Retries(_Strict):
     backoff: Duration = 2.0
 
 
+class _Metric(_Strict):
+    name: str
+    quantile: float | None = None  # a summary's quantile: name{quantile="0.95"}
+    direction: str = "increase"
+    tolerance: float = 0.25
+    floor: float = 0.0
+    critical: bool = True
+    min_samples: int = 10
+
+
+class _Analysis(_Strict):
+    interval: Duration = 30.0
+    confidence: float = 0.98
+    extend: Duration = 900.0
+    control: bool = True
+    min_samples: int = 10
+    metric: list[_Metric] = Field(default_factory=list)
+
+
 class _Approval(_Strict):
     fleet_rollout: bool = True
 
@@ -112,6 +133,7 @@ class _PolicyFile(_Strict):
     thresholds: _Thresholds = Field(default_factory=_Thresholds)
     retries: _Retries = Field(default_factory=_Retries)
     approval: _Approval = Field(default_factory=_Approval)
+    analysis: _Analysis = Field(default_factory=_Analysis)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -135,6 +157,24 @@ def policy_from_dict(data: dict[str, Any], where: str) -> Policy:
         "thresholds": Thresholds(**f.thresholds.model_dump()),
         "retries": RetryPolicy(f.retries.attempts, f.retries.backoff),
         "fleet_rollout_approval": f.approval.fleet_rollout,
+        "analysis": AnalysisPolicy(
+            interval_s=f.analysis.interval,
+            confidence=f.analysis.confidence,
+            extend_s=f.analysis.extend,
+            control=f.analysis.control,
+            min_samples=f.analysis.min_samples,
+            metrics=tuple(
+                AnalysisMetric(
+                    name=m.name if m.quantile is None else f'{m.name}{{quantile="{m.quantile:g}"}}',
+                    direction=m.direction,
+                    tolerance=m.tolerance,
+                    floor=m.floor,
+                    critical=m.critical,
+                    min_samples=m.min_samples,
+                )
+                for m in f.analysis.metric
+            ),
+        ),
         "allow_short_soak": f.allow_short_soak,
     }
     for k, v in fields.items():

@@ -256,9 +256,12 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
                 "ts": e.ts,
             }
             history = (*s.canary_history, entry)
-            if verdict == "PASS":
+            if verdict in ("PASS", "INCONCLUSIVE"):
+                # INCONCLUSIVE (issue 11): the analysis could not tell, even after the soak was
+                # extended; a human decides with the evidence (approve --accept-inconclusive, or
+                # reject).
                 return replace(
-                    s, canary_verdict="PASS", phase=Phase.AWAITING_APPROVAL, canary_history=history
+                    s, canary_verdict=verdict, phase=Phase.AWAITING_APPROVAL, canary_history=history
                 )
             failed = _ids(d, "failed") or s.canaries
             all_failed = bool(d.get("all_failed", True))
@@ -277,13 +280,31 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             return _start_rollback(s, failed, then, quarantine=not all_failed)
         case "canary.replaced":
             return _apply_replaced(s, e)
+        case "canary.controls":
+            _require(s, e, Phase.VERIFY)
+            controls = {str(k): str(v) for k, v in dict(d.get("controls", {})).items() if v}
+            for c, ctl in controls.items():
+                if c not in s.canaries or s.devices.get(ctl) is not D.PENDING:
+                    raise IllegalTransition(
+                        f"canary.controls: {ctl} cannot control {c} (must be an untouched device)",
+                        deployment_id=s.deployment_id,
+                    )
+            return replace(s, controls=controls)
         case "approval.requested":
             return s
         case "approval.granted":
             _require(s, e, Phase.AWAITING_APPROVAL)
-            if s.canary_verdict != "PASS":
+            accepted = s.canary_verdict == "INCONCLUSIVE" and bool(d.get("accept_inconclusive"))
+            if s.canary_verdict != "PASS" and not accepted:
                 raise IllegalTransition(
-                    "approval needs a PASS canary verdict", deployment_id=s.deployment_id
+                    "approval needs a PASS canary verdict"
+                    + (
+                        " (the verdict is INCONCLUSIVE: approve with --accept-inconclusive to "
+                        "take that risk by name, or reject)"
+                        if s.canary_verdict == "INCONCLUSIVE"
+                        else ""
+                    ),
+                    deployment_id=s.deployment_id,
                 )
             if e.actor in ("", "fleetgate", "system"):
                 raise IllegalTransition(
@@ -500,6 +521,7 @@ def _apply_replaced(s: DeploymentState, e: EventLike) -> DeploymentState:
         stages=stages,
         phase=Phase.CANARY,
         canary_round=s.canary_round + 1,
+        controls={},
         canary_decision="",
         retired_canaries=tuple(sorted({*s.retired_canaries, *_ids(d, "retired")})),
         canary_verdict="PENDING",

@@ -385,3 +385,33 @@ def replace_canaries(
     )
     uncovered = tuple(sorted(f"{a}={v}" for a, v in lost))
     return CanaryReplacement(tuple(chosen), excluded, uncovered)
+
+
+def control_candidates(
+    canaries: Sequence[Device], pending: Sequence[Device], cover: Sequence[str]
+) -> dict[str, list[Device]]:
+    """Control devices for each canary, best first (issue 11: a concurrent control cohort).
+
+    A control runs the *old* release at the same time as its canary and is sampled at the same
+    moments, so a fleet-wide change (a load surge, a hot day) moves both alike. Candidates for a
+    canary are the untouched wave devices (``pending``) of exactly its cell (every ``cover``
+    attribute equal), not critical, ``active``; best-monitored first, then by id. A device is
+    offered to one canary only (the canaries are served in id order), so no two canaries share
+    a control. The engine takes the first candidate that answers healthy; a canary without one
+    is judged against its own baseline.
+    """
+    taken: set[str] = set()
+    out: dict[str, list[Device]] = {}
+    pool = sorted(
+        (d for d in pending if not d.critical and d.state is DeviceState.ACTIVE),
+        key=_monitoring_key,
+    )
+    for c in sorted(canaries, key=lambda d: d.id):
+        cell = tuple(c.attribute(a) for a in cover)
+        mine = [
+            d for d in pool if d.id not in taken and tuple(d.attribute(a) for a in cover) == cell
+        ]
+        # Several candidates per canary, so one that is down can be skipped; the rest stay free.
+        out[c.id] = mine[:3]
+        taken.update(d.id for d in mine[:3])
+    return out

@@ -83,6 +83,36 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalysisMetric:
+    """One metric the canary judge compares (``core.analysis.MetricSpec`` as policy data).
+    ``name`` is a standard sample field (``error_rate``, ``latency_ms`` …) or an app metric as
+    the agent reports it (``inference_latency_seconds{quantile="0.95"}``)."""
+
+    name: str
+    direction: str = "increase"  # the harmful direction: increase | decrease
+    tolerance: float = 0.25  # relative to the control's median (Kayenta's default 25 %)
+    floor: float = 0.0  # absolute tolerance floor (error rates near 0, tiny latencies)
+    critical: bool = True
+    min_samples: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisPolicy:
+    """Canary analysis (issue 11): the soak is sampled every ``interval_s``; each canary is
+    compared with a concurrent control device (Mann-Whitney U, ``core.analysis``); an
+    INCONCLUSIVE result extends the soak once by ``extend_s``. The analysis runs when the soak
+    yields at least ``min_samples`` per device; a shorter (audited ``allow_short_soak``) soak is
+    judged by the threshold rules alone, and the verdict says so."""
+
+    interval_s: float = 30.0
+    confidence: float = 0.98  # Kayenta's default
+    extend_s: float = 15 * 60.0
+    control: bool = True
+    min_samples: int = 10
+    metrics: tuple[AnalysisMetric, ...] = ()  # added to / overriding the defaults by name
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempts: int = RETRY_ATTEMPTS
     backoff_s: float = 2.0
@@ -96,6 +126,7 @@ class Policy:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     thresholds: Thresholds = field(default_factory=Thresholds)
     retries: RetryPolicy = field(default_factory=RetryPolicy)
+    analysis: AnalysisPolicy = field(default_factory=AnalysisPolicy)
     fleet_rollout_approval: bool = True
     allow_short_soak: bool = False
 
@@ -114,6 +145,7 @@ def policy_problems(p: Policy) -> list[str]:
         *_threshold_problems(p.thresholds),
         *_health_problems(p.health),
         *_retry_problems(p.retries),
+        *_analysis_problems(p.analysis),
         *(
             []
             if p.fleet_rollout_approval
@@ -239,4 +271,24 @@ def _retry_problems(r: RetryPolicy) -> list[str]:
             f"retries.backoff: {r.backoff_s:g}s must be positive (the spec's retries back off "
             "exponentially)"
         )
+    return out
+
+
+def _analysis_problems(a: AnalysisPolicy) -> list[str]:
+    out: list[str] = []
+    if not 0 < a.interval_s <= 300:
+        out.append(f"analysis.interval: {a.interval_s:g}s must be in (0, 300] seconds")
+    if not 0.9 <= a.confidence < 1:
+        out.append(f"analysis.confidence: {a.confidence:g} must be in [0.9, 1)")
+    if a.extend_s < 0:
+        out.append("analysis.extend: must not be negative")
+    if a.min_samples < 5:
+        out.append(f"analysis.min_samples: {a.min_samples} is too few to judge (at least 5)")
+    for m in a.metrics:
+        if m.direction not in ("increase", "decrease"):
+            out.append(f"analysis.metric {m.name!r}: direction must be increase or decrease")
+        if m.tolerance < 0 or m.floor < 0:
+            out.append(f"analysis.metric {m.name!r}: tolerance and floor must not be negative")
+        if m.min_samples < 5:
+            out.append(f"analysis.metric {m.name!r}: min_samples must be at least 5")
     return out

@@ -112,6 +112,9 @@ class DeploymentState:
     canary_round: int = 1
     canary_decision: str = ""  # "replace" | "exclude": recorded, replacements not yet chosen
     retired_canaries: tuple[str, ...] = ()  # failed in an earlier round, replaced or excluded
+    # The concurrent control cohort of the current canary round: canary -> control device
+    # (old release, sampled at the same moments; never deployed during the canary stage).
+    controls: Mapping[str, str] = field(default_factory=dict)
     canary_history: tuple[Mapping[str, Any], ...] = ()  # one entry per finished canary round
     # Rollback drill on one canary: "" → started → rolled_back → reactivated → done
     drill_device: str | None = None

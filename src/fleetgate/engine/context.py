@@ -12,6 +12,7 @@ virtual clock so soaks take no wall time.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -85,6 +86,13 @@ class EngineContext:
     # Longest uninterrupted sleep of a soak: a third of the lease TTL, so the remaining time is
     # re-read from ``store_clock`` several times per lease period.
     soak_slice_s: float = 20.0
+    # Health samples taken during soaks, by soak key ("STAGE:ROUND"): one entry per tick,
+    # ``{"tick", "t", "samples": {device: sample dict | None}}``; rebuilt from the log's
+    # ``soak.sampled`` events on resume (engine.canary_analysis).
+    sampled: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    # Each control device's health sample taken when it was chosen (``canary.controls``): its
+    # own "before", as the canary's baseline is the canary's.
+    control_pre: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)
@@ -175,16 +183,26 @@ def sample_dict(s: HealthSample | None) -> dict[str, Any] | None:
         "restarts": s.restarts,
         "crash_loop": s.crash_loop,
         "release": s.release,
+        "metrics": dict(s.metrics),
     }
 
 
 def sample_from_dict(device_id: str, d: Mapping[str, Any] | None) -> HealthSample | None:
+    """The inverse of ``sample_dict``. Logs written before samples carried app metrics have no
+    ``"metrics"``: they read as none (never as a sample that had them)."""
     if not d:
         return None
 
     def num(key: str) -> float | None:
         v = d.get(key)
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    raw = d.get("metrics")
+    metrics = {
+        str(k): float(v)
+        for k, v in (raw.items() if isinstance(raw, Mapping) else ())
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
     return HealthSample(
         device_id=device_id,
@@ -200,4 +218,5 @@ def sample_from_dict(device_id: str, d: Mapping[str, Any] | None) -> HealthSampl
         restarts=int(d.get("restarts") or 0),
         crash_loop=bool(d.get("crash_loop")),
         release=str(d["release"]) if d.get("release") else None,
+        metrics=metrics,
     )

@@ -362,6 +362,14 @@ class Controller:
             for e in events
             if e.action == "device.baseline" and e.device_id
         }
+        sampled: dict[str, list[Any]] = {}
+        control_pre: dict[str, Any] = {}
+        for e in events:
+            if e.action == "soak.sampled":
+                key = f"{e.details.get('stage', 0)}:{e.details.get('round', 'soak')}"
+                sampled.setdefault(key, []).append(e.details)
+            elif e.action == "canary.controls":
+                control_pre.update(e.details.get("pre", {}))
         return EngineContext(
             deployment_id=dep_id,
             transport=self.transport,
@@ -379,6 +387,8 @@ class Controller:
             clock=self.clock,
             concurrency=self.config.concurrency,
             baselines=baselines,
+            sampled=sampled,
+            control_pre=control_pre,
             seq_base=int(created["seq_base"]),
             on_progress=self.on_progress,
             store_clock=self.store_clock or self.store.now,

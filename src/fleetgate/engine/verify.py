@@ -15,7 +15,8 @@ resumes sleeps only for what is left (``soak.started`` → ``state.soak_started`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from fleetgate.clock import parse_iso, to_iso
 from fleetgate.core.gates import (
@@ -28,10 +29,19 @@ from fleetgate.core.gates import (
 )
 from fleetgate.core.model import HealthSample
 from fleetgate.core.state import DeviceStatus
+from fleetgate.engine.canary_analysis import (
+    analysis_applies,
+    choose_controls,
+    hard_bounds_only,
+    judge_canaries,
+    judgement_doc,
+    sample_tick,
+)
 from fleetgate.engine.context import EngineContext, sample_dict
 from fleetgate.errors import FleetgateError
 
 D = DeviceStatus
+TickFn = Callable[[int, float], Awaitable[bool]]
 
 
 async def check_health(
@@ -86,7 +96,15 @@ async def health_round(
     return {i: s for i, s in results.items() if s is not None}
 
 
-async def soak(ctx: EngineContext, stage: int, seconds: float, *, key: str | None = None) -> None:
+async def soak(
+    ctx: EngineContext,
+    stage: int,
+    seconds: float,
+    *,
+    key: str | None = None,
+    every: float = 0.0,
+    on_tick: TickFn | None = None,
+) -> bool:
     """Serve a soak of ``seconds``, measured on the store's clock (invariant 9).
 
     ``soak.started`` records the store-clock start (``store_ts``); a resumed controller serves
@@ -95,6 +113,11 @@ async def soak(ctx: EngineContext, stage: int, seconds: float, *, key: str | Non
     ``served_s`` on the same clock, always ``>= seconds``. ``key`` names the soak
     (``"STAGE:ROUND"``, or just the round; default ``"STAGE:soak"``) for a stage with more than
     one soak.
+
+    With ``every`` and ``on_tick``, the soak is sampled: ``on_tick(tick, served_s)`` runs at
+    ticks 0, 1, 2 … (every ``every`` seconds of served time; ticks already in ``ctx.sampled``
+    are not repeated after a resume). A tick that returns False ends the soak early (a hard
+    bound failed): ``soak.stopped`` is recorded and the result is False.
     """
     key = key or f"{stage}:soak"
     round_name = key.partition(":")[2] if ":" in key else key
@@ -107,14 +130,32 @@ async def soak(ctx: EngineContext, stage: int, seconds: float, *, key: str | Non
         )
     else:
         started = parse_iso(recorded)
+    done = [int(t["tick"]) for t in ctx.sampled.get(key, ())]
+    next_tick = max(done) + 1 if done else 0
     while True:
         served = ((await ctx.store_clock()) - started).total_seconds()
+        if on_tick is not None and every > 0 and served >= next_tick * every:
+            if not await on_tick(next_tick, served):
+                await ctx.recorder.record(
+                    "soak.stopped",
+                    stage=stage,
+                    round=round_name,
+                    served_s=served,
+                    reason="a hard health bound failed during the soak",
+                )
+                return False
+            next_tick = int(served // every) + 1
+            continue
         if served >= seconds:
             break
-        await ctx.clock.sleep(min(seconds - served, ctx.soak_slice_s))
+        wait = min(seconds - served, ctx.soak_slice_s)
+        if on_tick is not None and every > 0:
+            wait = min(wait, max(next_tick * every - served, 0.0))
+        await ctx.clock.sleep(wait)
     await ctx.recorder.record(
         "soak.completed", stage=stage, round=round_name, seconds=seconds, served_s=served
     )
+    return True
 
 
 async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
@@ -135,30 +176,102 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
         )
         return
     n = rec.state.canary_round
+    name = "soak" if n == 1 else f"soak-r{n}"
+    an = ctx.policy.analysis
+    soak_s = ctx.policy.soak.canary_s
+    analysed = analysis_applies(an, soak_s)
+    controls = await choose_controls(ctx, live) if analysed else {}
     initial = await health_round(ctx, 0, live, "initial")
-    await soak(ctx, 0, ctx.policy.soak.canary_s, key=None if n == 1 else f"soak-r{n}")
+    keys = [f"0:{name}"]
+
+    async def tick(k: int, served: float, key: str) -> bool:
+        return await sample_tick(ctx, key, k, served, live, controls)
+
+    every = an.interval_s if analysed else 0.0
+    served = await soak(
+        ctx, 0, soak_s, key=name, every=every, on_tick=lambda k, t: tick(k, t, keys[0])
+    )
+    judgements: dict[str, Any] = {}
+    if served and analysed:
+        judgements = judge_canaries(ctx, keys, live, controls)
+        if an.extend_s > 0 and any(j.verdict == "INCONCLUSIVE" for j in judgements.values()):
+            # Not enough evidence either way: the soak extends once, then the judge looks again
+            # at every sample of both.
+            ext = f"{name}-ext"
+            keys.append(f"0:{ext}")
+            served = await soak(
+                ctx, 0, an.extend_s, key=ext, every=every, on_tick=lambda k, t: tick(k, t, keys[1])
+            )
+            if served:
+                judgements = judge_canaries(ctx, keys, live, controls)
     post = await health_round(ctx, 0, live, "post-soak")
     # Every canary of this round is judged: one that was skipped, rolled back or failed to
     # stage proves nothing for its cell, so it fails (no sample) instead of being ignored.
     # Only canaries retired in an earlier round (replaced, or their cells excluded) are not.
     retired = set(rec.state.retired_canaries)
     judged = [i for i in canaries if i not in retired and rec.state.devices[i] is not D.EXCLUDED]
-    verdict = canary_verdict(
-        initial, post, ctx.baselines, judged, ctx.policy.health, soak_served=True
-    )
-    failed = list(verdict.failed_canaries)
+    # With a control, the baseline-relative rules give way to the comparison (a fleet-wide
+    # surge moves canary and control alike); hard bounds stay.
+    with_ctl = [i for i in judged if i in controls]
+    plain = [i for i in judged if i not in controls]
+    parts = [
+        canary_verdict(initial, post, ctx.baselines, ids, policy, soak_served=True)
+        for ids, policy in (
+            (with_ctl, hard_bounds_only(ctx.policy.health)),
+            (plain, ctx.policy.health),
+        )
+        if ids
+    ]
+    failed = [i for i in judged if any(i in p.failed_canaries for p in parts)]
+    reasons = [r for p in parts for r in p.reasons]
+    if not served:
+        reasons.append("the soak stopped early: a hard health bound failed")
+    inconclusive: list[str] = []
+    for c, j in sorted(judgements.items()):
+        if j.verdict == "FAIL" and c not in failed:
+            failed.append(c)
+        if j.verdict in ("FAIL", "INCONCLUSIVE"):
+            reasons.append(
+                f"canary {c} vs control {controls[c]}: {j.verdict}: " + "; ".join(j.reasons)
+            )
+        if j.verdict == "INCONCLUSIVE":
+            inconclusive.append(c)
+    if failed or not judged:
+        verdict = "FAIL"
+    elif inconclusive:
+        verdict = "INCONCLUSIVE"
+    else:
+        verdict = "PASS"
+    notes = []
+    if not analysed:
+        notes.append(
+            f"threshold judge only: a {soak_s:g}s soak yields fewer than {an.min_samples} "
+            f"samples at a {an.interval_s:g}s interval"
+        )
+    elif not controls:
+        notes.append("no control device answered healthy: canaries judged against their baselines")
     await rec.record(
         "canary.verdict",
-        outcome="ok" if verdict.passed else "failed",
-        verdict=verdict.verdict.value,
+        outcome="ok" if verdict == "PASS" else "failed",
+        verdict=verdict,
         failed=failed,
-        all_failed=verdict.all_failed,
-        reasons=list(verdict.reasons),
-        soak_s=ctx.policy.soak.canary_s,
+        all_failed=bool(judged) and len(failed) == len(judged),
+        inconclusive=inconclusive,
+        reasons=reasons,
+        notes=notes,
+        judge="analysis" if analysed else "threshold",
+        analysis={c: judgement_doc(j, controls[c]) for c, j in sorted(judgements.items())},
+        soak_s=soak_s,
         round=n,
     )
-    if verdict.passed:
+    if verdict == "PASS":
         await rec.record("approval.requested", verdict="PASS")
+    elif verdict == "INCONCLUSIVE":
+        await rec.record(
+            "approval.requested",
+            verdict="INCONCLUSIVE",
+            evidence={c: judgement_doc(judgements[c], controls[c]) for c in inconclusive},
+        )
 
 
 async def evaluate_wave(ctx: EngineContext, stage: int) -> None:

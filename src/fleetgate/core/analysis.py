@@ -4,7 +4,7 @@ Pure: no I/O, no clock, no randomness. numpy and scipy (the ``controller`` extra
 inside the functions that need them, so importing this module loads neither, and the agent,
 which never judges, never needs them.
 
-The method (Kayenta's, see docs/analysis.md and docs/adr/0005-canary-analysis.md):
+The method (Kayenta's test, our margin; docs/analysis.md, docs/adr/0005-canary-analysis.md):
 
 - Per metric, the canary's samples ``x_1..x_m`` (taken every interval of the soak) are compared
   with the control's ``y_1..y_n`` (matched devices still on the old release, sampled at the same
@@ -13,7 +13,7 @@ The method (Kayenta's, see docs/analysis.md and docs/adr/0005-canary-analysis.md
 - The size of the change is the Hodges-Lehmann shift estimate ``median{x_i - y_j}`` over all
   ``m*n`` pairwise differences, with its distribution-free confidence interval
   ``[D_(k), D_(mn+1-k)]`` from the ordered differences ``D_(1) <= ... <= D_(mn)`` (Bauer 1972,
-  JASA 67:687; Hollander, Wolfe & Chicken, *Nonparametric Statistical Methods*, 3rd ed., §4.3).
+  JASA 67:687; Hollander, Wolfe & Chicken, *Nonparametric Statistical Methods*, ch. 4).
   ``k`` is the normal approximation of the critical value with a continuity correction,
   ``k = floor(mn/2 + 1/2 - z * sigma)``, ``z = Phi^-1(1 - (1 - confidence)/2)``,
   ``sigma^2 = mn/12 * ((m+n+1) - sum(t^3 - t) / ((m+n)(m+n-1)))`` where ``t`` runs over the
@@ -23,9 +23,12 @@ The method (Kayenta's, see docs/analysis.md and docs/adr/0005-canary-analysis.md
   which only makes the interval wider. With no ties the interval is exactly the set of shifts
   that the asymptotic, continuity-corrected two-sided U test does not reject at
   ``1 - confidence``.
-- The tolerated change is ``max(tolerance * |control median|, floor)``: Kayenta's relative
-  tolerance (25 %), with an absolute floor so that an error rate near 0 or a latency of a few
-  milliseconds is not held to a change of nothing.
+- The tolerated change is ``max(tolerance * |control median|, floor)``: Kayenta's number
+  (25 %), with an absolute floor so that an error rate near 0 or a latency of a few
+  milliseconds is not held to a change of nothing. (Kayenta's classifier applies its 25 % to
+  the shift estimate itself, ``|HL| * tolerance``, and calls a metric High when the interval
+  clears that; we apply it to the control's level, an equivalence margin an operator can read
+  as "up to 25 % worse than the control".)
 - Three answers, by where the interval lies (for ``Direction.INCREASE``, where up is harmful):
   ``ci_high <= tolerated`` -> PASS (wholly within); ``ci_low > tolerated`` -> FAIL (wholly
   beyond); anything else -> INCONCLUSIVE. ``Direction.DECREASE`` mirrors it around
@@ -41,8 +44,8 @@ The method (Kayenta's, see docs/analysis.md and docs/adr/0005-canary-analysis.md
 Contract and invariants:
 
 - NaN and infinite values are dropped before anything else; an empty series is "no data".
-- ``compare``: an empty canary series while the control or either baseline has data is
-  NO_DATA ("missing data is never a pass"); fewer than ``min_samples`` on either side (after
+- ``compare``: an empty canary series while the control or the canary's own baseline has
+  data is NO_DATA ("missing data is never a pass"); fewer than ``min_samples`` on either side (after
   dropping) is INCONCLUSIVE, never PASS; identical or constant series need no division (the
   interval is then a single point).
 - Verdicts are invariant to the order of the samples, and shifting the canary's values in the
@@ -56,6 +59,7 @@ Contract and invariants:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -65,7 +69,7 @@ from typing import Literal
 from fleetgate.errors import PolicyError
 
 # Kayenta's NetflixACAJudge builds its MannWhitneyClassifier with tolerance = 0.25 and
-# confLevel = 0.98 (spinnaker/kayenta, kayenta-judge, NetflixACAJudge.scala).
+# confLevel = 0.98 (spinnaker/kayenta, kayenta-judge/.../NetflixACAJudge.scala).
 KAYENTA_CONFIDENCE = 0.98
 KAYENTA_TOLERANCE = 0.25
 DEFAULT_MIN_SAMPLES = 10
@@ -207,14 +211,7 @@ class Shift:
 
 def finite(values: Iterable[float | None]) -> list[float]:
     """The values that are numbers (NaN, inf and None dropped), as floats, in order."""
-    out = []
-    for v in values:
-        if v is None or isinstance(v, bool):
-            continue
-        f = float(v)
-        if math.isfinite(f):
-            out.append(f)
-    return out
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -223,11 +220,8 @@ def _median(values: Sequence[float]) -> float:
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
-def _within_sample_ties(values: Sequence[float]) -> float:
-    counts: dict[float, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    return float(sum(t**3 - t for t in counts.values() if t > 1))
+def _within_sample_ties(values: Iterable[float]) -> float:
+    return float(sum(t**3 - t for t in Counter(values).values() if t > 1))
 
 
 def _z(confidence: float) -> float:
@@ -280,11 +274,13 @@ def _mover(during: Shift, before: Shift) -> Shift:
 
 
 def _mann_whitney_p(canary: Sequence[float], control: Sequence[float]) -> float:
+    import numpy as np
     from scipy.stats import mannwhitneyu  # type: ignore[import-untyped]
 
     if len(set(canary) | set(control)) == 1:
         return 1.0  # every value tied: no evidence of any difference, and nothing to divide
-    p = float(mannwhitneyu(canary, control, alternative="two-sided").pvalue)
+    x, y = np.asarray(canary, dtype=float), np.asarray(control, dtype=float)
+    p = float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
     return p if math.isfinite(p) else 1.0
 
 
@@ -447,9 +443,11 @@ def judge(
     """One canary (or one pooled canary group) against its control, every metric of
     ``specs`` (series by metric name; a name missing from a mapping is an empty series).
 
-    With ``canary_baseline`` and ``control_baseline`` (both devices' samples from before the
-    deployment), each metric is baseline-adjusted, which removes the standing difference
-    between two devices: recommended whenever the pre-deployment samples exist.
+    Several control devices are passed as one pooled series per metric (their samples
+    concatenated). With ``canary_baseline`` and ``control_baseline`` (the same devices'
+    samples from before the deployment, pooled the same way), each metric is
+    baseline-adjusted, which removes the standing difference between the canary and its
+    controls: recommended whenever those samples exist (docs/analysis.md shows why).
     """
     _check_specs(specs)
     _check_confidence(confidence)

@@ -11,6 +11,7 @@ Pure: no I/O, no clock, no randomness. The agent imports this module, so it must
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -182,11 +183,50 @@ class Manifest:
         return f"{self.name}-{self.version}{suffix}"
 
 
+# The readings every agent reports besides the app's own metrics. A sample that has none of
+# them (and no app metrics) carries no evidence, whatever ``app_up`` says.
+STANDARD_METRICS = (
+    "latency_ms",
+    "error_rate",
+    "cpu_percent",
+    "mem_used_mb",
+    "mem_total_mb",
+    "disk_free_mb",
+    "gpu_percent",
+    "temperature_c",
+)
+_METRIC_NAME_RE = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def metric_key(name: str, labels: Mapping[str, str] | None = None) -> str:
+    r"""The key of one app metric series in ``HealthSample.metrics``: ``name`` without labels,
+    else ``name{a="x",b="y"}`` with the labels sorted by name and the values escaped as in the
+    Prometheus text format (``\\``, ``\"``, ``\n``). The agent builds its keys with this, so
+    ``metric_key("inference_latency_seconds", {"quantile": "0.95"})`` is what a policy looks up.
+    """
+    if not _METRIC_NAME_RE.match(name):
+        raise ValueError(f"metric name {name!r} must match [A-Za-z_:][A-Za-z0-9_:]*")
+    if not labels:
+        return name
+    parts = []
+    for key in sorted(labels):
+        if not _LABEL_NAME_RE.match(key):
+            raise ValueError(f"label name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        value = labels[key].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        parts.append(f'{key}="{value}"')
+    return f"{name}{{{','.join(parts)}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class HealthSample:
     """One health reading of one device, as the agent reports it.
 
-    ``error_rate`` is a fraction (0.01 = 1 %). ``None`` means the device could not measure it.
+    ``error_rate`` is a fraction (0.01 = 1 %). ``None`` means the device could not measure it;
+    nothing fills a gap with a default, so a sample whose standard readings are all ``None``
+    stays distinguishable from a full one (``has_no_data``). ``metrics`` are the app's own
+    series (``metric_key`` format) → finite value, read from the release's ``metrics_url``;
+    empty when the release has none or the app could not be scraped.
     """
 
     device_id: str
@@ -202,3 +242,22 @@ class HealthSample:
     restarts: int = 0
     crash_loop: bool = False
     release: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        frozen: dict[str, float] = {}
+        for key, value in self.metrics.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"metric name {key!r} must be a non-empty string")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"metric {key}: {value!r} is not a number")
+            if not math.isfinite(value):
+                raise ValueError(f"metric {key}: {value!r} is not finite")
+            frozen[key] = float(value)
+        object.__setattr__(self, "metrics", MappingProxyType(frozen))
+
+    @property
+    def has_no_data(self) -> bool:
+        """No standard reading and no app metric: silence, which must never count as health
+        (an ``app_up: true`` answer with nothing measured is "no data", not a pass)."""
+        return not self.metrics and all(getattr(self, k) is None for k in STANDARD_METRICS)

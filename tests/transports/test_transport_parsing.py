@@ -105,6 +105,70 @@ def test_malformed_health_is_a_non_retryable_bad_response(bad):
     assert info.value.device_id == "d"
 
 
+def test_health_metrics_are_read_into_the_sample():
+    sample = parse_health(
+        "d",
+        {
+            "app_up": True,
+            "latency_ms": 3.0,
+            "metrics": {
+                'inference_latency_seconds{quantile="0.95"}': 0.031,
+                "app_requests_total": 1200,
+                'http_requests_total{code="500",path="/a \\"b\\""}': 3,
+            },
+        },
+    )
+    assert dict(sample.metrics) == {
+        'inference_latency_seconds{quantile="0.95"}': 0.031,
+        "app_requests_total": 1200.0,
+        'http_requests_total{code="500",path="/a \\"b\\""}': 3.0,
+    }
+    assert all(type(v) is float for v in sample.metrics.values())
+    with pytest.raises(TypeError):
+        sample.metrics["x"] = 1.0  # type: ignore[index]  # frozen
+    # An agent from before app metrics (no key) or one that sends null: no metrics, no error.
+    assert dict(parse_health("d", {"app_up": True}).metrics) == {}
+    assert dict(parse_health("d", {"app_up": True, "metrics": None}).metrics) == {}
+
+
+def test_up_with_nothing_measured_is_no_data_not_a_full_sample():
+    silent = parse_health("d", {"app_up": True, "restarts": 0, "crash_loop": False})
+    assert silent.app_up and silent.has_no_data
+    assert silent.latency_ms is None and silent.error_rate is None and silent.cpu_percent is None
+    only_app = parse_health("d", {"app_up": True, "metrics": {"app_up": 1}})
+    assert not only_app.has_no_data
+    full = parse_health("d", {"app_up": True, "latency_ms": 3.0, "error_rate": 0.0})
+    assert not full.has_no_data
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        [],
+        "app_up 1",
+        {"a": "1"},
+        {"a": None},
+        {"a": True},
+        {"a": [1]},
+        {"a": {"b": 1}},
+        {"a": float("nan")},
+        {"a": float("inf")},
+        {"a": 10**400},
+        {"": 1},
+        {"1a": 1},
+        {"a b": 1},
+        {"a{": 1},
+        {"x" * 2000: 1},
+        {f"m{i}": 1 for i in range(1001)},
+    ],
+)
+def test_malformed_health_metrics_are_a_bad_response(metrics):
+    with pytest.raises(DeviceRefusal) as info:
+        parse_health("d", {"app_up": True, "metrics": metrics})
+    assert info.value.code == "bad-response" and not info.value.retryable
+    assert "health.metrics" in str(info.value)
+
+
 def test_results_parse_the_protocol_examples():
     facts = Facts.parse(
         "orin-a-01",
@@ -191,3 +255,47 @@ def test_unusable_token_files_name_the_file_never_the_token(tmp_path):
 def test_overrides_win():
     tokens = TokenSource(environ={}, overrides={"rpi-a-01": "o"})
     assert tokens.token_for(dev(token_env="FG_MISSING")) == "o"
+
+
+def test_a_health_answer_survives_the_event_log_with_its_metrics():
+    """Wire -> HealthSample -> event details (JSON) -> HealthSample, as resume reads it."""
+    import json
+
+    from fleetgate.engine.context import sample_dict, sample_from_dict
+
+    sample = parse_health(
+        "d",
+        {
+            "app_up": True,
+            "latency_ms": 3.5,
+            "error_rate": 0.002,
+            "release": "app-2.0.0-1a2b3c4d",
+            "metrics": {'inference_latency_seconds{quantile="0.95"}': 0.031, "app_up": 1},
+        },
+    )
+    logged = json.loads(json.dumps(sample_dict(sample)))
+    assert logged["metrics"] == {'inference_latency_seconds{quantile="0.95"}': 0.031, "app_up": 1}
+    assert sample_from_dict("d", logged) == sample
+    silent = parse_health("d", {"app_up": True})
+    back = sample_from_dict("d", json.loads(json.dumps(sample_dict(silent))))
+    assert back == silent and back is not None and back.has_no_data
+
+
+def test_a_sample_logged_before_app_metrics_reads_as_having_none():
+    old = {
+        "app_up": True,
+        "latency_ms": 3.0,
+        "error_rate": 0.0,
+        "cpu_percent": 10.0,
+        "restarts": 0,
+        "crash_loop": False,
+        "release": "app-1.0.0-00000000",
+    }
+    from fleetgate.engine.context import sample_from_dict
+
+    sample = sample_from_dict("d", old)
+    assert sample is not None and dict(sample.metrics) == {} and sample.latency_ms == 3.0
+    # A damaged entry keeps what is a number and drops the rest.
+    odd = sample_from_dict("d", {**old, "metrics": {"a": 1, "b": "x", "c": True}})
+    assert odd is not None and dict(odd.metrics) == {"a": 1.0}
+    assert sample_from_dict("d", {**old, "metrics": [1, 2]}).metrics == {}  # type: ignore[union-attr]

@@ -4,18 +4,27 @@ Contract: ``X.parse(device_id, data)`` returns a frozen value or raises ``Device
 code ``bad-response`` (not retryable) naming the field that does not have the protocol's shape.
 A ``200`` is never an error here: ``ActivateResult.ok`` is false for ``start-failed`` and
 ``RollbackResult.ok`` for a restored release that is not healthy; the engine judges those.
-``parse_health`` attributes a sample to the device that was asked, whatever the body claims.
+``parse_health`` attributes a sample to the device that was asked, whatever the body claims,
+and reads the app's ``metrics`` (absent: none); a metric that is not a finite number, or a
+``metrics`` that is not an object of them, is a bad response like any other bad field.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fleetgate.core.model import HealthSample
 from fleetgate.transports.errors import DeviceRefusal, bad_response
+
+# App metrics a health answer may carry: the agent sends at most 200 series of keys up to 512
+# characters; more than this is not an agent following the protocol.
+MAX_METRICS = 1000
+MAX_METRIC_KEY_CHARS = 1024
+METRIC_KEY_RE = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*(\{.*\})?$", re.DOTALL)
 
 
 class _Reader:
@@ -76,6 +85,34 @@ class _Reader:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise self._bad(key, "a list of strings")
         return tuple(value)
+
+    def metrics(self, key: str) -> dict[str, float]:
+        """App metrics: an object of at most ``MAX_METRICS`` series keys (``name`` or
+        ``name{labels}``, at most ``MAX_METRIC_KEY_CHARS``) → finite numbers. Absent or
+        ``null``: none."""
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._bad(key, "an object of metric name -> number")
+        if len(value) > MAX_METRICS:
+            raise self._bad(key, f"at most {MAX_METRICS} metrics")
+        out: dict[str, float] = {}
+        for name, number in value.items():
+            if not isinstance(name, str):
+                raise self._bad(key, "metric names that are strings")
+            where = f"{key}[{name[:80] + '…' if len(name) > 80 else name!r}]"
+            if len(name) > MAX_METRIC_KEY_CHARS or not METRIC_KEY_RE.match(name):
+                raise self._bad(where, "a metric name (name or name{labels})")
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise self._bad(where, "a number")
+            try:
+                out[name] = float(number)
+            except OverflowError:  # an integer beyond float range
+                raise self._bad(where, "a finite number") from None
+            if not math.isfinite(out[name]):
+                raise self._bad(where, "a finite number")
+        return out
 
     def str_map(self, key: str) -> dict[str, str]:
         value = self.data.get(key, {})
@@ -247,4 +284,5 @@ def parse_health(device_id: str, data: Any) -> HealthSample:
         restarts=restarts,
         crash_loop=r.flag("crash_loop", False),
         release=r.opt_text("release"),
+        metrics=r.metrics("metrics"),
     )

@@ -52,8 +52,10 @@ def make_app_dir(
     *,
     extra: bytes | None = None,
     requires: str = "disk_mb = 1",
+    metrics_url: bool = True,
 ) -> Path:
-    """A demo-app source dir ready for ``build_bundle``."""
+    """A demo-app source dir ready for ``build_bundle`` (``metrics_url=False``: the manifest
+    names no metrics URL)."""
     src = root / f"src-{name}-{version}"
     src.mkdir(parents=True)
     shutil.copy(DEMO_APP, src / "app.py")
@@ -68,8 +70,8 @@ kind = "bundle"
 [run]
 command = ["python3", "app.py", "--port", "${{APP_PORT}}"]
 health_url = "http://127.0.0.1:${{APP_PORT}}/healthz"
-metrics_url = "http://127.0.0.1:${{APP_PORT}}/metrics"
 """
+        + ('metrics_url = "http://127.0.0.1:${APP_PORT}/metrics"\n' if metrics_url else "")
     )
     if extra is not None:
         (src / "blob.bin").write_bytes(extra)

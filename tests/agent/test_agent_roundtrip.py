@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import pytest
+
 from fleetgate.core.model import HealthSample
+from fleetgate.transports.results import parse_health
 
 
 def test_stage_activate_health_rollback_round_trip(make_agent, kit):
@@ -135,6 +138,37 @@ def test_health_reads_error_rate_and_latency_from_app_metrics(make_agent, kit):
     assert a.post("activate", deployment_id="d2", seq=4, release=slow.id)[1]["status"] == "active"
     a.wait_for(lambda: a.health()["latency_ms"] == 300.0, what="latency gauge from metrics")
     a.wait_for(lambda: a.health()["error_rate"] == 0.0, what="error rate of the new release only")
+
+
+def test_health_carries_the_apps_own_metrics(make_agent, kit):
+    """The agent scrapes the demo app's /metrics with each health answer and sends every
+    series, summary quantiles included, as ``metrics``; the controller reads them back."""
+    slow = kit.release("metered", "1.0.0", "slow")  # reports 300 ms latency
+    a = make_agent()
+    assert a.health()["metrics"] == {}  # nothing runs yet
+    a.post("stage", deployment_id="d1", seq=1, **slow.stage)
+    assert a.post("activate", deployment_id="d1", seq=2, release=slow.id)[1]["status"] == "active"
+    a.wait_for(
+        lambda: a.health()["metrics"].get("app_requests_total", 0) > 0, what="app metrics"
+    )
+    metrics = a.health()["metrics"]
+    assert metrics["app_request_latency_ms"] == 300.0 and metrics["app_up"] == 1.0
+    assert metrics['inference_latency_seconds{quantile="0.95"}'] == pytest.approx(0.3 * 1.779)
+    assert metrics['inference_latency_seconds{quantile="0.5"}'] == pytest.approx(0.3 * 0.923)
+    assert metrics["inference_latency_seconds_count"] >= metrics["app_requests_total"] > 0
+    assert metrics["process_resident_memory_bytes"] > 1_000_000
+    sample = parse_health("dev-1", a.health())
+    assert sample.metrics['inference_latency_seconds{quantile="0.99"}'] == pytest.approx(
+        0.3 * 2.344
+    )
+    assert not sample.has_no_data
+
+    # A release without a metrics URL has no app metrics; the rest of the sample is there.
+    bare = kit.release("bare", "1.0.0", metrics_url=False)
+    a.post("stage", deployment_id="d2", seq=3, **bare.stage)
+    assert a.post("activate", deployment_id="d2", seq=4, release=bare.id)[1]["status"] == "active"
+    health = a.health()
+    assert health["metrics"] == {} and health["app_up"] is True
 
 
 def test_old_releases_are_pruned_but_never_current_or_previous(make_agent, kit):

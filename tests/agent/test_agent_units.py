@@ -5,6 +5,7 @@ the Prometheus parser and /proc readers, the release store's switch/cleanup/prun
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from fleetgate.agent.probes import (
     parse_prometheus,
     temperature_c,
 )
+from fleetgate.agent.promtext import parse_exposition
 from fleetgate.agent.releases import MANIFEST_FILE, META_DIR, ReleaseStore, valid_release_id
 from fleetgate.agent.state import (
     DONE,
@@ -129,7 +131,7 @@ def test_in_progress_commands_come_back_interrupted(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp files left
 
 
-def test_prometheus_parser_sums_labels_and_skips_noise():
+def test_prometheus_parser_keeps_every_series_and_sums_counters_over_labels():
     text = (
         "# HELP app_requests_total x\n# TYPE app_requests_total counter\n"
         'app_requests_total{code="200",path="/a b"} 90\n'
@@ -139,10 +141,14 @@ def test_prometheus_parser_sums_labels_and_skips_noise():
         "garbage line\nbroken{ 3\nnan_metric NaN\n\n"
     )
     assert parse_prometheus(text) == {
-        "app_requests_total": 100.0,
+        'app_requests_total{code="200",path="/a b"}': 90.0,
+        'app_requests_total{code="500"}': 10.0,
         "app_errors_total": 10.0,
         "app_request_latency_ms": 12.5,
+        "nan_metric": pytest.approx(math.nan, nan_ok=True),
     }
+    totals = parse_exposition(text, sum_of=("app_requests_total", "nan_metric")).totals
+    assert totals == {"app_requests_total": 100.0}  # NaN is no number to add
 
 
 def test_prober_error_rate_prefers_counters_and_survives_counter_resets():

@@ -13,8 +13,11 @@ Contract:
 - Device vitals come from /proc and /sys: ``CpuSampler`` (``/proc/stat`` deltas), ``memory_mb``
   (``/proc/meminfo``), ``disk_free_mb`` (``statvfs``), ``temperature_c`` (max thermal zone),
   ``gpu_percent`` (Jetson sysfs load, else NVML when importable, else ``None``).
-- ``parse_prometheus`` reads the text exposition format well enough for counters and gauges:
-  samples of the same metric name are summed over their labels.
+- Metrics pages are read with ``agent/promtext.py``: at most ``MAX_BODY_BYTES`` of body (cut
+  back to whole lines) and ``MAX_SERIES`` series, so a hostile app cannot make the agent hold
+  or send more. ``scrape_metrics`` returns every series (``core.model.metric_key`` keys) and the
+  totals of the counters above summed over their labels. ``health`` reports the finite series
+  of a live scrape (``reportable``) as ``metrics``.
 """
 
 from __future__ import annotations
@@ -25,16 +28,26 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from fleetgate.agent.promtext import (
+    MAX_BODY_BYTES,
+    MAX_SERIES,
+    Exposition,
+    complete_lines,
+    parse_exposition,
+)
+
 REQUESTS_METRIC = "app_requests_total"
 ERRORS_METRIC = "app_errors_total"
 LATENCY_METRIC = "app_request_latency_ms"
 PROBE_TIMEOUT_S = 2.0
+INLINE_PARSE_CHARS = 16 * 1024
 # Below this many requests in the window a counter ratio is mostly rounding noise (1 error in
 # 3 requests reads as 33 %): the agent's own probes are the better estimate then.
 MIN_REQUESTS_FOR_RATE = 10
@@ -42,32 +55,19 @@ JETSON_GPU_LOAD = Path("/sys/devices/gpu.0/load")
 THERMAL_ROOT = Path("/sys/class/thermal")
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Metric name → sum of its samples. Comments, blank and malformed lines are skipped."""
-    out: dict[str, float] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        brace = line.find("{")
-        if brace != -1:
-            close = line.rfind("}")
-            if close < brace:
-                continue
-            name, rest = line[:brace], line[close + 1 :]
-        else:
-            name, _, rest = line.partition(" ")
-        fields = rest.split()
-        if not name or not fields:
-            continue
-        try:
-            value = float(fields[0])
-        except ValueError:
-            continue
-        if math.isnan(value):
-            continue
-        out[name.strip()] = out.get(name.strip(), 0.0) + value
-    return out
+def parse_prometheus(text: str, max_series: int = MAX_SERIES) -> dict[str, float]:
+    """Every sample of a metrics page: ``name`` or ``name{labels}`` (``metric_key``) → value."""
+    return parse_exposition(text, max_series=max_series).series
+
+
+def _parse_page(text: str) -> Exposition:
+    return parse_exposition(text, sum_of=(REQUESTS_METRIC, ERRORS_METRIC, LATENCY_METRIC))
+
+
+def reportable(series: Mapping[str, float]) -> dict[str, float]:
+    """The series a health answer can carry: JSON has no ``NaN``/``Inf`` (a summary's quantile
+    is ``NaN`` before its first observation, which is no data, not a number)."""
+    return {k: v for k, v in series.items() if math.isfinite(v)}
 
 
 class CpuSampler:
@@ -198,20 +198,35 @@ class HealthProber:
             self.seen_up = True
         return ok, round((time.perf_counter() - started) * 1000.0, 2)
 
-    async def scrape_metrics(self) -> dict[str, float] | None:
+    async def scrape_metrics(self) -> Exposition | None:
+        """One GET of the metrics URL, read up to ``MAX_BODY_BYTES``; ``None`` if there is no
+        metrics URL, the app did not answer 200, or the target changed meanwhile."""
         target = self.target
         if target is None or target.metrics_url is None:
             return None
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with self.session.get(
                 target.metrics_url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
             ) as resp:
                 if resp.status != 200:
                     return None
-                text = await resp.text(errors="replace")
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        break  # the rest is never read: closing the response drops it
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return None
-        return parse_prometheus(text)
+        if self.target is not target:
+            return None
+        text = complete_lines(b"".join(chunks)).decode("utf-8", errors="replace")
+        if len(text) <= INLINE_PARSE_CHARS:
+            return _parse_page(text)
+        # A big page takes a good part of a second to read: not on the loop that answers the
+        # controller.
+        return await asyncio.to_thread(_parse_page, text)
 
     async def tick(self) -> None:
         """One background round: health probe, metrics scrape, CPU sample."""
@@ -223,9 +238,10 @@ class HealthProber:
             ok, latency = await self.probe_health()
             if self.target is target and self.seen_up:
                 self.probes.append((ok, latency or 0.0))
-        metrics = await self.scrape_metrics()
-        if metrics is None or self.target is not target:
+        scraped = await self.scrape_metrics()
+        if scraped is None or self.target is not target:
             return
+        metrics = scraped.totals
         if LATENCY_METRIC in metrics:
             self.latency_gauge = metrics[LATENCY_METRIC]
         if REQUESTS_METRIC in metrics:

@@ -32,6 +32,7 @@ from fleetgate.agent.probes import (
     disk_free_mb,
     gpu_percent,
     memory_mb,
+    reportable,
     temperature_c,
 )
 from fleetgate.agent.releases import ReleaseStore
@@ -284,11 +285,15 @@ class AgentService:
     async def health(self) -> dict[str, Any]:
         prober = self.prober
         target = prober.target
-        live: float | None = None
-        if target is not None and target.health_url is not None:
-            app_up, live = await prober.probe_health()
-        else:
-            app_up = await commands.app_up_without_url(self)
+
+        async def app_up_now() -> tuple[bool, float | None]:
+            if target is not None and target.health_url is not None:
+                return await prober.probe_health()
+            return await commands.app_up_without_url(self), None
+
+        # A live scrape, like the live health probe: the metrics describe this moment, and an
+        # app that stopped answering reports none rather than its last page.
+        (app_up, live), scraped = await asyncio.gather(app_up_now(), prober.scrape_metrics())
         used, total = memory_mb()
         cpu = prober.cpu_percent if prober.cpu_percent is not None else prober.cpu.percent()
         return {
@@ -305,6 +310,7 @@ class AgentService:
             "restarts": self.supervisor.restarts,
             "crash_loop": self.supervisor.crash_loop,
             "release": self.state.current,
+            "metrics": reportable(scraped.series) if scraped is not None else {},
         }
 
 

@@ -9,7 +9,9 @@ Port: ``--port``, else env ``DEMO_APP_PORT``, else ``APP_PORT``, else 8080.
 Endpoints:
     GET /healthz   200 {"status": "ok", "version", "mode"}; 500 in some cases (see modes)
     GET /metrics   Prometheus text: app_requests_total, app_errors_total (counters),
-                   app_request_latency_ms (gauge), app_up (gauge)
+                   app_request_latency_ms (gauge), app_up (gauge),
+                   inference_latency_seconds (summary: quantiles 0.5/0.95/0.99, _sum, _count),
+                   process_resident_memory_bytes (gauge, where /proc/self/statm exists)
 
 Behaviour comes from ``demo.toml`` (or ``demo.json``) in the working directory::
 
@@ -21,7 +23,8 @@ Behaviour comes from ``demo.toml`` (or ``demo.json``) in the working directory::
 
 The app simulates its own traffic (``rps`` requests per second, default 20) so the counters
 move; errors are deterministic (``errors = floor(requests * error_rate)``), which keeps tests
-reproducible.
+reproducible. The latency summary is that of a log-normal request latency (sigma 0.4) whose
+mean is the reported latency, the same shape the simulator's virtual devices report.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ DEFAULTS = {
     "rps": 20.0,
 }
 MODES = ("ok", "crash-at-start", "crash-loop", "errors", "slow")
+# Quantile -> multiple of the mean latency, for a log-normal latency with sigma 0.4.
+LATENCY_QUANTILES = (("0.5", 0.923), ("0.95", 1.779), ("0.99", 2.344))
 
 
 def _parse_scalar(text: str) -> object:
@@ -120,6 +125,12 @@ class Metrics:
     def render(self) -> str:
         with self.lock:
             requests, errors = self.requests, self.errors
+        mean_s = self.latency_ms / 1000.0
+        summary = "".join(
+            f'inference_latency_seconds{{quantile="{q}"}} {mean_s * factor:.6g}\n'
+            for q, factor in LATENCY_QUANTILES
+        )
+        rss = _resident_bytes()
         return (
             "# HELP app_requests_total Requests handled.\n"
             "# TYPE app_requests_total counter\n"
@@ -132,7 +143,28 @@ class Metrics:
             f"app_request_latency_ms {self.latency_ms}\n"
             "# TYPE app_up gauge\n"
             "app_up 1\n"
+            "# HELP inference_latency_seconds Request latency.\n"
+            "# TYPE inference_latency_seconds summary\n"
+            f"{summary}"
+            f"inference_latency_seconds_sum {requests * mean_s:.6g}\n"
+            f"inference_latency_seconds_count {requests}\n"
+            + (
+                ""
+                if rss is None
+                else "# TYPE process_resident_memory_bytes gauge\n"
+                f"process_resident_memory_bytes {rss}\n"
+            )
         )
+
+
+def _resident_bytes() -> int | None:
+    """The process's resident memory (Linux); ``None`` where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def make_handler(settings: dict[str, object], metrics: Metrics) -> type[BaseHTTPRequestHandler]:

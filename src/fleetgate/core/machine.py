@@ -294,6 +294,19 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             return s
         case "approval.granted":
             _require(s, e, Phase.AWAITING_APPROVAL)
+            gone = [
+                f"{i} ({s.devices[i].value})"
+                for i in s.canaries
+                if i not in s.retired_canaries
+                and s.devices[i] not in (D.HEALTHY, D.DEPLOYED, D.EXCLUDED)
+            ]
+            if gone:
+                raise IllegalTransition(
+                    "the canary verdict no longer holds: "
+                    + ", ".join(gone)
+                    + " is no longer a healthy canary on the release; reject the rollout",
+                    deployment_id=s.deployment_id,
+                )
             accepted = s.canary_verdict == "INCONCLUSIVE" and bool(d.get("accept_inconclusive"))
             if s.canary_verdict != "PASS" and not accepted:
                 raise IllegalTransition(
@@ -320,15 +333,29 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             _require(s, e, Phase.ROLLOUT)
             return _apply_wave(s, e)
         case "rollback.requested":
+            unknown = sorted(i for i in _ids(d, "devices") if i not in s.devices)
+            if unknown:
+                raise IllegalTransition(
+                    "rollback of devices outside this deployment: " + ", ".join(unknown),
+                    deployment_id=s.deployment_id,
+                )
             ids = _ids(d, "devices") or s.deployed_ids
             partial = bool(_ids(d, "devices")) and set(ids) != set(s.deployed_ids)
             back_to = s.phase if partial else Phase.ROLLED_BACK
-            if s.phase is Phase.ROLLING_BACK:
-                back_to = s.rollback_then or back_to
-            return _start_rollback(s, ids, back_to)
+            if s.phase is not Phase.ROLLING_BACK:
+                return _start_rollback(s, ids, back_to)
+            # A rollback requested while another is under way joins it: the scopes add up, a
+            # whole-deployment (or an ending) rollback ends the deployment, and devices the
+            # pending one was quarantining are still quarantined.
+            then = s.rollback_then or Phase.HALTED
+            if not partial or then in TERMINAL:
+                then = then if then in TERMINAL else Phase.ROLLED_BACK
+            held = (*s.quarantine_scope, *(s.rollback_scope if s.quarantine_on_rollback else ()))
+            s = _start_rollback(s, (*s.rollback_scope, *ids), then)
+            return replace(s, quarantine_scope=tuple(sorted(set(held))))
         case "rollback.completed":
             _require(s, e, Phase.ROLLING_BACK)
-            s = replace(s, rollback_scope=(), quarantine_on_rollback=False)
+            s = replace(s, rollback_scope=(), quarantine_on_rollback=False, quarantine_scope=())
             then = s.rollback_then or Phase.HALTED
             s = replace(s, rollback_then=None)
             if s.manual_intervention:
@@ -402,6 +429,11 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             return replace(s, phase=Phase(str(d["result"])))
         case "confirm.checked":
             return s
+        case "confirm.failed":
+            # Devices that fail the final health check are rolled back and set aside, then
+            # CONFIRM runs again on the rest.
+            _require(s, e, Phase.CONFIRM)
+            return _start_rollback(s, _ids(d, "devices"), Phase.CONFIRM, quarantine=True)
         case _:
             # Informational events (stage.started, preflight summaries …) change nothing.
             if a.split(".")[0] in (
@@ -468,7 +500,8 @@ def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
             why = "health " + str(d["status"]) + ": " + "; ".join(map(str, d.get("reasons", ())))
             return s.with_devices({dev: status}, {dev: why})
         case "device.rolled_back":
-            new = D.QUARANTINED if s.quarantine_on_rollback else D.ROLLED_BACK
+            quarantine = s.quarantine_on_rollback or dev in s.quarantine_scope
+            new = D.QUARANTINED if quarantine else D.ROLLED_BACK
             return s.with_devices({dev: new})
         case "device.quarantined":
             return s.with_devices({dev: D.QUARANTINED})

@@ -329,9 +329,11 @@ def replace_canaries(
     - ``decision == "replace"``: for each retired canary, the best-monitored non-critical
       pending device of exactly its cell (all cover values equal) replaces it; values still
       lost are then covered greedily, as ``select_canaries`` does.
-    - Either way, every pending device that still has a lost value afterwards is *excluded*:
-      no canary proves its hardware type or group, so it is not deployed ("exclude" excludes
-      all of them; a cell without candidates is excluded under "replace" too).
+    - A failed canary's *cell* is proven again only by a replacement of that same cell: when
+      there is none (or the decision is "exclude"), every pending device of that cell is
+      *excluded*, even if other canaries hold its hardware type and its group separately.
+    - Every other pending device that still has a lost value is excluded too: no canary
+      proves its hardware type or group.
 
     Deterministic: ties are broken by monitoring, then id.
     """
@@ -341,23 +343,26 @@ def replace_canaries(
     def values(d: Device) -> set[tuple[str, str]]:
         return {(a, d.attribute(a)) for a in cover}
 
+    def cell(d: Device) -> tuple[str, ...]:
+        return tuple(d.attribute(a) for a in cover)
+
     held = {v for d in kept for v in values(d)}
     lost = {v for d in retired for v in values(d)} - held
     chosen: list[Canary] = []
-    if decision == "replace" and lost:
+    unproven_cells = {cell(r) for r in retired}
+    if decision == "replace":
         candidates = sorted(
             (d for d in pending if not d.critical and d.state is DeviceState.ACTIVE),
             key=_monitoring_key,
         )
         taken: set[str] = set()
         for r in sorted(retired, key=lambda d: d.id):
-            if not values(r) & lost:
-                continue
-            same = [d for d in candidates if d.id not in taken and values(d) == values(r)]
+            same = [d for d in candidates if d.id not in taken and cell(d) == cell(r)]
             if same:
                 best = same[0]
                 taken.add(best.id)
                 lost -= values(best)
+                unproven_cells.discard(cell(r))
                 chosen.append(Canary(best, f"replaces failed canary {r.id} (same cell)"))
         while lost:
             pick: Device | None = None
@@ -373,17 +378,28 @@ def replace_canaries(
             covers = ", ".join(f"{a}={v}" for a, v in sorted(gain))
             chosen.append(Canary(pick, f"replaces a failed canary: covers {covers}"))
     taken_ids = {c.device.id for c in chosen}
-    excluded = tuple(
-        Exclusion(
-            d,
+
+    def why(d: Device) -> str:
+        if cell(d) in unproven_cells:
+            where = ", ".join(f"{a}={v}" for a, v in zip(cover, cell(d), strict=True))
+            return f"its cell ({where}) lost its canary and has no replacement"
+        return (
             "no canary proves "
             + ", ".join(f"{a}={v}" for a, v in sorted(values(d) & lost))
-            + " after its canary failed",
+            + " after its canary failed"
         )
+
+    excluded = tuple(
+        Exclusion(d, why(d))
         for d in sorted(pending, key=lambda d: d.id)
-        if d.id not in taken_ids and values(d) & lost
+        if d.id not in taken_ids and (cell(d) in unproven_cells or values(d) & lost)
     )
-    uncovered = tuple(sorted(f"{a}={v}" for a, v in lost))
+    uncovered = tuple(
+        sorted(
+            {f"{a}={v}" for a, v in lost}
+            | {",".join(f"{a}={v}" for a, v in zip(cover, c, strict=True)) for c in unproven_cells}
+        )
+    )
     return CanaryReplacement(tuple(chosen), excluded, uncovered)
 
 

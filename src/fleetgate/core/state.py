@@ -96,6 +96,7 @@ class DeploymentState:
     rollback_scope: tuple[str, ...] = ()
     rollback_then: Phase | None = None  # phase after the rollback completes
     quarantine_on_rollback: bool = False  # devices rolled back now end QUARANTINED
+    quarantine_scope: tuple[str, ...] = ()  # these end QUARANTINED too (a merged rollback)
     pending_quarantine: tuple[str, ...] = ()  # failed devices of a paused wave
     manual_intervention: tuple[str, ...] = ()
     wave_failure_rate: float = 0.0

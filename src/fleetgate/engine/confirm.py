@@ -25,6 +25,16 @@ async def run_confirm(ctx: EngineContext) -> None:
     deployed = list(rec.state.deployed_ids)
     last = len(rec.state.stages) - 1
     await health_round(ctx, last, deployed, "confirm")
+    bad = sorted(i for i in deployed if rec.state.devices[i] in (D.FAILED, D.DEGRADED))
+    if bad:
+        # A device failing the final check is rolled back and set aside; CONFIRM runs again.
+        await rec.record(
+            "confirm.failed",
+            outcome="failed",
+            devices=bad,
+            reasons={i: rec.state.reasons.get(i, "") for i in bad},
+        )
+        return
 
     async def copy(dev_id: str) -> bool:
         try:

@@ -93,6 +93,9 @@ class EngineContext:
     # Each control device's health sample taken when it was chosen (``canary.controls``): its
     # own "before", as the canary's baseline is the canary's.
     control_pre: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The inventory as it is now (``Store.get_devices``): pre-flight re-reads each device's
+    # registry state, so one put in maintenance or quarantine since the start is not deployed.
+    registry: Callable[[list[str]], Awaitable[list[Device]]] | None = None
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)

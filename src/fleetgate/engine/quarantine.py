@@ -31,19 +31,24 @@ async def sync_quarantine(store: Any, rec: Recorder) -> None:
     aside = [i for i, st in state.devices.items() if st in SET_ASIDE]
     if not aside:
         return
-    changed = []
-    reasons: dict[str, str] = {}
-    for dev in await store.get_devices(aside):
-        if dev.state is not DeviceState.ACTIVE:
-            continue  # already set aside (maintenance, or quarantined before)
-        why = state.reasons.get(dev.id) or state.devices[dev.id].value
-        reasons[dev.id] = why
-        changed.append(
-            replace(dev, state=DeviceState.QUARANTINE, state_reason=f"{state.deployment_id}: {why}")
-        )
-    if not changed:
+    listed = await store.quarantined()
+    # Every set-aside device goes on the list, even one an import has meanwhile left out of
+    # the inventory: the list outlives the device rows (a later import re-applies it).
+    new = {
+        i: state.reasons.get(i) or state.devices[i].value for i in sorted(aside) if i not in listed
+    }
+    if not new:
         return
-    await rec.record("registry.quarantined", devices=reasons)
+    changed = [
+        replace(
+            dev,
+            state=DeviceState.QUARANTINE,
+            state_reason=f"{state.deployment_id}: {new[dev.id]}",
+        )
+        for dev in await store.get_devices(list(new))
+        if dev.state is DeviceState.ACTIVE
+    ]
+    await rec.record("registry.quarantined", devices=new)
     async with store.transaction():
-        await store.set_quarantine(reasons, state.deployment_id)
+        await store.set_quarantine(new, state.deployment_id)
         await store.upsert_devices(changed)

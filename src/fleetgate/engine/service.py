@@ -236,6 +236,8 @@ class Controller:
                     ):
                         if decision.actor in ("", "fleetgate", "system"):
                             raise InputError("a human decision needs --as NAME")
+                        if decision.action == "rollback.requested":
+                            await self._check_rollback(rec.state, decision)
                         await rec.record(
                             decision.action,
                             actor=decision.actor,
@@ -264,6 +266,33 @@ class Controller:
             )
             ctx = self._context(rec.deployment_id, rec, created, events, url)
             await drive(ctx, self._prepare)
+
+    async def _check_rollback(self, state: DeploymentState, decision: Decision) -> None:
+        """A rollback names devices of this deployment (exit 2 otherwise), and a rollback of a
+        deployment that has ended must not move devices that another deployment, not ended,
+        now targets (the two-deployments-on-one-device hole, the other way round)."""
+        named = [str(i) for i in decision.details.get("devices") or ()]
+        unknown = sorted(i for i in named if i not in state.devices)
+        if unknown:
+            raise InputError(
+                f"--device: {', '.join(unknown)} is not a device of deployment "
+                f"{state.deployment_id}"
+            )
+        if not state.phase.terminal:
+            return
+        ids = named or list(state.devices)
+        found = await open_deployments(self.store)
+        overlap = {
+            d: shared for d, shared in found.overlapping(ids).items() if d != state.deployment_id
+        }
+        if overlap:
+            dep, shared = next(iter(overlap.items()))
+            raise GuardrailError(
+                f"deployment {dep} has not ended and targets {len(shared)} of these devices "
+                f"({', '.join(shared[:5])}{' …' if len(shared) > 5 else ''}): rolling back "
+                f"{state.deployment_id} now would move devices it owns; end {dep} first",
+                deployment_id=state.deployment_id,
+            )
 
     async def recover(
         self, dep_id: str, device_id: str, actor: str, comment: str = ""
@@ -389,6 +418,7 @@ class Controller:
             baselines=baselines,
             sampled=sampled,
             control_pre=control_pre,
+            registry=self.store.get_devices,
             seq_base=int(created["seq_base"]),
             on_progress=self.on_progress,
             store_clock=self.store_clock or self.store.now,

@@ -30,6 +30,7 @@ from fleetgate.core.disk import stage_mb_needed
 from fleetgate.core.gates import unreachable_decision
 from fleetgate.core.model import DeviceState
 from fleetgate.core.state import DeviceStatus
+from fleetgate.engine.canary_analysis import analysis_applies, hard_bounds_only
 from fleetgate.engine.context import EngineContext, sample_dict
 from fleetgate.engine.verify import check_health
 from fleetgate.errors import DeviceError, FleetgateError, TransportError
@@ -45,6 +46,21 @@ async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> Non
     # Resumed after a crash: staged (activate left), or activated (the smoke test left).
     resumed = [i for i in ids if rec.state.devices[i] in (D.STAGED, D.DEPLOYED)]
     await rec.record("stage.started", stage=stage, devices=len(ids), todo=len(todo))
+    if ctx.registry is not None and todo:
+        # Guardrail 4 item 5 against the registry as it is now, not as it was at the start.
+        live = {d.id: d for d in await ctx.registry(todo)}
+        for dev in [i for i in todo if i not in live or live[i].state is not DeviceState.ACTIVE]:
+            now = live.get(dev)
+            why = (
+                "no longer in the inventory"
+                if now is None
+                else f"device is in {now.state.value} in the registry"
+                + (f" ({now.state_reason})" if now.state_reason else "")
+            )
+            await rec.record(
+                "device.skipped", device_id=dev, outcome="skipped", stage=stage, reason=why
+            )
+            todo.remove(dev)
 
     reachable, unreachable = await _preflight_all(ctx, stage, todo)
     targeted = len(todo)
@@ -274,8 +290,14 @@ async def activate_one(ctx: EngineContext, stage: int, dev_id: str) -> bool:
 
 
 async def smoke_test(ctx: EngineContext, stage: int, dev_id: str) -> None:
-    """The smoke test right after activation: one health check against the baseline."""
-    await check_health(ctx, stage, dev_id, "smoke")
+    """The smoke test right after activation: one health check against the baseline. A canary
+    whose soak the analysis will judge against a control is smoke-tested on the hard bounds
+    only (up, not crash-looping …): its metrics are the comparison's to judge, not one sample's
+    against a baseline taken before a possible fleet-wide change."""
+    an = ctx.policy.analysis
+    compared = stage == 0 and an.control and analysis_applies(an, ctx.policy.soak.canary_s)
+    rules = hard_bounds_only(ctx.policy.health) if compared else None
+    await check_health(ctx, stage, dev_id, "smoke", rules)
 
 
 async def _failed(

@@ -15,7 +15,7 @@ resumes sleeps only for what is left (``soak.started`` → ``state.soak_started`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from fleetgate.clock import parse_iso, to_iso
@@ -28,6 +28,7 @@ from fleetgate.core.gates import (
     wave_decision,
 )
 from fleetgate.core.model import HealthSample
+from fleetgate.core.policy import HealthPolicy
 from fleetgate.core.state import DeviceStatus
 from fleetgate.engine.canary_analysis import (
     analysis_applies,
@@ -45,7 +46,11 @@ TickFn = Callable[[int, float], Awaitable[bool]]
 
 
 async def check_health(
-    ctx: EngineContext, stage: int, dev_id: str, round_name: str
+    ctx: EngineContext,
+    stage: int,
+    dev_id: str,
+    round_name: str,
+    rules: HealthPolicy | None = None,
 ) -> HealthSample | None:
     """Ask one device for health, judge it against its own baseline, record the verdict.
     A device that does not answer is recorded FAILED ("health endpoint not responding")."""
@@ -65,7 +70,7 @@ async def check_health(
             baseline=sample_dict(baseline),
         )
         return None
-    verdict = evaluate_health(sample, baseline, ctx.policy.health)
+    verdict = evaluate_health(sample, baseline, rules or ctx.policy.health)
     status, reasons = verdict.status.value.lower(), list(verdict.reasons)
     if sample.release is not None and sample.release != ctx.release.release_id:
         # Invariant 10: healthy on another release (it never switched, or reverted by itself)
@@ -87,11 +92,18 @@ async def check_health(
 
 
 async def health_round(
-    ctx: EngineContext, stage: int, ids: Iterable[str], round_name: str
+    ctx: EngineContext,
+    stage: int,
+    ids: Iterable[str],
+    round_name: str,
+    rules: Mapping[str, HealthPolicy] | None = None,
 ) -> dict[str, HealthSample]:
-    """``check_health`` on every device (bounded parallel); the samples that came back."""
+    """``check_health`` on every device (bounded parallel); the samples that came back.
+    ``rules``: other health rules for some devices (canaries judged against a control)."""
     results = await ctx.each(
-        list(ids), lambda i: check_health(ctx, stage, i, round_name), f"health-{round_name}"
+        list(ids),
+        lambda i: check_health(ctx, stage, i, round_name, (rules or {}).get(i)),
+        f"health-{round_name}",
     )
     return {i: s for i, s in results.items() if s is not None}
 
@@ -181,7 +193,9 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
     soak_s = ctx.policy.soak.canary_s
     analysed = analysis_applies(an, soak_s)
     controls = await choose_controls(ctx, live) if analysed else {}
-    initial = await health_round(ctx, 0, live, "initial")
+    # With a control, a canary's own-baseline rules give way to the comparison.
+    hard = {c: hard_bounds_only(ctx.policy.health) for c in controls}
+    initial = await health_round(ctx, 0, live, "initial", hard)
     keys = [f"0:{name}"]
 
     async def tick(k: int, served: float, key: str) -> bool:
@@ -204,7 +218,7 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
             )
             if served:
                 judgements = judge_canaries(ctx, keys, live, controls)
-    post = await health_round(ctx, 0, live, "post-soak")
+    post = await health_round(ctx, 0, live, "post-soak", hard)
     # Every canary of this round is judged: one that was skipped, rolled back or failed to
     # stage proves nothing for its cell, so it fails (no sample) instead of being ignored.
     # Only canaries retired in an earlier round (replaced, or their cells excluded) are not.
@@ -224,6 +238,13 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
     ]
     failed = [i for i in judged if any(i in p.failed_canaries for p in parts)]
     reasons = [r for p in parts for r in p.reasons]
+    # What the log already says counts too: a canary recorded FAILED (smoke test, another
+    # release) or DEGRADED is not healthy, whatever a later sample says.
+    for i in judged:
+        status = rec.state.devices[i]
+        if status is not D.HEALTHY and i not in failed:
+            failed.append(i)
+            reasons.append(f"canary {i} is {status.value}: {rec.state.reasons.get(i, '')}")
     if not served:
         reasons.append("the soak stopped early: a hard health bound failed")
     inconclusive: list[str] = []

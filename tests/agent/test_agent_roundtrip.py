@@ -148,9 +148,7 @@ def test_health_carries_the_apps_own_metrics(make_agent, kit):
     assert a.health()["metrics"] == {}  # nothing runs yet
     a.post("stage", deployment_id="d1", seq=1, **slow.stage)
     assert a.post("activate", deployment_id="d1", seq=2, release=slow.id)[1]["status"] == "active"
-    a.wait_for(
-        lambda: a.health()["metrics"].get("app_requests_total", 0) > 0, what="app metrics"
-    )
+    a.wait_for(lambda: a.health()["metrics"].get("app_requests_total", 0) > 0, what="app metrics")
     metrics = a.health()["metrics"]
     assert metrics["app_request_latency_ms"] == 300.0 and metrics["app_up"] == 1.0
     assert metrics['inference_latency_seconds{quantile="0.95"}'] == pytest.approx(0.3 * 1.779)

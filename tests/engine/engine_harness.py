@@ -108,6 +108,7 @@ async def harness(
     faults: tuple[str, ...] = (),
     policy: dict[str, Any] | None = None,
     store_url: str | None = None,
+    seed: int = 7,
 ) -> AsyncIterator[Harness]:
     from fleetgate.sim.faults import parse_fault
 
@@ -115,7 +116,7 @@ async def harness(
     doc = policy or FAST_POLICY
     pol = policy_from_dict(doc, "test policy")
     spec = FleetSpec(
-        devices=devices, faults=tuple(parse_fault(f) for f in faults), seed=7, activate_s=0.0
+        devices=devices, faults=tuple(parse_fault(f) for f in faults), seed=seed, activate_s=0.0
     )
     fleet = SimFleet(spec)
     clock = VirtualClock()

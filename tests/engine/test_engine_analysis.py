@@ -52,15 +52,19 @@ async def test_healthy_canaries_pass_against_their_controls(tmp_path: Path) -> N
         events = await h.events(dep)
         v = verdict_event(events)
         assert v.details["judge"] == "analysis" and v.details["verdict"] == "PASS"
-        controls = next(e for e in events if e.action == "canary.controls").details["controls"]
-        assert set(controls) == set(state.canaries)
+        chosen = next(e for e in events if e.action == "canary.controls").details
+        controls, pools = chosen["controls"], chosen["pools"]
+        assert set(controls) == set(pools) == set(state.canaries)
+        assert all(controls[c] == pools[c][0] and len(pools[c]) >= 2 for c in pools)
         dev = {d.id: d for d in h.fleet.devices}
-        for c, ctl in controls.items():
-            assert (dev[c].hardware, dev[c].group) == (dev[ctl].hardware, dev[ctl].group)
-            assert not h.fleet.device_state(ctl).executed  # only read, never deployed
+        members = {ctl for pool in pools.values() for ctl in pool}
+        for c, pool in pools.items():
+            for ctl in pool:
+                assert (dev[c].hardware, dev[c].group) == (dev[ctl].hardware, dev[ctl].group)
+                assert not h.fleet.device_state(ctl).executed  # only read, never deployed
         ticks = [e for e in events if e.action == "soak.sampled"]
         assert len(ticks) == 600 // 30 + 1  # the whole soak, every 30 s
-        assert all(set(t.details["samples"]) == {*controls, *controls.values()} for t in ticks)
+        assert all(set(t.details["samples"]) == {*pools, *members} for t in ticks)
 
 
 async def test_a_fleet_wide_surge_fails_no_canary_but_fails_the_threshold_judge(
@@ -127,7 +131,7 @@ async def test_a_hard_bound_fails_at_once_without_serving_the_soak(tmp_path: Pat
 async def test_inconclusive_extends_the_soak_once_then_asks_a_human(tmp_path: Path) -> None:
     # A latency change right at the tolerance (25 %): for one canary of this seeded fleet the
     # interval straddles it, even after the extension.
-    async with harness(tmp_path, devices=60, faults=("latency:factor=1.22,version=2.0.0",)) as h:
+    async with harness(tmp_path, devices=60, faults=("latency:factor=1.25,version=2.0.0",)) as h:
         dep = await h.start()
         state = await h.controller.drive(dep)
         events = await h.events(dep)
@@ -142,3 +146,51 @@ async def test_inconclusive_extends_the_soak_once_then_asks_a_human(tmp_path: Pa
             dep, "approval.granted", "alice", accept_inconclusive=True
         )
         assert state.approval.value == "GRANTED"
+
+
+class GoesDown(MemoryTransport):
+    """``victim``'s app goes down at virtual time ``at`` (mid-soak)."""
+
+    def __init__(self, inner: MemoryTransport, clock: Any, victim: str, at: float) -> None:
+        super().__init__(inner.fleet)
+        self.clock, self.victim, self.at = clock, victim, at
+
+    async def health(self, device: Device) -> HealthSample:
+        s = await super().health(device)
+        if device.id == self.victim and self.clock.t >= self.at:
+            return replace(s, app_up=False)
+        return s
+
+
+async def test_a_wave_soak_is_sampled_and_a_device_down_mid_soak_counts_at_once(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path, devices=60) as h:
+        dep = await h.start()
+        await h.controller.drive(dep)
+        victim = (await h.controller.state(dep)).stages[1][0]
+        h.controller.transport = GoesDown(
+            h.controller.transport,  # type: ignore[arg-type]
+            h.clock,
+            victim,
+            at=h.clock.t + 60,  # wave 1's soak starts at once and lasts 5 min
+        )
+        await h.controller.record_human(dep, "approval.granted", "alice")
+        await h.controller.drive(dep)
+        events = await h.events(dep)
+        ticks = [e for e in events if e.action == "soak.sampled" and e.details["stage"] == 1]
+        assert len(ticks) == 300 // 30 + 1
+        assert all("summary" in t.details for t in ticks)
+        # Only the broken device's sample is kept in full; the rest is a summary.
+        assert any(victim in t.details["samples"] for t in ticks)
+        assert all(set(t.details["samples"]) <= {victim} for t in ticks)
+        caught = [
+            e
+            for e in events
+            if e.action == "device.health"
+            and e.device_id == victim
+            and str(e.details["round"]).startswith("soak tick")
+        ]
+        assert caught, "the mid-soak failure was not recorded at its tick"
+        wave = next(e for e in events if e.action == "wave.evaluated" and e.details["stage"] == 1)
+        assert victim in wave.details["failed"]

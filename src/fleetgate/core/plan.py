@@ -404,30 +404,31 @@ def replace_canaries(
 
 
 def control_candidates(
-    canaries: Sequence[Device], pending: Sequence[Device], cover: Sequence[str]
+    canaries: Sequence[Device], pending: Sequence[Device], cover: Sequence[str], per: int = 5
 ) -> dict[str, list[Device]]:
     """Control devices for each canary, best first (issue 11: a concurrent control cohort).
 
     A control runs the *old* release at the same time as its canary and is sampled at the same
     moments, so a fleet-wide change (a load surge, a hot day) moves both alike. Candidates for a
     canary are the untouched wave devices (``pending``) of exactly its cell (every ``cover``
-    attribute equal), not critical, ``active``; best-monitored first, then by id. A device is
-    offered to one canary only (the canaries are served in id order), so no two canaries share
-    a control. The engine takes the first candidate that answers healthy; a canary without one
-    is judged against its own baseline.
+    attribute equal), not critical, ``active``; best-monitored first, then by id. Up to ``per``
+    per canary, dealt out in turns so canaries of one cell share it fairly; a device is offered
+    to one canary only. The engine keeps those that answer healthy and pools them (several
+    controls narrow the comparison, docs/analysis.md); a canary without any is judged against
+    its own baseline.
     """
-    taken: set[str] = set()
-    out: dict[str, list[Device]] = {}
     pool = sorted(
         (d for d in pending if not d.critical and d.state is DeviceState.ACTIVE),
         key=_monitoring_key,
     )
-    for c in sorted(canaries, key=lambda d: d.id):
-        cell = tuple(c.attribute(a) for a in cover)
-        mine = [
-            d for d in pool if d.id not in taken and tuple(d.attribute(a) for a in cover) == cell
-        ]
-        # Several candidates per canary, so one that is down can be skipped; the rest stay free.
-        out[c.id] = mine[:3]
-        taken.update(d.id for d in mine[:3])
+    by_cell: dict[tuple[str, ...], list[Device]] = defaultdict(list)
+    for d in pool:
+        by_cell[tuple(d.attribute(a) for a in cover)].append(d)
+    out: dict[str, list[Device]] = {c.id: [] for c in sorted(canaries, key=lambda d: d.id)}
+    cells = {c.id: tuple(c.attribute(a) for a in cover) for c in canaries}
+    for _ in range(per):
+        for cid in out:
+            left = by_cell.get(cells[cid])
+            if left:
+                out[cid].append(left.pop(0))
     return out

@@ -56,7 +56,8 @@ def hard_bounds_only(h: HealthPolicy) -> HealthPolicy:
 
 
 async def choose_controls(ctx: EngineContext, canaries: Sequence[str]) -> dict[str, str]:
-    """The control of each canary (``canary.controls``), chosen once per canary round."""
+    """The controls of each canary (``canary.controls``), chosen once per canary round; the
+    result maps each canary to its first control (the whole pool is ``ctx.control_pools``)."""
     state = ctx.recorder.state
     if state.controls:
         return dict(state.controls)
@@ -69,26 +70,30 @@ async def choose_controls(ctx: EngineContext, canaries: Sequence[str]) -> dict[s
         [ctx.device(i) for i in canaries], pending, ctx.policy.canary.cover
     )
 
-    async def pick(canary: str) -> tuple[str, dict[str, Any]] | None:
+    async def pick(canary: str) -> dict[str, dict[str, Any]]:
+        healthy: dict[str, dict[str, Any]] = {}
         for dev in options.get(canary, []):
             try:
                 sample = await ctx.transport.health(dev)
             except FleetgateError:
                 continue
             if sample.app_up and not sample.crash_loop:
-                return dev.id, sample_dict(sample) or {}
-        return None
+                healthy[dev.id] = sample_dict(sample) or {}
+        return healthy
 
     picked = await ctx.each(list(options), pick, "controls")
-    chosen = {c: p[0] for c, p in sorted(picked.items()) if p is not None}
-    pre = {p[0]: p[1] for p in picked.values() if p is not None}
+    pools = {c: list(p) for c, p in sorted(picked.items()) if p}
+    chosen = {c: p[0] for c, p in pools.items()}
+    pre = {d: s for p in picked.values() for d, s in p.items()}
     await ctx.recorder.record(
         "canary.controls",
         controls=chosen,
+        pools=pools,
         pre=pre,
-        without=sorted(c for c, p in picked.items() if p is None),
+        without=sorted(c for c, p in picked.items() if not p),
     )
     ctx.control_pre.update(pre)
+    ctx.control_pools.update(pools)
     return chosen
 
 
@@ -116,7 +121,7 @@ async def sample_tick(
 ) -> bool:
     """Sample canaries and controls at the same moment; False when a canary broke a hard
     bound (it is recorded FAILED with the reason)."""
-    ids = [*canaries, *(controls[c] for c in canaries if c in controls)]
+    ids = [*canaries, *(d for c in canaries for d in _pool(ctx, c, controls))]
 
     async def one(dev_id: str) -> HealthSample | None:
         try:
@@ -192,21 +197,29 @@ def series(
     return out
 
 
+def _pool(ctx: EngineContext, canary: str, controls: Mapping[str, str]) -> list[str]:
+    """A canary's control pool (its first control alone for logs from before pools)."""
+    pool = ctx.control_pools.get(canary)
+    if pool:
+        return list(pool)
+    return [controls[canary]] if canary in controls else []
+
+
 def _scales(
-    names: Sequence[str],
-    canary_pre: Mapping[str, Any] | None,
-    control_pre: Mapping[str, Any] | None,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per metric, each device's own value before the soak, where both devices have one."""
-    a: dict[str, float] = {}
-    b: dict[str, float] = {}
+    names: Sequence[str], pres: Mapping[str, Mapping[str, Any] | None]
+) -> dict[str, dict[str, float]]:
+    """Per device and metric, the device's own value before the soak — only for metrics every
+    device of the comparison has one for (else all are compared as they are)."""
+    out: dict[str, dict[str, float]] = {d: {} for d in pres}
     for n in names:
-        if n in ADDITIVE or not canary_pre or not control_pre:
+        if n in ADDITIVE:
             continue
-        x, y = _metric(canary_pre, n), _metric(control_pre, n)
-        if x and y and x > 0 and y > 0:
-            a[n], b[n] = x, y
-    return a, b
+        vals = {d: (_metric(p, n) if p else None) for d, p in pres.items()}
+        if all(v is not None and v > 0 for v in vals.values()):
+            for d, v in vals.items():
+                assert v is not None
+                out[d][n] = v
+    return out
 
 
 def metric_specs(policy: AnalysisPolicy) -> list[Any]:
@@ -236,16 +249,25 @@ def judge_canaries(
     names = [s.name for s in specs]
     out: dict[str, Any] = {}
     for c in canaries:
-        ctl = controls.get(c)
-        if ctl is None:
+        pool = _pool(ctx, c, controls)
+        if not pool:
             continue
         base = ctx.baselines.get(c)
-        sa, sb = _scales(names, sample_dict(base) if base else None, ctx.control_pre.get(ctl))
-        # A ratio series needs its absolute floor (5 ms …) as a ratio too.
-        scaled = [replace(m, floor=m.floor / sb[m.name]) if m.name in sb else m for m in specs]
+        pres = {c: sample_dict(base) if base else None, **{d: ctx.control_pre.get(d) for d in pool}}
+        scale = _scales(names, pres)
+        pooled: dict[str, list[float]] = {n: [] for n in names}
+        for d in pool:
+            for n, vs in series(ctx, keys, d, names, scale[d]).items():
+                pooled[n].extend(vs)
+        # A ratio series needs its absolute floor (5 ms …) as a ratio too: against the pool's
+        # typical before-value.
+        scaled = []
+        for m in specs:
+            ref = sorted(scale[d][m.name] for d in pool if m.name in scale[d])
+            scaled.append(replace(m, floor=m.floor / ref[len(ref) // 2]) if ref else m)
         out[c] = judge(
-            series(ctx, keys, c, names, sa),
-            series(ctx, keys, ctl, names, sb),
+            series(ctx, keys, c, names, scale[c]),
+            pooled,
             scaled,
             confidence=ctx.policy.analysis.confidence,
         )
@@ -276,3 +298,63 @@ def judgement_doc(j: Any, control: str) -> dict[str, Any]:
             for m in j.metrics
         ],
     }
+
+
+async def wave_tick(ctx: EngineContext, stage: int, tick: int, served: float) -> bool:
+    """One sampling round of a between-waves soak: every deployed device, at the same moment.
+
+    A wave soak can hold the whole fleet, so the log keeps a summary per tick — how many
+    answered, how many are up, the fleet's median latency and error rate — and the full sample
+    only of devices that broke a hard bound; those are recorded FAILED at once (they count in
+    the wave's decision) instead of waiting for the end of the soak. Measured in
+    docs/analysis.md: a full per-device record would be ~250 bytes × devices × ticks. Never
+    stops the soak: the decision matrix decides after it.
+    """
+    ids = list(ctx.recorder.state.deployed_ids)
+
+    async def one(dev_id: str) -> HealthSample | None:
+        try:
+            return await ctx.transport.health(ctx.device(dev_id))
+        except FleetgateError:
+            return None
+
+    got = await ctx.each(ids, one, "wave-sample")
+    broken = {i: why for i in ids if (why := hard_failure(got.get(i), ctx.policy.health))}
+    answered = [s for s in got.values() if s is not None]
+
+    def median(values: list[float]) -> float | None:
+        v = sorted(values)
+        return None if not v else (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2
+
+    summary = {
+        "devices": len(ids),
+        "answered": len(answered),
+        "up": sum(1 for s in answered if s.app_up),
+        "latency_ms_median": median([s.latency_ms for s in answered if s.latency_ms is not None]),
+        "error_rate_median": median([s.error_rate for s in answered if s.error_rate is not None]),
+    }
+    await ctx.recorder.record(
+        "soak.sampled",
+        stage=stage,
+        round="soak",
+        tick=tick,
+        t=round(served, 3),
+        summary=summary,
+        samples={i: sample_dict(got.get(i)) for i in sorted(broken)},
+    )
+    ctx.sampled.setdefault(f"{stage}:soak", []).append({"tick": tick, "samples": {}})
+    for i, why in sorted(broken.items()):
+        if ctx.recorder.state.devices[i] is D.FAILED:
+            continue  # already failed: one record of it is enough
+        await ctx.recorder.record(
+            "device.health",
+            device_id=i,
+            outcome="failed",
+            stage=stage,
+            round=f"soak tick {tick}",
+            status="failed",
+            reasons=[why],
+            sample=sample_dict(got.get(i)),
+            baseline=sample_dict(ctx.baselines.get(i)),
+        )
+    return True

@@ -93,6 +93,7 @@ class EngineContext:
     # Each control device's health sample taken when it was chosen (``canary.controls``): its
     # own "before", as the canary's baseline is the canary's.
     control_pre: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    control_pools: dict[str, list[str]] = field(default_factory=dict)  # canary -> controls
     # The inventory as it is now (``Store.get_devices``): pre-flight re-reads each device's
     # registry state, so one put in maintenance or quarantine since the start is not deployed.
     registry: Callable[[list[str]], Awaitable[list[Device]]] | None = None

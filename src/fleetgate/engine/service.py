@@ -393,12 +393,14 @@ class Controller:
         }
         sampled: dict[str, list[Any]] = {}
         control_pre: dict[str, Any] = {}
+        control_pools: dict[str, list[str]] = {}
         for e in events:
             if e.action == "soak.sampled":
                 key = f"{e.details.get('stage', 0)}:{e.details.get('round', 'soak')}"
                 sampled.setdefault(key, []).append(e.details)
             elif e.action == "canary.controls":
                 control_pre.update(e.details.get("pre", {}))
+                control_pools.update(e.details.get("pools", {}))
         return EngineContext(
             deployment_id=dep_id,
             transport=self.transport,
@@ -418,6 +420,7 @@ class Controller:
             baselines=baselines,
             sampled=sampled,
             control_pre=control_pre,
+            control_pools=control_pools,
             registry=self.store.get_devices,
             seq_base=int(created["seq_base"]),
             on_progress=self.on_progress,

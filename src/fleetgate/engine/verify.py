@@ -37,6 +37,7 @@ from fleetgate.engine.canary_analysis import (
     judge_canaries,
     judgement_doc,
     sample_tick,
+    wave_tick,
 )
 from fleetgate.engine.context import EngineContext, sample_dict
 from fleetgate.errors import FleetgateError
@@ -301,7 +302,10 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
     wave_ids = state.stages[stage]
     deployed = list(state.deployed_ids)
     await health_round(ctx, stage, deployed, "initial")
-    await soak(ctx, stage, ctx.policy.soak.between_waves_s)
+    # The whole soak is sampled (issue 11), not only its ends; a too-short soak is not.
+    wave_s = ctx.policy.soak.between_waves_s
+    every = ctx.policy.analysis.interval_s if analysis_applies(ctx.policy.analysis, wave_s) else 0.0
+    await soak(ctx, stage, wave_s, every=every, on_tick=lambda k, t: wave_tick(ctx, stage, k, t))
     await health_round(ctx, stage, list(rec.state.deployed_ids), "post-soak")
     state = rec.state
 

@@ -9,7 +9,8 @@ it either over real loopback HTTP (``VirtualFleet`` + ``HttpTransport``) or in m
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -59,16 +60,20 @@ def stage_args(manifest: Manifest, deployment_id: str, seq: int) -> dict[str, An
 
 @asynccontextmanager
 async def open_channel(
-    kind: str, spec: FleetSpec | None = None, timeouts: CallTimeouts | None = None
+    kind: str,
+    spec: FleetSpec | None = None,
+    timeouts: CallTimeouts | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[tuple[Any, DeviceTransport]]:
-    """``(fleet, transport)``; the fleet has ``devices``, ``inject``, ``device_state``."""
+    """``(fleet, transport)``; the fleet has ``devices``, ``inject``, ``device_state``.
+    ``clock`` is the device model's (fault windows, leaks)."""
     spec = spec or FleetSpec(devices=12, seed=3, token=TOKEN)
     if kind == "memory":
-        model = SimFleet(spec)
+        model = SimFleet(spec, clock=clock)
         async with MemoryTransport(model, timeouts=timeouts) as transport:
             yield model, transport
         return
-    async with VirtualFleet.start(spec) as fleet:
+    async with VirtualFleet.start(spec, clock=clock) as fleet:
         tokens = TokenSource(overrides={d.id: fleet.token for d in fleet.devices})
         async with HttpTransport(tokens, timeouts=timeouts) as transport:
             yield fleet, transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,18 @@ from fleetgate.sim.fleetspec import FleetSpec
          "crash-loop:fraction=0.3,version=2.0.0"),
         ("unreachable:hardware=rpi4,fraction=0.25", "unreachable", {},
          "unreachable:fraction=0.25,hardware=rpi4"),
+        ("surge", "surge", {"latency": 0.3, "errors": 0.01, "start": 0, "duration": math.inf},
+         "surge:latency=0.3,errors=0.01,start=0,duration=inf"),
+        ("surge:duration=900,start=600,latency=0.5", "surge",
+         {"latency": 0.5, "errors": 0.01, "start": 600, "duration": 900},
+         "surge:latency=0.5,errors=0.01,start=600,duration=900"),
+        ("surge:duration=inf,group=plant-a", "surge",
+         {"latency": 0.3, "errors": 0.01, "start": 0, "duration": math.inf},
+         "surge:latency=0.3,errors=0.01,start=0,duration=inf,group=plant-a"),
+        ("leak", "leak", {"mb_per_min": 5}, "leak:mb_per_min=5"),
+        ("leak:version=2.0.0,mb_per_min=8", "leak", {"mb_per_min": 8},
+         "leak:mb_per_min=8,version=2.0.0"),
+        ("silent:fraction=0.1", "silent", {}, "silent:fraction=0.1"),
     ],
 )  # fmt: skip
 def test_valid_specs_parse_and_print_canonically(text, kind, params, canonical):
@@ -65,6 +78,15 @@ def test_selectors_take_alternatives():
         ("hot:temp", "'temp' is not key=value"),
         ("hot:group=", "'group=' is not key=value"),
         ("hot:group=|", "group= needs a value"),
+        ("errors:rate=nan", "rate='nan' must be a finite number"),
+        ("hot:temp=inf", "temp='inf' must be a finite number"),
+        ("surge:start=inf", "start='inf' must be a finite number"),
+        ("surge:duration=0", "duration=0 must be > 0"),
+        ("surge:latency=-0.1", "latency=-0.1 must be >= 0"),
+        ("surge:errors=2", "errors=2 must be <= 1"),
+        ("surge:rate=0.1", "unknown key 'rate' (surge takes latency, errors, start, duration"),
+        ("leak:mb_per_min=0", "mb_per_min=0 must be > 0"),
+        ("silent:k=1", "unknown key 'k' (silent takes no parameters"),
     ],
 )
 def test_bad_specs_name_the_spec_and_the_problem(text, message):

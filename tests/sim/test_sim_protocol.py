@@ -180,10 +180,12 @@ async def test_health_is_realistic_healthy_and_seeded():
                     s = await t.health(d)
                     assert s.app_up and s.release == BASE and not s.crash_loop
                     assert s.restarts == 0 and s.mem_total_mb and s.disk_free_mb
-                    assert 0.0015 <= (s.error_rate or 0) <= 0.0055
-                    assert 19 <= (s.latency_ms or 0) <= 42
-                    assert 17 <= (s.cpu_percent or 0) <= 43
-                    assert 44 <= (s.temperature_c or 0) <= 61
+                    # Baselines ± 4 σ of the documented noise (docs/simulator.md, "Noise").
+                    assert 0 <= (s.error_rate or 0) <= 0.015
+                    assert 20 * 0.88 <= (s.latency_ms or 0) <= 40 * 1.12
+                    assert 8 <= (s.cpu_percent or 0) <= 52
+                    assert 41 <= (s.temperature_c or 0) <= 64
+                    assert s.metrics["app_up"] == 1 and "app_requests_total" in s.metrics
                     assert (s.gpu_percent is not None) == (d.hardware == "jetson-orin-nano")
                     out.append((s.error_rate, s.latency_ms, s.cpu_percent, s.temperature_c))
             return out

@@ -14,6 +14,9 @@ Contract (docs/protocol.md, mirrored from the real agent):
   faults and the reports (ping, facts, health, logs).
 - ``admit`` is the network: it says whether a request is dropped (``unreachable``, ``flaky``)
   and how long the answer is delayed (``latency:delay``).
+- ``health`` is computed at the moment of the request, on ``clock``: ``bends`` says what the
+  faults that apply then do (a ``surge`` only inside its window after injection, a ``leak`` by
+  the time since the later of its injection and the last switch of release).
 - Every request the device acts on is counted in ``received``/``executed`` keyed by
   ``(command, release)`` and appended to ``history``: crash tests prove from these that no
   device staged or activated one release twice.
@@ -47,7 +50,7 @@ from fleetgate.sim.device_state import (
     refusal,
 )
 from fleetgate.sim.faults import FaultSpec
-from fleetgate.sim.health import Baseline, Bends, Noise, reading
+from fleetgate.sim.health import Baseline, Bends, Noise, Traffic, reading
 
 if TYPE_CHECKING:
     from fleetgate.sim.fleetspec import FleetSpec, HardwareProfile
@@ -67,6 +70,12 @@ class Admission:
 class ActiveFault:
     spec: FaultSpec
     remaining: int = 0  # flaky: drops left
+    since: float = 0.0  # the device clock when it was injected (surge windows, leaks)
+
+    def in_window(self, now: float) -> bool:
+        """A ``surge`` acts from ``start`` to ``start + duration`` seconds after injection."""
+        begin = self.since + self.spec.param("start")
+        return begin <= now < begin + self.spec.param("duration")
 
 
 @dataclass
@@ -102,6 +111,7 @@ class VirtualDevice:
             self.releases[spec.initial_release] = ReleaseInfo.initial(spec.initial_release)
             self.current = spec.initial_release
         self.switched_at = self.started_at
+        self.traffic = Traffic(self.switched_at)
         self.last_seq = 0
         self.records: dict[int, Record] = {}
         self.activity = "idle"
@@ -115,7 +125,7 @@ class VirtualDevice:
     # -- faults ------------------------------------------------------------------------------------
     def add_fault(self, spec: FaultSpec) -> None:
         remaining = int(spec.param("k")) if spec.kind == "flaky" else 0
-        self.faults.append(ActiveFault(spec, remaining))
+        self.faults.append(ActiveFault(spec, remaining, self.clock()))
 
     def clear_faults(self) -> None:
         self.faults.clear()
@@ -200,19 +210,35 @@ class VirtualDevice:
             "interrupted": None,
         }
 
-    def health(self) -> dict[str, Any]:
+    def bends(self, now: float) -> Bends:
+        """What the faults that apply at ``now`` do to a health reading."""
         errors = self.first_fault("errors")
         hot = self.first_fault("hot")
         factor = 1.0
         for f in self._active("latency"):
             factor *= f.spec.param("factor")
-        bends = Bends(
+        surges = [f.spec for f in self._active("surge") if f.in_window(now)]
+        leak_mb = sum(
+            f.spec.param("mb_per_min") * max(0.0, now - max(f.since, self.switched_at)) / 60.0
+            for f in self._active("leak")
+        )  # a restart (any switch of release) frees what the app had leaked
+        return Bends(
             error_rate=errors.param("rate") if errors is not None else None,
             latency_factor=factor,
             temperature_c=hot.param("temp") if hot is not None else None,
             crash_loop=self.first_fault("crash-loop") is not None,
             start_failed=self.first_fault("start-fail") is not None,
+            surge_latency=sum(s.param("latency") for s in surges),
+            surge_errors=sum(s.param("errors") for s in surges),
+            leak_mb=leak_mb if self.app_running() else 0.0,
+            silent=self.first_fault("silent") is not None,
         )
+
+    def health(self) -> dict[str, Any]:
+        now = self.clock()
+        bends = self.bends(now)
+        if self.traffic.started != self.switched_at:
+            self.traffic = Traffic(self.switched_at)  # the app restarted: counters from zero
         body: dict[str, Any] = {"device_id": self.device.id}
         body.update(
             reading(
@@ -220,11 +246,13 @@ class VirtualDevice:
                 self.baseline,
                 bends,
                 running=self.current is not None,
-                since_start_s=self.clock() - self.switched_at,
+                since_start_s=now - self.switched_at,
                 mem_total_mb=self.profile.ram_usable_mb,
+                traffic=self.traffic,
+                now=now,
             )
         )
-        body["disk_free_mb"] = self.disk_free_mb()
+        body["disk_free_mb"] = None if bends.silent else self.disk_free_mb()
         body["release"] = self.current
         return body
 

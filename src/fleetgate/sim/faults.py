@@ -10,7 +10,9 @@ Grammar (``--fault SPEC``, repeatable; docs/simulator.md)::
 Kinds and their parameters (default in brackets; no default = required):
 ``unreachable``, ``flaky`` (k [1]), ``slow-link`` (kbps), ``low-disk`` (free_mb [50]),
 ``crash-loop``, ``start-fail`` (code [3]), ``errors`` (rate), ``latency`` (factor [3],
-delay [0] seconds added to every answer), ``hot`` (temp [95]), ``rollback-fail``.
+delay [0] seconds added to every answer), ``hot`` (temp [95]), ``rollback-fail``,
+``surge`` (latency [0.3] relative and errors [0.01] absolute increase, from start [0] for
+duration [inf] seconds after injection), ``leak`` (mb_per_min [5]), ``silent``.
 
 Contract:
 - ``parse_fault(text)`` returns a ``FaultSpec`` or raises ``InputError`` naming the spec and the
@@ -18,6 +20,10 @@ Contract:
 - ``hardware``/``group``/``device`` select devices once, when the fault is injected; ``version``
   is checked on every use: the fault acts only while a release of that version is current, so a
   rollback heals it (``rollback-fail`` is checked against the release being left).
+- Times are on the device model's clock (``SimFleet(clock=...)``, monotonic by default):
+  a ``surge`` window is relative to the moment the fault was injected, a ``leak`` grows from the
+  later of its injection and the device's last switch of release.
+- Numbers are finite unless a parameter says otherwise (``surge:duration=inf``, the default).
 - ``fraction`` picks exactly ``round(F * n)`` (at least one) of the ``n`` devices the other
   selectors match: those whose hash of (fleet seed, injection ordinal, spec, device id) is
   lowest. The same seed, fleet and spec always pick the same devices, whatever order the
@@ -27,6 +33,7 @@ Contract:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -42,6 +49,7 @@ class Param:
     maximum: float | None = None
     integer: bool = False
     exclusive_min: bool = False
+    infinite: bool = False  # "inf" is a valid value (forever)
 
 
 KINDS: Mapping[str, Mapping[str, Param]] = {
@@ -58,6 +66,14 @@ KINDS: Mapping[str, Mapping[str, Param]] = {
     },
     "hot": {"temp": Param(95, minimum=-50, maximum=200)},
     "rollback-fail": {},
+    "surge": {
+        "latency": Param(0.3, minimum=0),
+        "errors": Param(0.01, minimum=0, maximum=1),
+        "start": Param(0, minimum=0),
+        "duration": Param(math.inf, minimum=0, exclusive_min=True, infinite=True),
+    },
+    "leak": {"mb_per_min": Param(5, minimum=0, exclusive_min=True)},
+    "silent": {},
 }
 SELECTORS = ("fraction", "hardware", "group", "device", "version")
 
@@ -88,7 +104,8 @@ class FaultSpec:
                 full[key] = param.default
         if not 0 < self.fraction <= 1:
             raise InputError(f"fault {self.kind}: fraction must be in (0, 1]")
-        object.__setattr__(self, "params", MappingProxyType(full))
+        ordered = {key: full[key] for key in KINDS[self.kind]}  # one spelling per spec
+        object.__setattr__(self, "params", MappingProxyType(ordered))
 
     def param(self, key: str) -> float:
         return self.params[key]
@@ -128,6 +145,8 @@ def _number(text: str, kind: str, key: str, raw: str, param: Param) -> float:
         value = float(raw)
     except ValueError:
         raise _fail(text, f"{key}={raw!r} is not a number") from None
+    if math.isnan(value) or (math.isinf(value) and not param.infinite):
+        raise _fail(text, f"{key}={raw!r} must be a finite number")
     if param.integer and not value.is_integer():
         raise _fail(text, f"{key}={raw!r} must be a whole number")
     low, high = param.minimum, param.maximum

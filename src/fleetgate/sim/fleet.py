@@ -8,6 +8,8 @@ calls it directly. Contract:
   naming something the fleet does not have is an ``InputError`` (a typo must not silently make
   a fault that hits nobody).
 - Lookups are dict lookups by id: no per-request work grows with the fleet.
+- ``clock`` (seconds, default ``time.monotonic``) is every device's: uptime, fault windows
+  (``surge``), leaks. A test on a virtual clock passes it here so the fleet ages with it.
 - ``write_inventory(path)`` writes a fleet.yaml that ``fleetgate.registry.load_inventory``
   accepts, with ``token_file`` pointing at a token file written with mode 0600.
 """

@@ -17,7 +17,8 @@ Contract:
 - Control routes for tests and the demo running the sim in another process (bearer token of
   the fleet): ``GET /_sim/devices/<id>`` (the snapshot as JSON), ``POST /_sim/faults``
   ``{"fault": SPEC}`` (→ ``{"devices": [...]}``), ``DELETE /_sim/faults``.
-- ``async with VirtualFleet.start(spec) as fleet:`` serves until the block ends.
+- ``async with VirtualFleet.start(spec) as fleet:`` serves until the block ends. ``clock``
+  (default ``time.monotonic``) is the device model's: fault windows and leaks run on it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -121,19 +123,26 @@ class VirtualFleet:
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, spec: FleetSpec, host: str = "127.0.0.1", port: int = 0
+        cls,
+        spec: FleetSpec,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> AsyncIterator[VirtualFleet]:
         socks = _bind(spec, host, port)
         runner: web.AppRunner | None = None
         try:
             bound = socks[0].getsockname()[1]
             if spec.per_device_address:
-                model = SimFleet(spec, lambda i, _id: f"http://{device_address(i)}:{bound}")
+                model = SimFleet(
+                    spec, lambda i, _id: f"http://{device_address(i)}:{bound}", clock=clock
+                )
                 url = f"http://{device_address(0)}:{bound}"
             else:
                 shown = f"[{host}]" if ":" in host else host
                 url = f"http://{shown}:{bound}"
-                model = SimFleet(spec, lambda _i, dev_id: f"{url}/d/{dev_id}")
+                model = SimFleet(spec, lambda _i, dev_id: f"{url}/d/{dev_id}", clock=clock)
             runner = web.AppRunner(
                 _make_app(model), access_log=None, handle_signals=False, shutdown_timeout=1.0
             )

@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 import pytest
-from report_scenarios import DEP, SCENARIOS, canary_replaced
+from all_scenarios import SCENARIOS
+from report_scenarios import DEP, canary_replaced
 
 from fleetgate.core.events import Event
 from fleetgate.core.machine import fold

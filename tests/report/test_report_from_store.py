@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from report_scenarios import DEP, SCENARIOS
+from all_scenarios import SCENARIOS
+from report_scenarios import DEP
 
 from fleetgate.report.session import build_report, render_report_md
 from fleetgate.store import Store

@@ -7,12 +7,12 @@ import re
 from typing import Any
 
 import pytest
+from all_scenarios import SCENARIOS
 from report_scenarios import (
     BUNDLE_SHA,
     CANARIES,
     DEP,
     FLEET_TOTAL,
-    SCENARIOS,
     SHA,
     WAVE1,
     WAVE2,

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from all_scenarios import SCENARIOS
 from report_scenarios import (
     BIG_WAVE1,
     CRASHED,
@@ -15,7 +16,6 @@ from report_scenarios import (
     DISK_FULL,
     EXCLUDE_WHY,
     RPI_IN_WAVES,
-    SCENARIOS,
     STAGE_FAILED,
     UNREACHABLE,
     canary_excluded,

@@ -12,7 +12,8 @@ no clock: the same events always give the same report.
 Modules: ``session_log`` (normalise + fold + index the events), ``session_phases`` (PREPARE,
 CANARY, approval), ``session_verify`` (VERIFY: canary rounds, the boxes), ``session_rollout``
 (waves, rollbacks), ``session_confirm`` (CONFIRM accounting, devices set aside), ``health_box``
-(the CANARY HEALTH REPORT box), ``session_md`` (markdown). ``deploy report`` calls ``build_report``
+(the CANARY HEALTH REPORT box), ``canary_evidence`` and ``sparkline`` (canary vs control),
+``session_md`` (markdown). ``deploy report`` calls ``build_report``
 then ``render_report_md`` or ``json.dumps``.
 
 Invariants:
@@ -48,6 +49,11 @@ Readings of ``docs/events.md`` where it leaves a choice (kept here so the engine
   rolled back later reads ROLLED BACK; QUARANTINED, FAILED (NOT DEPLOYED) and ROLLBACK FAILED
   can appear too). Replacement canaries (``canary.replaced.replacements``) are rows of stage 0
   with the round they joined and ``why``.
+- Canary analysis (issue 11): a round's ``canary.controls``, stage-0 ``soak.sampled`` ticks of
+  its soak and ``canary.verdict.analysis`` become ``verify.rounds[i].analysis`` (per canary
+  and metric: medians, effect and interval, tolerance, verdict; a sparkline SVG of the metric
+  that decided); ``report.canary_evidence`` says how ratio and additive metrics are read.
+  ``approval`` carries the ``verdict`` it was asked on and ``accept_inconclusive``.
 - Canary rounds: round N's evidence is the stage-0 events after the (N-1)th ``canary.replaced``
   up to round N's ``canary.verdict``; its canaries are round N-1's minus ``retired`` plus
   ``replacements``. The decision between rounds is the first ``deployment.resumed`` after a FAIL

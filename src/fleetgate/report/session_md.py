@@ -8,23 +8,23 @@ never reached is one line saying where it stopped; CONFIRM still shows the fleet
 at the end of the log, because every device must be accounted for whatever the outcome.
 
 Every number printed here is a field of the report dict, formatted — never recomputed — so the
-markdown and ``--format json`` cannot disagree.
+markdown and ``--format json`` cannot disagree. The VERIFY section is ``session_md_verify``;
+the shared table and list helpers are ``md_text``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from fleetgate.config.policy_file import format_duration
-from fleetgate.report.health_box import (
-    fmt_mb,
-    fmt_ms,
-    fmt_percent,
-    fmt_rate,
-    render_health_box,
-)
+from fleetgate.report.md_text import ID_LIMIT as _ID_LIMIT
+from fleetgate.report.md_text import devices_text as _devices
+from fleetgate.report.md_text import duration as _duration
+from fleetgate.report.md_text import ids_text as _ids
+from fleetgate.report.md_text import short as _short
+from fleetgate.report.md_text import table as _table
 from fleetgate.report.prepare import render_prepare_md
+from fleetgate.report.session_md_verify import render_verify_md
 
 _SPEC_PHASES = ("PREPARE", "CANARY", "VERIFY", "ROLLOUT", "CONFIRM")
 _STOPPED = {
@@ -35,45 +35,6 @@ _STOPPED = {
     "COMPLETE": "complete",
     "PARTIAL": "ended PARTIAL",
 }
-_ID_LIMIT = 12  # a rollback of 10,000 devices lists a few ids and a count, not all of them
-_TEXT_LIMIT = 200
-
-
-def _cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("-" * (len(h) + 2) for h in header) + "|",
-    ]
-    out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return out
-
-
-def _ids(ids: Sequence[str]) -> str:
-    if not ids:
-        return "-"
-    shown = ", ".join(ids[:_ID_LIMIT])
-    return shown if len(ids) <= _ID_LIMIT else f"{shown} … (+{len(ids) - _ID_LIMIT} more)"
-
-
-def _devices(n: int) -> str:
-    return f"{n} device" if n == 1 else f"{n} devices"
-
-
-def _duration(seconds: Any) -> str:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        return "-"
-    if float(seconds).is_integer():
-        return format_duration(float(seconds))
-    return f"{seconds:.1f}s" if seconds < 60 else format_duration(round(seconds))
-
-
-def _short(text: str) -> str:
-    """A heading-sized excerpt; the full text is in the JSON document and the VERIFY reasons."""
-    return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 1].rstrip() + "…"
 
 
 def _not_reached(r: Mapping[str, Any]) -> str:
@@ -153,116 +114,11 @@ def _canary(r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _soak_text(v: Mapping[str, Any]) -> str:
-    if v["soak_served"]:
-        return _duration(v["soak_s"])
-    if v["soak_planned_s"] is not None:
-        return f"{_duration(v['soak_planned_s'])} (in progress)"
-    return "not served"
-
-
-def _verify_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return _table(
-        ["Device ID", "Health", "CPU", "Memory", "Error Rate", "Latency"],
-        [
-            [
-                x["device_id"],
-                x["health"],
-                fmt_percent(x["cpu_percent"]),
-                fmt_mb(x["mem_used_mb"]),
-                fmt_rate(x["error_rate"]),
-                fmt_ms(x["latency_ms"]),
-            ]
-            for x in rows
-        ],
-    )
-
-
-def _failed_canaries(v: Mapping[str, Any]) -> list[str]:
-    lines = ["", *(f"- {reason}" for reason in v["reasons"])] if v["reasons"] else []
-    if v["verdict"] == "FAIL":
-        what = "all canaries failed" if v["all_failed"] else "some canaries failed"
-        lines += ["", f"**Failed canaries**: {_ids(v['failed'])} ({what})"]
-    return lines
-
-
-def _between_rounds(x: Mapping[str, Any]) -> list[str]:
-    """The human decision after a failed round, and what ``canary.replaced`` made of it."""
-    lines: list[str] = []
-    d, rep = x["decision"], x["replaced"]
-    if d is not None:
-        note = f' — "{d["comment"]}"' if d["comment"] else ""
-        by = f"resumed by {d['by']} at {d['ts']}, canary_failure={d['choice']}"
-        lines += ["", f"**Decision**: {by}{note}"]
-    if rep is None:
-        return lines
-    nxt = rep["round"] or x["round"] + 1
-    lines += ["", f"**Canaries replaced** (for round {nxt}): retired {_ids(rep['retired'])}"]
-    for c in rep["replacements"][:_ID_LIMIT]:
-        lines.append(f"- replacement {c['device_id']}: {c['why'] or '-'}")
-    if len(rep["replacements"]) > _ID_LIMIT:
-        lines.append(f"- … (+{len(rep['replacements']) - _ID_LIMIT} more replacements)")
-    if not rep["replacements"]:
-        lines.append("- no replacement canary")
-    for c in rep["excluded"][:_ID_LIMIT]:
-        lines.append(f"- excluded {c['device_id']}: {c['reason'] or '-'}")
-    if len(rep["excluded"]) > _ID_LIMIT:
-        lines.append(f"- … (+{len(rep['excluded']) - _ID_LIMIT} more excluded)")
-    if rep["uncovered"]:
-        lines.append(f"- uncovered (no canary proves): {', '.join(rep['uncovered'])}")
-    return lines
-
-
-def _rounds(v: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
-    for x in v["rounds"]:
-        lines += [
-            "",
-            f"**Round {x['round']}**: canaries {_ids(x['canaries'])}; soak {_soak_text(x)}; "
-            f"verdict {x['verdict']}",
-            *_verify_table(x["rows"]),
-            *_failed_canaries(x),
-            *_between_rounds(x),
-        ]
-    return lines
-
-
 def _verify(r: Mapping[str, Any]) -> list[str]:
-    v, a = r["verify"], r["approval"]
     lines = ["### VERIFY Phase", ""]
-    if not v["reached"]:
+    if not r["verify"]["reached"]:
         return [*lines, _not_reached(r)]
-    verdict = f"{v['verdict']} ({v['verdict_note']})" if v["verdict_note"] else v["verdict"]
-    lines += [f"**Soak period**: {_soak_text(v)}", f"**Canary verdict**: {verdict}"]
-    if len(v["rounds"]) > 1 or v["verdict_note"]:
-        # Every round, its own verdict and the decision between them: a FAIL is never hidden.
-        lines += _rounds(v)
-    else:
-        lines += ["", *_verify_table(v["rows"])]
-    lines += ["", f"**Baseline comparison**: {v['baseline_comparison']}"]
-    if len(v["rounds"]) == 1 and not v["verdict_note"]:
-        lines += _failed_canaries(v)
-    by_round: dict[int, list[Mapping[str, Any]]] = {}
-    for box in v["health_boxes"]:
-        by_round.setdefault(box["canary_round"], []).append(box)
-    for n, boxes in sorted(by_round.items()):
-        if len(v["rounds"]) > 1:
-            lines += ["", f"**Canary health reports, round {n}**:"]
-        for box in boxes:
-            lines += ["", "```", *render_health_box(box), "```"]
-    lines.append("")
-    if a["requested"]:
-        lines.append("**Requesting human approval for fleet rollout...**")
-    if a["status"] in ("GRANTED", "REJECTED"):
-        note = f' — "{a["comment"]}"' if a["comment"] else ""
-        lines.append(f"**Approval**: {a['status']} by {a['by']} at {a['ts']}{note}")
-    elif a["status"] == "PENDING":
-        lines.append(
-            f"**Approval**: PENDING — fleetgate deploy approve {r['deployment_id']} --as NAME"
-        )
-    else:
-        lines.append(f"**Approval**: not requested (canary verdict {v['verdict']})")
-    return lines
+    return [*lines, *render_verify_md(r)]
 
 
 def _wave(w: Mapping[str, Any]) -> list[str]:

@@ -236,4 +236,10 @@ def approval_section(log: SessionLog) -> dict[str, Any]:
         "by": decided.actor if decided else None,
         "ts": decided.ts if decided else None,
         "comment": str(decided.details.get("comment") or "") if decided else "",
+        # The verdict the approval was asked on (INCONCLUSIVE: a person takes the risk by
+        # name, ``accept_inconclusive``).
+        "verdict": str(req.details.get("verdict") or "PASS") if req else None,
+        "accept_inconclusive": bool(decided.details.get("accept_inconclusive"))
+        if decided
+        else False,
     }

@@ -13,11 +13,23 @@ and round 2 runs the whole canary stage and a soak for its canaries, ending in i
 - ``verdict`` is the last round's (PENDING while a round runs); ``verdict_note`` says which round
   it is and every earlier FAIL and decision ("round 2, after round 1 FAIL; replacements approved
   by bob"), so a later PASS never hides a FAIL.
+- Canary analysis (issue 11): each round carries its evidence (``report.canary_evidence``):
+  ``judge`` (analysis | threshold), ``notes``, ``controls`` and ``without_control``, ``ticks``
+  (samples of the soak), ``analysis`` (per canary: control(s), verdict, per-metric rows, the
+  metric that decided and its sparkline). The soak reads with its extension (``soak-ext``:
+  "10m + 15m extended") or its early stop (``soak.stopped``); another sampling window of stage
+  0 is not the soak. ``verdict_text`` is the verdict in words — "INCONCLUSIVE after the
+  extended soak: latency_ms on rpi-c-01 (…); approved by alice accepting the risk" — naming
+  the deciding metrics, and for INCONCLUSIVE the human decision that followed (the first
+  ``approval.granted``/``rejected`` after the verdict, with ``accept_inconclusive``); just the
+  verdict word for a round judged without analysis.
 - Boxes: one per canary (replacements included), from the last round that judged it. Its Verdict
   is the canary's own: FAIL when it is in that round's failed list (an empty list on a FAIL
-  verdict means every canary of the round), PASS only when the round passed, NOT PROVEN when the
-  round failed for other canaries (its own checks passed, but no verdict of that round proved
-  the release), PENDING while the round runs. Status is what the round's health check said,
+  verdict means every canary of the round), PASS only when the round passed, INCONCLUSIVE when
+  it is in the round's ``inconclusive`` list, NOT PROVEN when the round failed or was
+  inconclusive for other canaries (its own checks passed, but no verdict of that round proved
+  the release — a person accepting an INCONCLUSIVE verdict takes a risk, it proves nothing),
+  PENDING while the round runs. Status is what the round's health check said,
   with the device's status now when it changed since ("FAILED (now QUARANTINED)"). Reason is
   the verdict's reasons naming the device, else why the fold set it aside (``state.reasons``).
 
@@ -34,7 +46,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fleetgate.core.policy import AnalysisPolicy
 from fleetgate.core.state import Phase
+from fleetgate.report.canary_evidence import round_evidence, soak_round, verdict_text
 from fleetgate.report.health_box import health_box_data
 from fleetgate.report.session_log import LogEvent, SessionLog, display_status, ids, num
 
@@ -105,6 +119,8 @@ def _own_verdict(r: _Round, dev: str) -> str:
         return "PENDING"
     if dev in r.failed:
         return "FAIL"
+    if r.word == "INCONCLUSIVE" and dev in ids(r.verdict.details, "inconclusive"):
+        return "INCONCLUSIVE"
     return "PASS" if r.word == "PASS" else "NOT PROVEN"
 
 
@@ -141,6 +157,13 @@ def _canary_evidence(
             why = [log.state.reasons[dev]]
         if not why:
             why = reasons
+    elif own == "INCONCLUSIVE":
+        why = [x for x in reasons if _mentions(x, dev)]
+    elif own == "NOT PROVEN" and r.word == "INCONCLUSIVE":
+        unsure = ", ".join(ids(r.verdict.details, "inconclusive") if r.verdict else []) or "?"
+        why = [
+            f"its own checks passed; round {r.number} verdict INCONCLUSIVE ({unsure} inconclusive)"
+        ]
     elif own == "NOT PROVEN":
         failed = ", ".join(r.failed) or "the round"
         why = [f"its own checks passed; round {r.number} verdict FAIL ({failed} failed)"]
@@ -185,17 +208,73 @@ def _canary_evidence(
     return row, box
 
 
+def _extension(e: LogEvent) -> bool:
+    return str(e.details.get("round", "")).endswith("-ext")
+
+
 def _soak(log: SessionLog, r: _Round) -> dict[str, Any]:
-    done = _in(r, log.of_stage(0, "soak.completed"))
-    start = _in(r, log.of_stage(0, "soak.started"))
+    """The round's soak, its extension (an INCONCLUSIVE analysis extends it once: round
+    ``…-ext``) and an early stop (``soak.stopped``: a hard bound failed during it)."""
+    events = [
+        e
+        for e in _in(r, log.of_stage(0, "soak.started", "soak.completed", "soak.stopped"))
+        if soak_round(e.details.get("round"))
+    ]
+    main = [e for e in events if not _extension(e)]
+    ext = [e for e in events if _extension(e)]
+    done = [e for e in main if e.action == "soak.completed"]
+    start = [e for e in main if e.action == "soak.started"]
     soak_s = num(done[-1].details.get("seconds")) if done else None
     if soak_s is None and r.verdict is not None:
         soak_s = num(r.verdict.details.get("soak_s"))
+    ext_start = [e for e in ext if e.action == "soak.started"]
+    stopped = [e for e in events if e.action == "soak.stopped"]
     return {
         "soak_s": soak_s,
         "soak_planned_s": num(start[-1].details.get("seconds")) if start else None,
         "soak_served": bool(done),
+        "soak_extended_s": num(ext_start[-1].details.get("seconds")) if ext_start else None,
+        "soak_extension_served": any(e.action == "soak.completed" for e in ext),
+        "soak_stopped_s": num(stopped[-1].details.get("served_s")) if stopped else None,
     }
+
+
+def _approval_after(log: SessionLog, r: _Round) -> dict[str, Any] | None:
+    """The human decision on this round's verdict (approval granted or rejected), if any."""
+    if r.verdict is None:
+        return None
+    end = r.replaced.index if r.replaced is not None else len(log.events)
+    for e in log.all("approval.granted", "approval.rejected"):
+        if r.verdict.index < e.index < end:
+            return {
+                "action": e.action,
+                "by": e.actor,
+                "accept_inconclusive": bool(e.details.get("accept_inconclusive")),
+            }
+    return None
+
+
+def _evidence(
+    log: SessionLog, r: _Round, confidence: float
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The round's canary-vs-control evidence (``report.canary_evidence``) and the human
+    decision on its verdict."""
+    ticks = [e.details for e in _in(r, log.of_stage(0, "soak.sampled"))]
+    last = r.verdict.index if r.verdict is not None else len(log.events)
+    chosen = [e for e in log.all("canary.controls") if e.index <= last]
+    baselines: dict[str, Mapping[str, Any] | None] = {}
+    for dev in r.canaries:
+        b = log.all("device.baseline", device=dev)
+        sample = b[0].details.get("sample") if b else None  # the engine keeps the first
+        baselines[dev] = sample if isinstance(sample, Mapping) else None
+    evidence = round_evidence(
+        r.verdict.details if r.verdict else None,
+        ticks,
+        chosen[-1].details if chosen else None,
+        baselines,
+        confidence,
+    )
+    return evidence, _approval_after(log, r)
 
 
 def _decision(e: LogEvent | None) -> dict[str, Any] | None:
@@ -262,6 +341,9 @@ def verify_section(
     policy = created.get("policy") or {}
     health_policy = policy.get("health") if isinstance(policy, Mapping) else None
     temp_max = num((health_policy or {}).get("temperature_c_max", 85.0))
+    analysis_policy = policy.get("analysis") if isinstance(policy, Mapping) else None
+    confidence = num((analysis_policy or {}).get("confidence"))
+    confidence = AnalysisPolicy().confidence if confidence is None else confidence
     rounds = _rounds(log)
     last_judged: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     out_rounds: list[dict[str, Any]] = []
@@ -272,35 +354,50 @@ def verify_section(
             rows.append(row)
             last_judged[dev] = (row, box)
         reasons = [str(x) for x in (r.verdict.details.get("reasons") or [])] if r.verdict else []
+        soak = _soak(log, r)
+        evidence, approval = _evidence(log, r, confidence)
+        text = verdict_text(
+            r.word, evidence, extended=soak["soak_extension_served"], decision=approval
+        )
         out_rounds.append(
             {
                 "round": r.number,
                 "canaries": list(r.canaries),
                 "verdict": r.word,
+                "verdict_text": text,
                 "ts": r.verdict.ts if r.verdict else None,
                 "failed": r.failed,
+                "inconclusive": ids(r.verdict.details, "inconclusive") if r.verdict else [],
                 "all_failed": bool(r.verdict.details.get("all_failed")) if r.verdict else False,
                 "reasons": reasons,
-                **_soak(log, r),
+                **soak,
+                **evidence,
                 "rows": rows,
                 "decision": _decision(r.resumed),
                 "replaced": _replaced(r.replaced),
             }
         )
     last = out_rounds[-1]
-    comparison = {"PASS": "Within bounds", "FAIL": "Not within bounds"}.get(
-        last["verdict"], "Pending"
-    )
+    comparison = {
+        "PASS": "Within bounds",
+        "FAIL": "Not within bounds",
+        "INCONCLUSIVE": "Inconclusive (a person decides)",
+    }.get(last["verdict"], "Pending")
     order = [i for i in log.state.canaries if i in last_judged]
     return {
         "reached": log.reached(Phase.VERIFY),
         "soak_s": last["soak_s"],
         "soak_planned_s": last["soak_planned_s"],
         "soak_served": last["soak_served"],
+        "soak_extended_s": last["soak_extended_s"],
+        "soak_extension_served": last["soak_extension_served"],
+        "soak_stopped_s": last["soak_stopped_s"],
         "verdict": last["verdict"],
+        "verdict_text": last["verdict_text"],
         "verdict_note": _note(out_rounds),
         "verdict_ts": last["ts"],
         "failed": last["failed"],
+        "inconclusive": last["inconclusive"],
         "all_failed": last["all_failed"],
         "reasons": last["reasons"],
         "baseline_comparison": comparison,

@@ -62,9 +62,17 @@ async def test_healthy_canaries_pass_against_their_controls(tmp_path: Path) -> N
             for ctl in pool:
                 assert (dev[c].hardware, dev[c].group) == (dev[ctl].hardware, dev[ctl].group)
                 assert not h.fleet.device_state(ctl).executed  # only read, never deployed
-        ticks = [e for e in events if e.action == "soak.sampled"]
+        ticks = [e for e in events if e.action == "soak.sampled" and e.details["round"] == "soak"]
         assert len(ticks) == 600 // 30 + 1  # the whole soak, every 30 s
         assert all(set(t.details["samples"]) == {*pools, *members} for t in ticks)
+        # Before the canaries were deployed, the same devices were sampled for 5 minutes: the
+        # window each device's own "before" comes from.
+        window = [
+            e for e in events if e.action == "soak.sampled" and e.details["round"] == "baseline"
+        ]
+        assert len(window) == 300 // 30 + 1
+        first_stage = min(e.seq for e in events if e.action == "device.stage_requested")
+        assert all(t.seq < first_stage for t in window)
 
 
 async def test_a_fleet_wide_surge_fails_no_canary_but_fails_the_threshold_judge(
@@ -131,7 +139,7 @@ async def test_a_hard_bound_fails_at_once_without_serving_the_soak(tmp_path: Pat
 async def test_inconclusive_extends_the_soak_once_then_asks_a_human(tmp_path: Path) -> None:
     # A latency change right at the tolerance (25 %): for one canary of this seeded fleet the
     # interval straddles it, even after the extension.
-    async with harness(tmp_path, devices=60, faults=("latency:factor=1.25,version=2.0.0",)) as h:
+    async with harness(tmp_path, devices=60, faults=("latency:factor=1.24,version=2.0.0",)) as h:
         dep = await h.start()
         state = await h.controller.drive(dep)
         events = await h.events(dep)
@@ -139,7 +147,7 @@ async def test_inconclusive_extends_the_soak_once_then_asks_a_human(tmp_path: Pa
         assert v.details["verdict"] == "INCONCLUSIVE" and v.details["inconclusive"]
         assert state.phase is Phase.AWAITING_APPROVAL and state.canary_verdict == "INCONCLUSIVE"
         rounds = [e.details["round"] for e in events if e.action == "soak.started"]
-        assert rounds == ["soak", "soak-ext"]  # extended exactly once
+        assert rounds == ["baseline", "soak", "soak-ext"]  # extended exactly once
         with pytest.raises(IllegalTransition, match="accept-inconclusive"):
             await h.controller.record_human(dep, "approval.granted", "alice")
         state = await h.controller.record_human(

@@ -37,6 +37,9 @@ SHORT_SOAK_POLICY: dict[str, Any] = {
     "retries": {"attempts": 3, "backoff": "1s"},
 }
 
+# These tests measure the canary soak itself: no baseline window before it (issue 11).
+NO_WINDOW: dict[str, Any] = {**FAST_POLICY, "analysis": {"baseline": 0}}
+
 
 class Crash(Exception):
     """A controller dying in the middle of a soak."""
@@ -165,7 +168,7 @@ def holdings(events: list[Any]) -> list[tuple[str, int]]:
 async def test_a_clock_years_off_cannot_take_a_live_lease(
     tmp_path: Path, store_url: str, skew_s: float
 ) -> None:
-    async with harness(tmp_path, devices=10, store_url=store_url) as h:
+    async with harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         a = controller(h, ControllerClock(h.clock, park=True))
         driving = asyncio.create_task(a.drive(dep))
@@ -191,7 +194,7 @@ async def test_a_driver_resumed_after_a_take_over_writes_nothing(
     """The reported incident: a controller stalls in the canary soak, its lease expires, a
     second one takes over and finishes the soak and the verdict; the first comes back. It must
     record neither ``soak.completed`` nor ``canary.verdict``: its append is refused."""
-    async with harness(tmp_path, devices=10, store_url=store_url) as h:
+    async with harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         stalled = ControllerClock(h.clock, park=True)
         a = controller(h, stalled, lease_ttl_s=0.5)
@@ -223,7 +226,7 @@ async def test_a_driver_resumed_after_a_take_over_writes_nothing(
 
 
 async def test_holder_is_dead_take_over_raises_the_epoch(tmp_path: Path, store_url: str) -> None:
-    async with harness(tmp_path, devices=10, store_url=store_url) as h:
+    async with harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
@@ -245,7 +248,7 @@ async def test_holder_is_dead_take_over_raises_the_epoch(tmp_path: Path, store_u
 
 async def test_two_controllers_racing_exactly_one_drives(tmp_path: Path, store_url: str) -> None:
     async with (
-        harness(tmp_path, devices=10, store_url=store_url) as h,
+        harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h,
         Store.open(store_url) as other,
     ):
         dep = await h.start()
@@ -275,7 +278,7 @@ async def test_a_skewed_controller_serves_exactly_the_rest_of_a_soak(
 ) -> None:
     """A controller dies 200 s into the canary soak; one whose clock is years off resumes it
     and serves exactly the 400 s left: neither skipped (clock ahead) nor served again (behind)."""
-    async with harness(tmp_path, devices=10, store_url=store_url, policy=FAST_POLICY) as h:
+    async with harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         dying = ControllerClock(h.clock, crash_after_s=200)
         with pytest.raises(Crash):
@@ -329,7 +332,7 @@ async def test_real_store_clock_soak_is_served_in_full_by_a_skewed_controller(
 async def test_a_failed_renewal_cancels_the_drive(tmp_path: Path, store_url: str) -> None:
     """Parked in a soak (writing nothing the fence could refuse), the driver learns from its
     renewal that the lease was taken and stops: it does not sit out the soak."""
-    async with harness(tmp_path, devices=10, store_url=store_url) as h:
+    async with harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         a = controller(h, ControllerClock(h.clock, park=True), lease_ttl_s=0.6)
         driving = asyncio.create_task(a.drive(dep))
@@ -355,7 +358,7 @@ async def test_a_store_that_cannot_renew_for_a_ttl_cancels_the_drive(
     tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with (
-        harness(tmp_path, devices=10, store_url=store_url) as h,
+        harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h,
         Store.open(store_url) as own,
     ):
         dep = await h.start()
@@ -391,7 +394,7 @@ def test_lease_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 async def test_the_fence_is_passed_by_the_recorder(tmp_path: Path, store_url: str) -> None:
     """Every drive's appends carry its holding: a stale fence for the same holder is refused."""
-    async with harness(tmp_path, devices=10, store_url=store_url) as h:
+    async with harness(tmp_path, devices=10, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         await h.controller.drive(dep)
         ((holder, epoch),) = holdings(await h.events(dep))
@@ -412,7 +415,7 @@ async def test_a_take_over_mid_stage_ends_the_drive_with_lease_lost(
 ) -> None:
     """The lease is taken while device tasks run in parallel: their refused records end the
     drive with the one-line LeaseLost, not a TaskGroup's exception group."""
-    async with harness(tmp_path, store_url=store_url) as h:
+    async with harness(tmp_path, store_url=store_url, policy=NO_WINDOW) as h:
         dep = await h.start()
         transport = h.controller.transport
         real_stage = transport.stage

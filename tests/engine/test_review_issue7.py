@@ -321,8 +321,10 @@ async def test_a_canary_that_failed_its_smoke_test_fails_the_verdict(tmp_path: P
         calls = [0]
 
         def down_at_the_smoke_test(d: Device, s: HealthSample) -> HealthSample:
-            calls[0] += 1  # 1: baseline, 2: smoke test, then initial and post-soak
-            return replace(s, app_up=False) if calls[0] == 2 else s
+            if s.release is None or not s.release.startswith("app-2.0.0"):
+                return s  # the baseline window and the baseline: the old release
+            calls[0] += 1  # 1: the smoke test, then the soak
+            return replace(s, app_up=False) if calls[0] == 1 else s
 
         h.controller.transport = Answers(h.controller.transport, {flaky}, down_at_the_smoke_test)
         state = await h.controller.drive(dep)

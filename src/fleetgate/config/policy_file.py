@@ -115,6 +115,7 @@ class _Analysis(_Strict):
     interval: Duration = 30.0
     confidence: float = 0.98
     extend: Duration = 900.0
+    baseline: Duration = 300.0
     control: bool = True
     min_samples: int = 10
     metric: list[_Metric] = Field(default_factory=list)
@@ -161,6 +162,7 @@ def policy_from_dict(data: dict[str, Any], where: str) -> Policy:
             interval_s=f.analysis.interval,
             confidence=f.analysis.confidence,
             extend_s=f.analysis.extend,
+            baseline_s=f.analysis.baseline,
             control=f.analysis.control,
             min_samples=f.analysis.min_samples,
             metrics=tuple(

@@ -281,7 +281,7 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
         case "canary.replaced":
             return _apply_replaced(s, e)
         case "canary.controls":
-            _require(s, e, Phase.VERIFY)
+            _require(s, e, Phase.CANARY, Phase.VERIFY)
             controls = {str(k): str(v) for k, v in dict(d.get("controls", {})).items() if v}
             for c, ctl in controls.items():
                 if c not in s.canaries or s.devices.get(ctl) is not D.PENDING:

@@ -107,6 +107,9 @@ class AnalysisPolicy:
     interval_s: float = 30.0
     confidence: float = 0.98  # Kayenta's default
     extend_s: float = 15 * 60.0
+    # Before the canaries are deployed, canaries and controls are sampled for this long, so
+    # the standing difference between two boxes is measured and taken out (docs/analysis.md).
+    baseline_s: float = 5 * 60.0
     control: bool = True
     min_samples: int = 10
     metrics: tuple[AnalysisMetric, ...] = ()  # added to / overriding the defaults by name
@@ -280,8 +283,8 @@ def _analysis_problems(a: AnalysisPolicy) -> list[str]:
         out.append(f"analysis.interval: {a.interval_s:g}s must be in (0, 300] seconds")
     if not 0.9 <= a.confidence < 1:
         out.append(f"analysis.confidence: {a.confidence:g} must be in [0.9, 1)")
-    if a.extend_s < 0:
-        out.append("analysis.extend: must not be negative")
+    if a.extend_s < 0 or a.baseline_s < 0:
+        out.append("analysis.extend, analysis.baseline: must not be negative")
     if a.min_samples < 5:
         out.append(f"analysis.min_samples: {a.min_samples} is too few to judge (at least 5)")
     for m in a.metrics:

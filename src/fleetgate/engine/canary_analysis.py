@@ -118,9 +118,12 @@ async def sample_tick(
     served: float,
     canaries: Sequence[str],
     controls: Mapping[str, str],
+    *,
+    hard: bool = True,
 ) -> bool:
     """Sample canaries and controls at the same moment; False when a canary broke a hard
-    bound (it is recorded FAILED with the reason)."""
+    bound (it is recorded FAILED with the reason). ``hard=False`` (the baseline window, before
+    the canaries run the release) only records."""
     ids = [*canaries, *(d for c in canaries for d in _pool(ctx, c, controls))]
 
     async def one(dev_id: str) -> HealthSample | None:
@@ -141,7 +144,7 @@ async def sample_tick(
     await ctx.recorder.record("soak.sampled", **entry)
     ctx.sampled.setdefault(key, []).append(entry)
     ok = True
-    for c in canaries:
+    for c in canaries if hard else ():
         why = hard_failure(got.get(c), ctx.policy.health)
         if why:
             ok = False
@@ -172,7 +175,7 @@ def _metric(sample: Mapping[str, Any], name: str) -> float | None:
 # of a point, far inside the 1 pp floor); every other metric as a ratio to the device's own
 # value before the soak, because devices differ (one board answers in 22 ms, its neighbour in
 # 38 ms) and the question is whether the canary *changed* more than its control did.
-ADDITIVE = frozenset({"error_rate", "restarts"})
+ADDITIVE = frozenset({"error_rate", "restarts", "temperature_c"})  # a ratio of °C means nothing
 
 
 def series(
@@ -195,6 +198,11 @@ def series(
                 if v is not None:
                     out[n].append(v / scale[n] if n in scale else v)
     return out
+
+
+def _median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2
 
 
 def _pool(ctx: EngineContext, canary: str, controls: Mapping[str, str]) -> list[str]:
@@ -248,12 +256,25 @@ def judge_canaries(
     specs = metric_specs(ctx.policy.analysis)
     names = [s.name for s in specs]
     out: dict[str, Any] = {}
+    window = [f"{k.partition(':')[0]}:baseline" for k in keys[:1]]
     for c in canaries:
         pool = _pool(ctx, c, controls)
         if not pool:
             continue
-        base = ctx.baselines.get(c)
-        pres = {c: sample_dict(base) if base else None, **{d: ctx.control_pre.get(d) for d in pool}}
+        # Each device's own "before": the median of the baseline window (sampled with the
+        # controls before the canary was deployed) where there is one, else one sample.
+        pres: dict[str, Mapping[str, Any] | None] = {}
+        for d in (c, *pool):
+            before = series(ctx, window, d, names, {})
+            if all(len(v) >= ctx.policy.analysis.min_samples for v in before.values() if v) and any(
+                before.values()
+            ):
+                pres[d] = {n: _median(v) for n, v in before.items() if v}
+            elif d == c:
+                base = ctx.baselines.get(c)
+                pres[d] = sample_dict(base) if base else None
+            else:
+                pres[d] = ctx.control_pre.get(d)
         scale = _scales(names, pres)
         pooled: dict[str, list[float]] = {n: [] for n in names}
         for d in pool:

@@ -32,7 +32,7 @@ from fleetgate.core.model import DeviceState
 from fleetgate.core.state import DeviceStatus
 from fleetgate.engine.canary_analysis import analysis_applies, hard_bounds_only
 from fleetgate.engine.context import EngineContext, sample_dict
-from fleetgate.engine.verify import check_health
+from fleetgate.engine.verify import baseline_window, check_health
 from fleetgate.errors import DeviceError, FleetgateError, TransportError
 from fleetgate.transports.base import Facts
 
@@ -78,6 +78,8 @@ async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> Non
         await rec.record("deployment.halted", reason=f"stage {stage}: {decision.reason}")
         return
 
+    if stage == 0:
+        await baseline_window(ctx, [i for i in reachable if i in ctx.recorder.state.canaries])
     await ctx.each(reachable + resumed, lambda i: _deploy_one(ctx, stage, i), "deploy")
 
     # Unreachable devices: retried after the stage, then skipped and set aside.

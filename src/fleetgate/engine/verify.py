@@ -171,6 +171,30 @@ async def soak(
     return True
 
 
+async def baseline_window(ctx: EngineContext, canaries: list[str]) -> None:
+    """Before the first canary round deploys: choose the controls and sample canaries and
+    controls together for ``analysis.baseline`` (issue 11), so the judge can take out the
+    standing difference between two boxes. Skipped when the analysis does not apply, for
+    later canary rounds (their kept canaries already run the release) and with no control."""
+    an = ctx.policy.analysis
+    if (
+        not canaries
+        or an.baseline_s <= 0
+        or not an.control
+        or ctx.recorder.state.canary_round != 1
+        or not analysis_applies(an, ctx.policy.soak.canary_s)
+    ):
+        return
+    controls = await choose_controls(ctx, canaries)
+    if not controls:
+        return
+
+    async def tick(k: int, t: float) -> bool:
+        return await sample_tick(ctx, "0:baseline", k, t, canaries, controls, hard=False)
+
+    await soak(ctx, 0, an.baseline_s, key="baseline", every=an.interval_s, on_tick=tick)
+
+
 async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
     rec = ctx.recorder
     canaries = rec.state.canaries

@@ -202,3 +202,31 @@ async def test_a_wave_soak_is_sampled_and_a_device_down_mid_soak_counts_at_once(
         assert caught, "the mid-soak failure was not recorded at its tick"
         wave = next(e for e in events if e.action == "wave.evaluated" and e.details["stage"] == 1)
         assert victim in wave.details["failed"]
+
+
+async def test_a_policy_can_gate_on_an_app_metric(tmp_path: Path) -> None:
+    """[[analysis.metric]] names an app metric (a summary's quantile): the judge compares it
+    like the standard ones, and a regression in it alone fails the canary."""
+    policy = {
+        **FAST_POLICY,
+        "analysis": {
+            "metric": [
+                {
+                    "name": "inference_latency_seconds",
+                    "quantile": 0.95,
+                    "tolerance": 0.2,
+                    "critical": True,
+                }
+            ]
+        },
+    }
+    async with harness(tmp_path, devices=60, policy=policy) as h:
+        dep = await h.start()
+        state = await h.controller.drive(dep)
+        v = verdict_event(await h.events(dep))
+        key = 'inference_latency_seconds{quantile="0.95"}'
+        rows = [
+            m for doc in v.details["analysis"].values() for m in doc["metrics"] if m["name"] == key
+        ]
+        assert rows and all(m["n_canary"] >= 10 and m["verdict"] == "PASS" for m in rows)
+        assert state.canary_verdict == "PASS"

@@ -97,6 +97,20 @@ async def choose_controls(ctx: EngineContext, canaries: Sequence[str]) -> dict[s
     return chosen
 
 
+async def sample_all(
+    ctx: EngineContext, ids: Sequence[str], label: str
+) -> dict[str, HealthSample | None]:
+    """One health sample of every device at once (None: it did not answer)."""
+
+    async def one(dev_id: str) -> HealthSample | None:
+        try:
+            return await ctx.transport.health(ctx.device(dev_id))
+        except FleetgateError:
+            return None
+
+    return await ctx.each(ids, one, label)
+
+
 def hard_failure(sample: HealthSample | None, policy: HealthPolicy) -> str:
     """Why a canary fails at once during the soak, or ''."""
     if sample is None:
@@ -125,14 +139,7 @@ async def sample_tick(
     bound (it is recorded FAILED with the reason). ``hard=False`` (the baseline window, before
     the canaries run the release) only records."""
     ids = [*canaries, *(d for c in canaries for d in _pool(ctx, c, controls))]
-
-    async def one(dev_id: str) -> HealthSample | None:
-        try:
-            return await ctx.transport.health(ctx.device(dev_id))
-        except FleetgateError:
-            return None
-
-    got = await ctx.each(ids, one, "sample")
+    got = await sample_all(ctx, ids, "sample")
     stage, _, round_name = key.partition(":")
     entry: dict[str, Any] = {
         "stage": int(stage),
@@ -332,14 +339,7 @@ async def wave_tick(ctx: EngineContext, stage: int, tick: int, served: float) ->
     stops the soak: the decision matrix decides after it.
     """
     ids = list(ctx.recorder.state.deployed_ids)
-
-    async def one(dev_id: str) -> HealthSample | None:
-        try:
-            return await ctx.transport.health(ctx.device(dev_id))
-        except FleetgateError:
-            return None
-
-    got = await ctx.each(ids, one, "wave-sample")
+    got = await sample_all(ctx, ids, "wave-sample")
     broken = {i: why for i in ids if (why := hard_failure(got.get(i), ctx.policy.health))}
     answered = [s for s in got.values() if s is not None]
 

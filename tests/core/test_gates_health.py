@@ -45,17 +45,25 @@ def test_app_down_fails_even_with_no_metrics() -> None:
     assert set(v.unmeasured) == {"error_rate", "latency_ms", "cpu_percent", "temperature_c"}
 
 
-def test_missing_metrics_never_fail_by_themselves() -> None:
+def test_silence_is_never_health() -> None:
+    """Issue 11: "up" with nothing measured is no data, a failure, not a pass."""
     v = evaluate_health(HealthSample("rpi-01", app_up=True), BASELINE, POLICY)
-    assert v.status is DeviceHealth.HEALTHY
-    assert v.reasons == ()
+    assert v.status is DeviceHealth.FAILED
+    assert v.reasons[0].startswith("no data: the device answered up but reported no metric")
     assert "error_rate" in v.unmeasured
 
 
-def test_nan_metric_counts_as_missing() -> None:
+def test_a_metric_the_baseline_had_and_the_sample_lacks_fails() -> None:
     v = evaluate_health(sample(error_rate=math.nan, cpu_percent=math.nan), BASELINE, POLICY)
-    assert v.status is DeviceHealth.HEALTHY
+    assert v.status is DeviceHealth.FAILED
+    assert v.reasons == ("no data: stopped reporting error_rate (its baseline had it)",)
     assert {"error_rate", "cpu_percent"} <= set(v.unmeasured)
+
+
+def test_a_metric_missing_on_both_sides_never_fails_by_itself() -> None:
+    v = evaluate_health(sample(cpu_percent=math.nan), BASELINE, POLICY)
+    assert v.status is DeviceHealth.HEALTHY
+    assert "cpu_percent" in v.unmeasured
 
 
 def test_crash_loop_fails() -> None:

@@ -16,8 +16,10 @@ Invariants:
 
 - ``status`` is the worst finding: FAILED if any FAILED rule fired, else DEGRADED if any
   resource rule fired, else HEALTHY. ``reasons`` is empty exactly when HEALTHY.
-- A missing metric (``None``, or NaN from a scrape) never fails a check by itself; it is listed
-  in ``unmeasured``. A sample with ``app_up`` False is FAILED whatever else it says.
+- A missing metric (``None``, or NaN from a scrape) is listed in ``unmeasured``; it fails only
+  as "no data" (issue 11: missing data is never a pass): when the sample has no metric at all,
+  or lacks the error rate or latency its baseline had. A sample with ``app_up`` False is FAILED
+  whatever else it says.
 - Comparisons are exact on the decimal values as written (``Fraction(repr(x))``), so
   ``0.03 - 0.02`` is exactly the allowed ``0.01`` and does not fail by a float rounding error.
 - Canary verdict (Guardrail 1): PASS only if every canary has an initial and a post-soak sample,
@@ -166,7 +168,7 @@ def evaluate_health(
 
     - ``cpu_percent`` above ``cpu_percent_max``; ``temperature_c`` above ``temperature_c_max``.
 
-    A limit is allowed (``>`` fails, ``==`` passes). Missing metrics never fail by themselves.
+    A limit is allowed (``>`` fails, ``==`` passes). Missing metrics fail only as "no data".
     """
     failed: list[str] = []
     degraded: list[str] = []
@@ -174,6 +176,16 @@ def evaluate_health(
 
     if not sample.app_up:
         failed.append("health endpoint not responding (application down)")
+    elif sample.has_no_data:
+        # Silence is never health: "up" with nothing measured proves nothing (issue 11).
+        failed.append("no data: the device answered up but reported no metric at all")
+    if baseline is not None and sample.app_up:
+        for name in ("error_rate", "latency_ms"):
+            if (
+                _value(getattr(baseline, name)) is not None
+                and _value(getattr(sample, name)) is None
+            ):
+                failed.append(f"no data: stopped reporting {name} (its baseline had it)")
     if sample.crash_loop:
         failed.append("crash loop detected")
     restarts, since = _restarts_since_baseline(sample, baseline)

@@ -17,9 +17,10 @@ Invariants:
 - ``status`` is the worst finding: FAILED if any FAILED rule fired, else DEGRADED if any
   resource rule fired, else HEALTHY. ``reasons`` is empty exactly when HEALTHY.
 - A missing metric (``None``, or NaN from a scrape) is listed in ``unmeasured``; it fails only
-  as "no data" (issue 11: missing data is never a pass): when the sample has no metric at all,
-  or lacks the error rate or latency its baseline had. A sample with ``app_up`` False is FAILED
-  whatever else it says.
+  as "no data" (issue 11: missing data is never a pass) when the sample has no metric at all.
+  One reading without an error rate is not "stopped reporting" (an agent has no rate for a
+  window without requests); a metric missing for the whole soak is, and the canary analysis
+  fails it (NO_DATA). A sample with ``app_up`` False is FAILED whatever else it says.
 - Comparisons are exact on the decimal values as written (``Fraction(repr(x))``), so
   ``0.03 - 0.02`` is exactly the allowed ``0.01`` and does not fail by a float rounding error.
 - Canary verdict (Guardrail 1): PASS only if every canary has an initial and a post-soak sample,
@@ -179,13 +180,6 @@ def evaluate_health(
     elif sample.has_no_data:
         # Silence is never health: "up" with nothing measured proves nothing (issue 11).
         failed.append("no data: the device answered up but reported no metric at all")
-    if baseline is not None and sample.app_up:
-        for name in ("error_rate", "latency_ms"):
-            if (
-                _value(getattr(baseline, name)) is not None
-                and _value(getattr(sample, name)) is None
-            ):
-                failed.append(f"no data: stopped reporting {name} (its baseline had it)")
     if sample.crash_loop:
         failed.append("crash loop detected")
     restarts, since = _restarts_since_baseline(sample, baseline)

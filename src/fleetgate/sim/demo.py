@@ -274,6 +274,7 @@ async def run_demo(
         )
 
         ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub_path))
+        await _end_earlier_demos(ctl, store, say)
         dep = await ctl.start(v2.path, policy, policy_doc=DEMO_POLICY, actor="demo")
         state = await ctl.state(dep)
         say(
@@ -311,3 +312,29 @@ async def run_demo(
 
     report = render_report_md(build_report(dep, events))
     return DemoResult(dep, state.phase.value, exit_code(state), report)
+
+
+async def _end_earlier_demos(ctl: Any, store: Any, say: Callable[[str], None]) -> None:
+    """A demo deployment left open by an earlier run (halted, not approved) ran on a fleet that
+    is gone with that run; it would block this one (one deployment per device at a time, and
+    an unresolved rollback failure blocks every new deployment). Only deployments the demo
+    started are ended, as ABORTED with the reason; anything else in the store is left alone."""
+    from fleetgate.engine.admission import open_deployments
+    from fleetgate.engine.service import Decision
+
+    for state in (await open_deployments(store)).states:
+        async with contextlib.aclosing(store.iter_events(state.deployment_id)) as events:
+            first = await anext(events)
+        if first.action != "deployment.created" or first.actor != "demo":
+            continue
+        await ctl.decide(
+            state.deployment_id,
+            Decision(
+                "deployment.aborted",
+                "demo",
+                None,
+                {"reason": "an earlier demo run's fleet: gone with that run"},
+            ),
+            drive=False,
+        )
+        say(f"ended {state.deployment_id} (an earlier demo run, {state.phase.value}): ABORTED")

@@ -8,7 +8,7 @@ Contract:
   readings show (docs/simulator.md, "Noise"): latency × (1 + N(0, 3 %)); the error rate is a
   count, errors ~ Poisson(p × n) over the n requests of one counter window (``WINDOW_S`` of the
   device's traffic) divided by n; CPU + N(0, 3) points; memory + N(0, 0.5 % of RAM);
-  temperature + N(0, 1) °C; GPU + N(0, 2.5) points. Normal draws are clipped at ±4 σ, so a
+  temperature + N(0, 1) °C; GPU + N(0, 2.5) points. Normal draws are clipped at ±3 σ, so a
   healthy device stays inside the default policy's bounds (error increase ≤ 1 point, latency
   ratio ≤ 1.2) with a probability that is a property of the noise, not a certainty. The same
   seed and call order give the same numbers.
@@ -39,7 +39,7 @@ CPU_SD = 3.0  # percent points
 MEM_SD = 0.005  # fraction of RAM
 TEMP_SD = 1.0  # °C
 GPU_SD = 2.5  # percent points
-CLIP_SD = 4.0
+CLIP_SD = 3.0  # ±9 % latency at most: two readings never differ by the 1.2x the policy fails
 MEM_CEILING = 0.98  # of RAM: beyond this the kernel's OOM killer would act (not modelled)
 # Quantiles of a log-normal latency with σ = 0.4, relative to its mean (exp(σ²/2) apart from the
 # median): what a busy inference service's summary shows.

@@ -89,3 +89,17 @@ async def test_rollback_failure_stops_everything(tmp_path: Path) -> None:
     assert "rollback_available: false" in result.report
     assert any(e.action == "rollback.capability_checked" for e in events)
     assert _touched(events) == set(state.canaries)
+
+
+async def test_a_demo_run_after_a_halted_one_ends_it_and_completes(tmp_path: Path) -> None:
+    """The README's demo, run again on the same store after a run that halted: the earlier
+    deployment (its fleet is gone) would block the new one (one deployment per device at a
+    time); the demo ends it as ABORTED, and only deployments the demo started."""
+    first, _ = await _run(tmp_path, "wave-degradation")
+    assert first.phase == "HALTED"
+    second, _ = await _run(tmp_path, "happy")
+    assert second.phase == "COMPLETE" and second.exit_code == 0
+    async with Store.open(f"sqlite+aiosqlite:///{tmp_path}/fg.db") as store:
+        earlier = fold(first.deployment_id, await store.events(first.deployment_id))
+    assert earlier.phase is Phase.ABORTED
+    assert "earlier demo run" in earlier.halt_reason

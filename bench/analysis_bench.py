@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetgate.core.analysis import judge
+from fleetgate.core.analysis import judge, judge_relative
 from fleetgate.core.health import DeviceHealth, evaluate_health
 from fleetgate.core.model import HealthSample
 from fleetgate.core.policy import HealthPolicy
@@ -188,6 +188,8 @@ class Trial:
     control_before: Series  # the control devices' series, pooled
     canary: Series  # the soak; empty lists for a silent canary
     control: Series
+    controls_before: list[Series]  # per control device (the engine's relative comparison)
+    controls: list[Series]
 
 
 def pooled(windows: list[Series]) -> Series:
@@ -209,11 +211,15 @@ def simulate(
     soak = canary.window(SOAK_SAMPLES, [combine(f, release) for f in fleet], 0.5)
     if release.silent:
         soak = {name: [] for name in soak}
+    before = [c.window(baseline, quiet, before_min) for c in control]
+    during = [c.window(SOAK_SAMPLES, fleet, 0.5) for c in control]
     return Trial(
         canary_before=canary.window(baseline, quiet, before_min),
-        control_before=pooled([c.window(baseline, quiet, before_min) for c in control]),
+        control_before=pooled(before),
         canary=soak,
-        control=pooled([c.window(SOAK_SAMPLES, fleet, 0.5) for c in control]),
+        control=pooled(during),
+        controls_before=before,
+        controls=during,
     )
 
 
@@ -255,11 +261,27 @@ def analysis_flags(t: Trial, plain: bool) -> bool:
     ).passed
 
 
+def _medians(series: Series) -> dict[str, float]:
+    return {n: float(np.median(v)) for n, v in series.items() if v}
+
+
+def engine_flags(t: Trial) -> bool:
+    """The engine's comparison (``core.analysis.judge_relative``): every device relative to
+    the median of its own baseline window, the control pool concatenated."""
+    return not judge_relative(
+        t.canary,
+        _medians(t.canary_before),
+        t.controls,
+        [_medians(b) for b in t.controls_before],
+    ).passed
+
+
 def run_case(case: str, index: int, args: argparse.Namespace) -> dict[str, int]:
     """Flag counts per judge for one case, from the case's own stream of the seed."""
     judges: dict[str, Callable[[Trial], bool]] = {
         "threshold": threshold_flags,
         "analysis": lambda t: analysis_flags(t, args.plain),
+        "engine": engine_flags,
     }
     rng = np.random.default_rng([args.seed, index])
     flagged = dict.fromkeys(judges, 0)

@@ -64,7 +64,7 @@ async def one(case: str, seed: int) -> str:
                 inner = h.controller.transport
                 assert isinstance(inner, MemoryTransport)
                 # The window and the baselines come first; the surge starts with the soak.
-                h.controller.transport = Surge(inner, h.clock, h.clock.t + 301)
+                h.controller.transport = Surge(inner, h.clock, h.clock.t + 901)
             dep = await h.start()
             state = await h.controller.drive(dep)
             return state.canary_verdict

@@ -115,7 +115,7 @@ class _Analysis(_Strict):
     interval: Duration = 30.0
     confidence: float = 0.98
     extend: Duration = 900.0
-    baseline: Duration = 300.0
+    baseline: Duration = 900.0
     control: bool = True
     min_samples: int = 10
     metric: list[_Metric] = Field(default_factory=list)

@@ -503,3 +503,57 @@ def _silence(results: list[MetricResult], specs: Sequence[MetricSpec]) -> Judgem
             for r in results
         ]
     return _decide(results, silent)
+
+
+# -- the engine's comparison: each device relative to its own "before" --------------------------
+
+# Compared as they are: error rates of different devices differ by tenths of a point (far inside
+# the 1 pp floor), restart counts are counts, and a ratio of Celsius readings means nothing.
+ADDITIVE_METRICS = frozenset({"error_rate", "restarts", "temperature_c"})
+
+
+def judge_relative(
+    canary: Mapping[str, Sequence[float]],
+    canary_before: Mapping[str, float],
+    controls: Sequence[Mapping[str, Sequence[float]]],
+    controls_before: Sequence[Mapping[str, float]],
+    specs: Sequence[MetricSpec] = DEFAULT_METRICS,
+    confidence: float = KAYENTA_CONFIDENCE,
+) -> Judgement:
+    """A canary against a pool of control devices, each device's series divided by its own
+    value before the deployment (``*_before``: one number per metric, e.g. the median of a
+    baseline window), then the pool concatenated and ``judge`` applied.
+
+    Why: two boxes are never equal (one answers in 22 ms, its neighbour in 38 ms), and pooling
+    controls of different levels widens the comparison; as ratios (1.0 = unchanged) they are
+    alike, and the question becomes whether the canary *changed* more than its controls did. A
+    metric is compared as a ratio only where every device has a positive before-value (else all
+    as they are); ``ADDITIVE_METRICS`` never. A ratio's absolute floor (5 ms …) becomes a ratio
+    too, against the pool's median before-value.
+    """
+    if len(controls) != len(controls_before):
+        raise ValueError("one before-value mapping per control device")
+    scaled_specs: list[MetricSpec] = []
+    canary_out: dict[str, list[float]] = {}
+    pool_out: dict[str, list[float]] = {}
+    for spec in specs:
+        n = spec.name
+        befores = [canary_before.get(n), *(b.get(n) for b in controls_before)]
+        relative = n not in ADDITIVE_METRICS and all(
+            b is not None and math.isfinite(b) and b > 0 for b in befores
+        )
+        if relative:
+            cb = float(canary_before[n])
+            canary_out[n] = [v / cb for v in canary.get(n, ())]
+            pool_out[n] = [
+                v / float(b[n])
+                for s, b in zip(controls, controls_before, strict=True)
+                for v in s.get(n, ())
+            ]
+            ref = sorted(float(b[n]) for b in controls_before)
+            scaled_specs.append(replace(spec, floor=spec.floor / ref[len(ref) // 2]))
+        else:
+            canary_out[n] = list(canary.get(n, ()))
+            pool_out[n] = [v for s in controls for v in s.get(n, ())]
+            scaled_specs.append(spec)
+    return judge(canary_out, pool_out, scaled_specs, confidence)

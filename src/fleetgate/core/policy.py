@@ -109,7 +109,7 @@ class AnalysisPolicy:
     extend_s: float = 15 * 60.0
     # Before the canaries are deployed, canaries and controls are sampled for this long, so
     # the standing difference between two boxes is measured and taken out (docs/analysis.md).
-    baseline_s: float = 5 * 60.0
+    baseline_s: float = 15 * 60.0
     control: bool = True
     min_samples: int = 10
     metrics: tuple[AnalysisMetric, ...] = ()  # added to / overriding the defaults by name

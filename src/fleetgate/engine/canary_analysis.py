@@ -178,13 +178,6 @@ def _metric(sample: Mapping[str, Any], name: str) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-# Additive metrics are compared as they are (error rates of different devices differ by tenths
-# of a point, far inside the 1 pp floor); every other metric as a ratio to the device's own
-# value before the soak, because devices differ (one board answers in 22 ms, its neighbour in
-# 38 ms) and the question is whether the canary *changed* more than its control did.
-ADDITIVE = frozenset({"error_rate", "restarts", "temperature_c"})  # a ratio of °C means nothing
-
-
 def series(
     ctx: EngineContext,
     keys: Sequence[str],
@@ -220,23 +213,6 @@ def _pool(ctx: EngineContext, canary: str, controls: Mapping[str, str]) -> list[
     return [controls[canary]] if canary in controls else []
 
 
-def _scales(
-    names: Sequence[str], pres: Mapping[str, Mapping[str, Any] | None]
-) -> dict[str, dict[str, float]]:
-    """Per device and metric, the device's own value before the soak — only for metrics every
-    device of the comparison has one for (else all are compared as they are)."""
-    out: dict[str, dict[str, float]] = {d: {} for d in pres}
-    for n in names:
-        if n in ADDITIVE:
-            continue
-        vals = {d: (_metric(p, n) if p else None) for d, p in pres.items()}
-        if all(v is not None and v > 0 for v in vals.values()):
-            for d, v in vals.items():
-                assert v is not None
-                out[d][n] = v
-    return out
-
-
 def metric_specs(policy: AnalysisPolicy) -> list[Any]:
     """The judge's metric specs: the defaults, overridden or extended by the policy's."""
     from fleetgate.core.analysis import DEFAULT_METRICS, Direction, MetricSpec
@@ -257,49 +233,42 @@ def metric_specs(policy: AnalysisPolicy) -> list[Any]:
 def judge_canaries(
     ctx: EngineContext, keys: Sequence[str], canaries: Sequence[str], controls: Mapping[str, str]
 ) -> dict[str, Any]:
-    """``core.analysis.judge`` for every canary that has a control: canary -> Judgement."""
-    from fleetgate.core.analysis import judge
+    """``core.analysis.judge_relative`` for every canary that has controls: canary ->
+    Judgement. Each device's "before" is the median of its baseline window (sampled with the
+    controls before the canary was deployed) where there is one, else a single sample: the
+    canary's pre-deploy baseline, the control's sample when it was chosen."""
+    from fleetgate.core.analysis import judge_relative
 
     specs = metric_specs(ctx.policy.analysis)
     names = [s.name for s in specs]
-    out: dict[str, Any] = {}
     window = [f"{k.partition(':')[0]}:baseline" for k in keys[:1]]
+    out: dict[str, Any] = {}
     for c in canaries:
         pool = _pool(ctx, c, controls)
         if not pool:
             continue
-        # Each device's own "before": the median of the baseline window (sampled with the
-        # controls before the canary was deployed) where there is one, else one sample.
-        pres: dict[str, Mapping[str, Any] | None] = {}
-        for d in (c, *pool):
-            before = series(ctx, window, d, names, {})
-            if all(len(v) >= ctx.policy.analysis.min_samples for v in before.values() if v) and any(
-                before.values()
-            ):
-                pres[d] = {n: _median(v) for n, v in before.items() if v}
-            elif d == c:
-                base = ctx.baselines.get(c)
-                pres[d] = sample_dict(base) if base else None
-            else:
-                pres[d] = ctx.control_pre.get(d)
-        scale = _scales(names, pres)
-        pooled: dict[str, list[float]] = {n: [] for n in names}
-        for d in pool:
-            for n, vs in series(ctx, keys, d, names, scale[d]).items():
-                pooled[n].extend(vs)
-        # A ratio series needs its absolute floor (5 ms …) as a ratio too: against the pool's
-        # typical before-value.
-        scaled = []
-        for m in specs:
-            ref = sorted(scale[d][m.name] for d in pool if m.name in scale[d])
-            scaled.append(replace(m, floor=m.floor / ref[len(ref) // 2]) if ref else m)
-        out[c] = judge(
-            series(ctx, keys, c, names, scale[c]),
-            pooled,
-            scaled,
+        out[c] = judge_relative(
+            series(ctx, keys, c, names, {}),
+            _before(ctx, window, c, names),
+            [series(ctx, keys, d, names, {}) for d in pool],
+            [_before(ctx, window, d, names) for d in pool],
+            specs,
             confidence=ctx.policy.analysis.confidence,
         )
     return out
+
+
+def _before(
+    ctx: EngineContext, window: Sequence[str], device: str, names: Sequence[str]
+) -> dict[str, float]:
+    got = series(ctx, window, device, names, {})
+    if any(got.values()) and all(
+        len(v) >= ctx.policy.analysis.min_samples for v in got.values() if v
+    ):
+        return {n: _median(v) for n, v in got.items() if v}
+    base = ctx.baselines.get(device)
+    one: Mapping[str, Any] | None = sample_dict(base) if base else ctx.control_pre.get(device)
+    return {n: v for n in names if one and (v := _metric(one, n)) is not None}
 
 
 def judgement_doc(j: Any, control: str) -> dict[str, Any]:

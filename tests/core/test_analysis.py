@@ -378,3 +378,26 @@ def test_the_verdict_does_not_depend_on_the_order_of_the_samples(
     assert (a.p_value is None) == (b.p_value is None)
     if a.p_value is not None and b.p_value is not None:
         assert a.p_value == pytest.approx(b.p_value)
+
+
+def test_judge_relative_takes_out_the_standing_difference_between_boxes() -> None:
+    """The engine's comparison: a canary always 40 % slower than its controls, unchanged by the
+    release, passes once each device is read relative to its own before-value; the same data
+    compared as they are fail."""
+    from fleetgate.core.analysis import judge_relative
+
+    wobble = [1.0 + 0.01 * ((i * 7) % 5 - 2) for i in range(30)]
+    canary = {"latency_ms": [42.0 * w for w in wobble], "error_rate": [0.004] * 30}
+    ctl = {"latency_ms": [30.0 * w for w in reversed(wobble)], "error_rate": [0.004] * 30}
+    specs = [MetricSpec("latency_ms", floor=5.0), MetricSpec("error_rate", floor=0.01)]
+    relative = judge_relative(
+        canary, {"latency_ms": 42.0, "error_rate": 0.004}, [ctl], [{"latency_ms": 30.0}], specs
+    )
+    assert relative.verdict == "PASS"
+    assert judge(canary, ctl, specs).verdict == "FAIL"
+    # A real +40 % on the canary is still caught relative to its own before-value.
+    worse = {**canary, "latency_ms": [v * 1.4 for v in canary["latency_ms"]]}
+    got = judge_relative(worse, {"latency_ms": 42.0}, [ctl], [{"latency_ms": 30.0}], specs)
+    assert got.verdict == "FAIL"
+    # error_rate is additive: a control without a before-value for it changes nothing there.
+    assert got.metric("error_rate").verdict.value == "PASS"

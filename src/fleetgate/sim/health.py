@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 MASK64 = (1 << 64) - 1
-WINDOW_S = 100.0  # the agent's counter window: 20 probes × probe_interval_s 5 s
+WINDOW_S = 300.0  # a 5-minute counter window (the agent's default is 100 s: see docs/simulator.md)
 LATENCY_SD = 0.03  # relative
 CPU_SD = 3.0  # percent points
 MEM_SD = 0.005  # fraction of RAM
@@ -224,7 +224,7 @@ def reading(
     out.update(
         app_up=app_up,
         latency_ms=round(latency, 2),
-        error_rate=round(errors, 5),
+        error_rate=round(errors, 6),
         restarts=restarts,
         crash_loop=crash_loop,
         metrics=metrics,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from engine_harness import harness
+from test_engine_admission import operator_fixes
 
 from fleetgate.core.machine import fold
 from fleetgate.core.state import DeviceStatus, Phase
 from fleetgate.engine.service import Decision
-from fleetgate.errors import IllegalTransition
+from fleetgate.errors import IllegalTransition, InputError
 
 D = DeviceStatus
 
@@ -217,7 +218,10 @@ async def test_no_new_deployment_while_a_rollback_failure_is_unresolved(tmp_path
             await h.start()
         # An operator fixes the device by hand and records it: the block is lifted, but this
         # deployment has not ended and targets the same devices (issue 7.7): end it first.
-        await h.controller.record_human(dep, "device.recovered", "bob", device_id=victim)
+        with pytest.raises(InputError, match="re-checks the device"):  # no shortcut around it
+            await h.controller.record_human(dep, "device.recovered", "bob", device_id=victim)
+        await operator_fixes(h, victim)
+        await h.controller.recover(dep, victim, "bob", "reflashed")
         with pytest.raises(GuardrailError, match=f"deployment {dep} .* has not ended"):
             await h.start()
         state = await h.controller.decide(

@@ -238,6 +238,14 @@ class Controller:
                             raise InputError("a human decision needs --as NAME")
                         if decision.action == "rollback.requested":
                             await self._check_rollback(rec.state, decision)
+                        if decision.action == "device.recovered" and not decision.details.get(
+                            "checks"
+                        ):
+                            # Only Controller.recover records it, after re-checking the device.
+                            raise InputError(
+                                "a recovery is recorded by `fleetgate deploy recover`, which "
+                                "re-checks the device first"
+                            )
                         await rec.record(
                             decision.action,
                             actor=decision.actor,

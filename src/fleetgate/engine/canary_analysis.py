@@ -179,14 +179,9 @@ def _metric(sample: Mapping[str, Any], name: str) -> float | None:
 
 
 def series(
-    ctx: EngineContext,
-    keys: Sequence[str],
-    device: str,
-    names: Sequence[str],
-    scale: Mapping[str, float],
+    ctx: EngineContext, keys: Sequence[str], device: str, names: Sequence[str]
 ) -> dict[str, list[float]]:
-    """A device's samples of the given soaks, per metric (missing values left out), each
-    divided by ``scale[name]`` where given."""
+    """A device's samples of the given soaks, per metric (missing values left out)."""
     out: dict[str, list[float]] = {n: [] for n in names}
     for key in keys:
         for tick in ctx.sampled.get(key, ()):
@@ -196,13 +191,18 @@ def series(
             for n in names:
                 v = _metric(s, n)
                 if v is not None:
-                    out[n].append(v / scale[n] if n in scale else v)
+                    out[n].append(v)
     return out
 
 
 def _median(values: Sequence[float]) -> float:
     v = sorted(values)
     return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return _median(known) if known else None
 
 
 def _pool(ctx: EngineContext, canary: str, controls: Mapping[str, str]) -> list[str]:
@@ -248,9 +248,9 @@ def judge_canaries(
         if not pool:
             continue
         out[c] = judge_relative(
-            series(ctx, keys, c, names, {}),
+            series(ctx, keys, c, names),
             _before(ctx, window, c, names),
-            [series(ctx, keys, d, names, {}) for d in pool],
+            [series(ctx, keys, d, names) for d in pool],
             [_before(ctx, window, d, names) for d in pool],
             specs,
             confidence=ctx.policy.analysis.confidence,
@@ -261,7 +261,7 @@ def judge_canaries(
 def _before(
     ctx: EngineContext, window: Sequence[str], device: str, names: Sequence[str]
 ) -> dict[str, float]:
-    got = series(ctx, window, device, names, {})
+    got = series(ctx, window, device, names)
     if any(got.values()) and all(
         len(v) >= ctx.policy.analysis.min_samples for v in got.values() if v
     ):
@@ -312,16 +312,12 @@ async def wave_tick(ctx: EngineContext, stage: int, tick: int, served: float) ->
     broken = {i: why for i in ids if (why := hard_failure(got.get(i), ctx.policy.health))}
     answered = [s for s in got.values() if s is not None]
 
-    def median(values: list[float]) -> float | None:
-        v = sorted(values)
-        return None if not v else (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2
-
     summary = {
         "devices": len(ids),
         "answered": len(answered),
         "up": sum(1 for s in answered if s.app_up),
-        "latency_ms_median": median([s.latency_ms for s in answered if s.latency_ms is not None]),
-        "error_rate_median": median([s.error_rate for s in answered if s.error_rate is not None]),
+        "latency_ms_median": _median_or_none([s.latency_ms for s in answered]),
+        "error_rate_median": _median_or_none([s.error_rate for s in answered]),
     }
     await ctx.recorder.record(
         "soak.sampled",

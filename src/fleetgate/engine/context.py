@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import stamina
 
-from fleetgate.clock import parse_iso, utc_now, utc_now_iso
+from fleetgate.clock import utc_now, utc_now_iso
 from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.policy import Policy
 from fleetgate.engine.recorder import Recorder
@@ -52,9 +52,6 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         if seconds > 0:
             await asyncio.sleep(seconds)
-
-    def elapsed_since(self, iso: str) -> float:
-        return max(0.0, self.now() - parse_iso(iso).timestamp())
 
 
 @dataclass(frozen=True, slots=True)

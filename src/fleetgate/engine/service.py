@@ -40,7 +40,7 @@ from fleetgate.core.machine import Stop, WaitForHuman, fold, next_effects
 from fleetgate.core.model import Device
 from fleetgate.core.plan import plan_deployment
 from fleetgate.core.policy import Policy
-from fleetgate.core.state import TERMINAL, DeploymentState, Phase
+from fleetgate.core.state import DeploymentState, Phase
 from fleetgate.engine.admission import admit, open_deployments
 from fleetgate.engine.context import Clock, EngineContext, Release, StoreClock, sample_from_dict
 from fleetgate.engine.quarantine import sync_quarantine
@@ -51,7 +51,6 @@ from fleetgate.store.leases import Fence, Lease, lease_lost
 from fleetgate.transports.base import DeviceTransport
 
 SEQ_COUNTER = "__deployments__"
-_TERMINAL_NAMES = frozenset(p.value for p in TERMINAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,10 +343,6 @@ class Controller:
                 },
                 fence=fence,
             )
-
-    async def unresolved_rollback_failures(self) -> dict[str, tuple[str, ...]]:
-        """Deployments with a device whose rollback failed and was not recovered."""
-        return (await open_deployments(self.store)).rollback_failures
 
     async def _prepare(self, ctx: EngineContext) -> None:
         """PREPARE's online half, in the driving process: re-verify the published manifest's

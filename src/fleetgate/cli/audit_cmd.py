@@ -25,7 +25,7 @@ from typing import Any
 
 from fleetgate.cli.main import EXIT_HALTED, EXIT_OK
 from fleetgate.clock import parse_iso
-from fleetgate.core.events import StoredEvent
+from fleetgate.core.events import StoredEvent, event_to_dict
 from fleetgate.errors import InputError
 
 DETAIL_CHARS = 72
@@ -42,21 +42,6 @@ def register(sub: Any) -> None:
     verify.add_argument("--json", action="store_true", help="one JSON document on stdout")
     verify.set_defaults(handler=cmd_verify)
     audit.set_defaults(handler=lambda _a: (audit.print_help(sys.stderr), 2)[1])
-
-
-def event_to_dict(ev: StoredEvent) -> dict[str, Any]:
-    return {
-        "seq": ev.seq,
-        "ts": ev.ts,
-        "deployment_id": ev.deployment_id,
-        "device_id": ev.device_id,
-        "actor": ev.actor,
-        "action": ev.action,
-        "outcome": ev.outcome,
-        "details": dict(ev.details),
-        "prev_hash": ev.prev_hash,
-        "hash": ev.hash,
-    }
 
 
 def _short_time(ts: str) -> str:

@@ -43,6 +43,8 @@ TOPICS: dict[str, str] = {
     "agent": "fleetgate.cli.agent_cmd",
     "sim": "fleetgate.cli.sim_cmd",
     "demo": "fleetgate.cli.demo_cmd",
+    "serve": "fleetgate.cli.serve_cmd",
+    "users": "fleetgate.cli.users_cmd",
 }
 
 DEFAULT_DB = "sqlite+aiosqlite:///.fleetgate/fleetgate.db"

@@ -12,13 +12,12 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fleetgate.cli.main import EXIT_OK, person
-from fleetgate.core.model import Device, DeviceState
+from fleetgate.core.model import DeviceState
 
 
 def register(sub: Any) -> None:
@@ -41,31 +40,18 @@ def register(sub: Any) -> None:
 
 
 async def cmd_import(args: argparse.Namespace) -> int:
-    from fleetgate.clock import utc_now_iso
-    from fleetgate.core.events import Event
+    from fleetgate.engine.inventory import import_inventory
     from fleetgate.registry import load_inventory
     from fleetgate.store import Store
 
     actor = person(args.actor)
     devices = load_inventory(args.file)  # raises ValidationError listing every problem
     digest = hashlib.sha256(args.file.read_bytes()).hexdigest()
-    async with Store.open(args.db) as store, store.transaction():
-        devices, kept = keep_quarantine(devices, await store.quarantined())
-        await store.replace_devices(devices)
-        await store.append(
-            Event(
-                ts=utc_now_iso(),
-                deployment_id=None,
-                action="registry.imported",
-                actor=actor,
-                details={
-                    "file": str(args.file),
-                    "sha256": digest,
-                    "devices": len(devices),
-                    "kept_in_quarantine": kept,
-                },
-            )
+    async with Store.open(args.db) as store:
+        done = await import_inventory(
+            store, devices, actor=actor, source=str(args.file), sha256=digest
         )
+    kept = done.kept_in_quarantine
     print(f"imported {len(devices)} devices from {args.file}")
     if kept:
         print(
@@ -76,24 +62,6 @@ async def cmd_import(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK
-
-
-def keep_quarantine(new: list[Device], held: Mapping[str, str]) -> tuple[list[Device], list[str]]:
-    """A re-import must not return a quarantined device to service: a device on the store's
-    quarantine list (``held``: id -> reason) stays quarantined whatever state the file gives it,
-    even if an earlier import left it out; only ``registry release`` (an audited decision)
-    takes it off the list."""
-    out: list[Device] = []
-    kept: list[str] = []
-    for d in new:
-        reason = held.get(d.id)
-        if reason is not None and (
-            d.state is not DeviceState.QUARANTINE or d.state_reason != reason
-        ):
-            d = replace(d, state=DeviceState.QUARANTINE, state_reason=reason)
-            kept.append(d.id)
-        out.append(d)
-    return out, kept
 
 
 async def cmd_release(args: argparse.Namespace) -> int:

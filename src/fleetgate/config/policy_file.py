@@ -123,6 +123,7 @@ class _Analysis(_Strict):
 
 class _Approval(_Strict):
     fleet_rollout: bool = True
+    distinct_approver: bool = False
 
 
 class _PolicyFile(_Strict):
@@ -178,6 +179,7 @@ def policy_from_dict(data: dict[str, Any], where: str) -> Policy:
             ),
         ),
         "allow_short_soak": f.allow_short_soak,
+        "distinct_approver": f.approval.distinct_approver,
     }
     for k, v in fields.items():
         object.__setattr__(policy, k, v)

@@ -54,6 +54,22 @@ class StoredEvent:
     hash: str
 
 
+def event_to_dict(ev: StoredEvent) -> dict[str, Any]:
+    """A stored event as JSON (``audit show --json``, the API's events and stream)."""
+    return {
+        "seq": ev.seq,
+        "ts": ev.ts,
+        "deployment_id": ev.deployment_id,
+        "device_id": ev.device_id,
+        "actor": ev.actor,
+        "action": ev.action,
+        "outcome": ev.outcome,
+        "details": dict(ev.details),
+        "prev_hash": ev.prev_hash,
+        "hash": ev.hash,
+    }
+
+
 def event_hash(seq: int, event: Event | StoredEvent, prev_hash: str) -> str:
     """SHA-256 over the canonical JSON of the event's content, its ``seq`` and ``prev_hash``."""
     body = {

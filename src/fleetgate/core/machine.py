@@ -202,6 +202,8 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             devices={i: D.PENDING for st in stages for i in st},
             plan=dict(d.get("plan", {})),
             allow_short_soak=bool(d.get("allow_short_soak", False)),
+            started_by=e.actor,
+            distinct_approver=bool(d.get("distinct_approver", False)),
         )
     if not s.stages:
         raise IllegalTransition(f"{a} before deployment.created", deployment_id=s.deployment_id)
@@ -322,6 +324,12 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             if e.actor in ("", "fleetgate", "system"):
                 raise IllegalTransition(
                     "approval must be recorded by a named human", deployment_id=s.deployment_id
+                )
+            if s.distinct_approver and e.actor == s.started_by:
+                raise IllegalTransition(
+                    f"four-eyes rule: {e.actor} started this deployment and cannot approve it "
+                    "(policy approval.distinct_approver); another approver must",
+                    deployment_id=s.deployment_id,
                 )
             s = replace(s, approval=Approval.GRANTED)
             return _after_stage(s)

@@ -132,6 +132,8 @@ class Policy:
     analysis: AnalysisPolicy = field(default_factory=AnalysisPolicy)
     fleet_rollout_approval: bool = True
     allow_short_soak: bool = False
+    # Four-eyes rule: the person who started a deployment may not approve its rollout.
+    distinct_approver: bool = False
 
     def __post_init__(self) -> None:
         problems = list(policy_problems(self))

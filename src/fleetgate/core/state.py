@@ -104,6 +104,9 @@ class DeploymentState:
     plan: Mapping[str, Any] = field(default_factory=dict)
     last_action: str = ""
     allow_short_soak: bool = False
+    # Who created the deployment, and whether the policy's four-eyes rule applies to it.
+    started_by: str = ""
+    distinct_approver: bool = False
     # Why each failed, skipped, excluded or quarantined device is set aside (device -> reason);
     # shared with successors like ``devices``. Only devices that failed somehow are in it.
     reasons: dict[str, str] = field(default_factory=dict)

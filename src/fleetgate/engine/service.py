@@ -37,8 +37,8 @@ import aiohttp
 
 from fleetgate.core.events import Event
 from fleetgate.core.machine import Stop, WaitForHuman, fold, next_effects
-from fleetgate.core.model import Device
-from fleetgate.core.plan import plan_deployment
+from fleetgate.core.model import Device, Manifest
+from fleetgate.core.plan import Plan, plan_deployment
 from fleetgate.core.policy import Policy
 from fleetgate.core.state import DeploymentState, Phase
 from fleetgate.engine.admission import admit, open_deployments
@@ -90,6 +90,10 @@ class ControllerConfig:
     dist_port: int = 0
     concurrency: int = 200
     lease_ttl_s: float = field(default_factory=default_lease_ttl)
+    # A standing distribution point (``fleetgate serve``'s ``public_url``) that serves the blob
+    # directory at ``{public_url}/blobs/{sha256}``; None: each drive serves the blob itself on
+    # ``dist_host:dist_port`` for as long as it runs.
+    public_url: str | None = None
 
     def require_public_key(self) -> Path:
         if self.public_key is None:
@@ -123,28 +127,79 @@ class Controller:
         select: Callable[[Device], bool] | None = None,
         actor: str = "operator",
     ) -> str:
+        """Verify ``bundle``, plan (a blocked plan publishes nothing), publish its payload to the
+        blob directory and create the deployment."""
         from fleetgate.artifacts.container import file_sha256
-        from fleetgate.artifacts.distribution import load_published, publish_bundle
+        from fleetgate.artifacts.distribution import publish_bundle
         from fleetgate.artifacts.keys import load_public_key
         from fleetgate.artifacts.signing import verify_bundle
-        from fleetgate.registry import device_to_dict
-        from fleetgate.report.prepare import plan_to_dict
 
         pub = load_public_key(self.config.require_public_key())
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
+        plan = await self._plan(manifest, policy, select)
+        sha, _size = await asyncio.to_thread(
+            publish_bundle, bundle, self.config.blob_dir, public_key=pub
+        )
+        bundle_sha = await asyncio.to_thread(file_sha256, bundle)  # what `artifact build` printed
+        return await self._create(sha, bundle_sha, plan, policy, policy_doc, actor)
+
+    async def start_published(
+        self,
+        sha256: str,
+        policy: Policy,
+        *,
+        policy_doc: dict[str, Any],
+        select: Callable[[Device], bool] | None = None,
+        actor: str = "operator",
+    ) -> str:
+        """Create a deployment of a release already uploaded to the service (``POST
+        /api/v1/releases``): its stored manifest is verified again before anything else."""
+        from fleetgate.artifacts.distribution import load_published
+        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.signing import verify_manifest
+
+        record = await self.store.get_release(sha256)
+        if record is None:
+            raise InputError(f"release: no uploaded release {sha256!r}")
+        pub = load_public_key(self.config.require_public_key())
+        manifest_json, signature = await asyncio.to_thread(
+            load_published, self.config.blob_dir, sha256
+        )
+        manifest = verify_manifest(manifest_json, signature, pub)
+        plan = await self._plan(manifest, policy, select)
+        return await self._create(sha256, record.bundle_sha256, plan, policy, policy_doc, actor)
+
+    async def _plan(
+        self, manifest: Manifest, policy: Policy, select: Callable[[Device], bool] | None
+    ) -> Plan:
         fleet = await self.store.list_devices()
         if not fleet:
             raise InputError("the inventory is empty: run `fleetgate registry import FILE` first")
         plan = plan_deployment(fleet, manifest, policy, select)
         if plan.blockers:
             raise GuardrailError("cannot deploy: " + "; ".join(plan.blockers))
-        sha, size = await asyncio.to_thread(
-            publish_bundle, bundle, self.config.blob_dir, public_key=pub
-        )
+        return plan
+
+    async def _create(
+        self,
+        sha: str,
+        bundle_sha: str,
+        plan: Plan,
+        policy: Policy,
+        policy_doc: dict[str, Any],
+        actor: str,
+    ) -> str:
+        """Record ``deployment.created`` (everything a later controller needs: plan, stages,
+        policy, the signed release, a device snapshot) after the admission check."""
+        from fleetgate.artifacts.distribution import load_published
+        from fleetgate.registry import device_to_dict
+        from fleetgate.report.prepare import plan_to_dict
+
+        manifest = plan.manifest
         manifest_json, signature = await asyncio.to_thread(
             load_published, self.config.blob_dir, sha
         )
-        bundle_sha = await asyncio.to_thread(file_sha256, bundle)  # what `artifact build` printed
+        assert manifest.size is not None
         dep_id = "d-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         seq_base = await self.store.next_device_seq(SEQ_COUNTER)
         plan_doc = plan_to_dict(plan, policy, sha256=sha)
@@ -158,12 +213,13 @@ class Controller:
             "plan": plan_doc,
             "policy": policy_doc,
             "allow_short_soak": policy.allow_short_soak,
+            "distinct_approver": policy.distinct_approver,
             "seq_base": seq_base,
             "release": {
                 "release_id": manifest.release_id,
                 "manifest_json": manifest_json.decode(),
                 "signature": signature,
-                "size": size,
+                "size": manifest.size,
             },
             "targets": [device_to_dict(d) for s in plan.stages() for d in s],
         }
@@ -263,16 +319,23 @@ class Controller:
         from fleetgate.artifacts.distribution import DistributionServer
 
         created = events[0].details
+        sha = str(created["sha256"])
+        if self.config.public_url is not None:
+            url = f"{self.config.public_url.rstrip('/')}/blobs/{sha}"
+            await rec.record(
+                "distribution.started", url=url, holder=fence.holder, epoch=fence.epoch
+            )
+            await drive(self._context(rec.deployment_id, rec, created, events, url), self._prepare)
+            return
         async with DistributionServer(
             self.config.blob_dir, self.config.dist_host, self.config.dist_port
         ) as dist:
-            url = dist.blob_url(str(created["sha256"]))
+            url = dist.blob_url(sha)
             # Who drives from here on: the log names each driver's holding.
             await rec.record(
                 "distribution.started", url=url, holder=fence.holder, epoch=fence.epoch
             )
-            ctx = self._context(rec.deployment_id, rec, created, events, url)
-            await drive(ctx, self._prepare)
+            await drive(self._context(rec.deployment_id, rec, created, events, url), self._prepare)
 
     async def _check_rollback(self, state: DeploymentState, decision: Decision) -> None:
         """A rollback names devices of this deployment (exit 2 otherwise), and a rollback of a

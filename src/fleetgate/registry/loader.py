@@ -33,11 +33,15 @@ _ANSIBLE_GROUP_KEYS = frozenset({"hosts", "vars", "children"})
 
 def load_inventory(path: Path) -> list[Device]:
     """Load and validate the inventory at ``path`` (fleet.yaml, fleet.csv, Ansible INI/YAML)."""
-    source = str(path)
-    text = _read_text(path)
-    if path.suffix.lower() == ".csv":
+    return parse_inventory(_read_text(path), str(path), path.suffix)
+
+
+def parse_inventory(text: str, source: str, suffix: str = "") -> list[Device]:
+    """Validate an inventory given as text; ``suffix`` (``.csv``, ``.yaml``, ``.ini``) picks the
+    format as a file name's would, else it is sniffed (YAML or Ansible INI)."""
+    if suffix.lower() == ".csv":
         entries, problems = read_fleet_csv(text, source)
-    elif path.suffix.lower() in YAML_SUFFIXES or _looks_like_yaml(text):
+    elif suffix.lower() in YAML_SUFFIXES or _looks_like_yaml(text):
         entries, problems = _read_yaml(text, source)
     else:
         entries, problems = tree_to_entries(read_ansible_ini(text, source))

@@ -22,6 +22,11 @@ database JSON type, so what is hashed is exactly what is stored.
 - ``device_seq``: the last command sequence number sent to each device.
 - ``quarantine``: devices a deployment set aside (reason, deployment), until ``registry
   release``; apart from ``devices`` so an inventory import cannot drop it.
+- ``api_users``: who may call the service's API, with which role; only the SHA-256 of each
+  bearer token is kept (tokens are 256 random bits, so a plain hash is enough), and a revoked
+  user keeps its row (``revoked_at``) so its name stays in the audit history.
+- ``releases``: bundles uploaded to the service (``POST /api/v1/releases``); the payload itself
+  lives content-addressed in the blob directory under ``sha256``.
 """
 
 from __future__ import annotations
@@ -112,6 +117,29 @@ quarantine = Table(
     Column("deployment_id", ID, nullable=True),
     Column("reason", Text, nullable=False),
     Column("since", TS, nullable=False),
+)
+
+api_users = Table(
+    "api_users",
+    metadata,
+    Column("name", ID, primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", HASH, nullable=False, unique=True),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+)
+
+releases = Table(
+    "releases",
+    metadata,
+    Column("sha256", HASH, primary_key=True),
+    Column("release_id", String(200), nullable=False),
+    Column("name", ID, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("bundle_sha256", HASH, nullable=False),
+    Column("uploaded_by", Text, nullable=False),
+    Column("uploaded_at", TS, nullable=False),
 )
 
 device_seq = Table(

@@ -44,6 +44,7 @@ from fleetgate.core.model import Device
 from fleetgate.errors import StoreError, ValidationError
 from fleetgate.registry.codec import device_from_dict, device_to_dict
 from fleetgate.store import audit_log, leases, migrate
+from fleetgate.store.catalog import CatalogMixin
 from fleetgate.store.engine import WRITE_OPTION, StoreTarget, create_store_engine, parse_store_url
 from fleetgate.store.leases import Fence, Lease
 from fleetgate.store.schema import deployments, devices, quarantine, upsert
@@ -98,7 +99,7 @@ class StoreOpener:
             await self._store.close()
 
 
-class Store:
+class Store(CatalogMixin):
     def __init__(self, target: StoreTarget, engine: AsyncEngine) -> None:
         self.target = target
         self._engine = engine

@@ -1,0 +1,1 @@
+"""``fleetgate serve``: the long-running controller (API + worker + distribution point)."""

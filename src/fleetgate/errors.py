@@ -98,3 +98,10 @@ class LeaseLost(StoreError):
         super().__init__(message, deployment_id=deployment_id, retryable=False)
         self.holder = holder
         self.epoch = epoch
+
+
+class LogMoved(LeaseLost):
+    """A driver's append was refused because the deployment's log moved under it: a human
+    decision (halt, rollback, ...) was recorded by another process since the driver last read
+    it. The driver re-reads the log and drives on from the new state; nothing of the refused
+    batch was written."""

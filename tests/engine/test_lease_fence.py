@@ -402,7 +402,11 @@ async def test_the_fence_is_passed_by_the_recorder(tmp_path: Path, store_url: st
         state = await h.controller.record_human(dep, "approval.granted", "alice")
         assert state.phase is not Phase.AWAITING_APPROVAL
         lease = await h.store.get_lease(dep)
-        assert lease is not None and lease.epoch == epoch + 1  # one holding per command
+        # Deciding is not driving: recording the approval took no lease.
+        assert lease is not None and lease.epoch == epoch
+        await h.controller.drive(dep)
+        lease = await h.store.get_lease(dep)
+        assert lease is not None and lease.epoch == epoch + 1  # one holding per drive
         with pytest.raises(LeaseLost):
             await h.store.append(
                 Event(ts=h.clock.now_iso(), deployment_id=dep, action="x"),

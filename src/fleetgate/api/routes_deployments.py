@@ -16,7 +16,7 @@ from fleetgate.api.context import ApiContext, api, caller
 from fleetgate.api.errors import ApiError
 from fleetgate.api.policy_input import policy_input
 from fleetgate.api.tokens import Permission
-from fleetgate.core.state import DeploymentState, Phase, render_state_block
+from fleetgate.core.state import DeploymentState, Phase, exit_code, render_state_block
 from fleetgate.store.catalog import ApiUser
 
 router = APIRouter(prefix="/api/v1")
@@ -58,6 +58,7 @@ def state_doc(state: DeploymentState) -> dict[str, Any]:
         "sha256": state.sha256,
         "started_by": state.started_by,
         "halt_reason": state.halt_reason or None,
+        "exit_code": exit_code(state),
         "canary_verdict": state.canary_verdict,
         "devices": {i: s.value for i, s in state.devices.items()},
         "state": state_fields(state),
@@ -149,7 +150,10 @@ async def listing(
 
 @router.get("/deployments/{dep_id}")
 async def one(dep_id: str, ctx: Ctx, _who: Reader) -> dict[str, Any]:
-    return state_doc(await _state(ctx, dep_id))
+    from fleetgate.core.machine import fold
+
+    events = await _events(ctx, dep_id)
+    return {**state_doc(fold(dep_id, events)), "last_seq": events[-1].seq}
 
 
 @router.get("/deployments/{dep_id}/report", response_model=None)
@@ -196,9 +200,7 @@ async def _decide(
     from fleetgate.engine.service import Decision
 
     await known(ctx, dep_id)
-    state = await ctx.controller.decide(
-        dep_id, Decision(action, who.name, None, details), drive=False
-    )
+    state = await ctx.controller.record_decision(dep_id, Decision(action, who.name, None, details))
     if action == "rollback.requested":
         ctx.metrics.rollbacks.inc()
     ctx.poke()
@@ -233,6 +235,16 @@ async def resume(
     if b.exclude_failed_cells:
         details["canary_failure"] = "exclude"
     return await _decide(ctx, dep_id, "deployment.resumed", who, details)
+
+
+@router.post("/deployments/{dep_id}/halt")
+async def halt(
+    dep_id: str, ctx: Ctx, who: Operator, body: DecisionBody | None = None
+) -> JSONResponse:
+    """Pause a moving deployment at its next safe point (the driver's next step); resume
+    carries on from there. A rollback is never paused."""
+    b = body or DecisionBody()
+    return await _decide(ctx, dep_id, "deployment.halted", who, {"comment": b.comment})
 
 
 @router.post("/deployments/{dep_id}/rollback")

@@ -29,24 +29,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fleetgate.cli.main import EXIT_HALTED, EXIT_OK, EXIT_PARTIAL, EXIT_WAITING, person
-from fleetgate.core.state import DeploymentState, Phase, render_state_block
-from fleetgate.errors import InputError, IntegrityError
+from fleetgate.cli.main import EXIT_OK, person
+from fleetgate.core.state import DeploymentState, Phase, exit_code, render_state_block
+from fleetgate.errors import FleetgateError, InputError, IntegrityError
 
 HOME = Path(os.environ.get("FLEETGATE_HOME", ".fleetgate"))
-
-
-def exit_code(state: DeploymentState) -> int:
-    if state.phase is Phase.HALTED and state.pending_quarantine:
-        return EXIT_WAITING  # a 5-20 % wave pause: a human decides, nothing was rolled back
-    return {
-        Phase.COMPLETE: EXIT_OK,
-        Phase.PARTIAL: EXIT_PARTIAL,
-        Phase.AWAITING_APPROVAL: EXIT_WAITING,
-        Phase.HALTED: EXIT_HALTED,
-        Phase.ROLLED_BACK: EXIT_HALTED,
-        Phase.ABORTED: EXIT_HALTED,
-    }.get(state.phase, EXIT_WAITING)
 
 
 def register_run(dsub: Any) -> None:
@@ -67,19 +54,30 @@ def register_run(dsub: Any) -> None:
     status = dsub.add_parser("status", help="phase, counts and the state block")
     status.add_argument("id", nargs="?", help="deployment id (default: the latest)")
     status.add_argument("--json", action="store_true")
+    server_arg(status)
     status.set_defaults(handler=cmd_status)
+
+    watch = dsub.add_parser("watch", help="follow a deployment's events live until it waits")
+    watch.add_argument("id", nargs="?", help="deployment id (default: the latest)")
+    watch.add_argument("--json", action="store_true", help="one JSON event per line")
+    watch.add_argument(
+        "--until-end", action="store_true", help="keep watching through approvals and halts"
+    )
+    server_arg(watch)
+    watch.set_defaults(handler=cmd_watch)
 
     for name, action, helptext in (
         ("approve", "approval.granted", "record a human approval for the fleet rollout"),
         ("reject", "approval.rejected", "reject the fleet rollout (canaries are rolled back)"),
         ("resume", "deployment.resumed", "continue after a halt or pause (a human decision)"),
+        ("halt", "deployment.halted", "pause a moving deployment at its next safe point"),
     ):
         p = dsub.add_parser(name, help=helptext)
         p.add_argument("id")
         p.add_argument(
             "--as",
             dest="actor",
-            required=name != "resume",
+            required=name not in ("resume", "halt"),
             default=None,
             help="the human taking the decision",
         )
@@ -126,10 +124,21 @@ def register_run(dsub: Any) -> None:
     report.add_argument("id", nargs="?")
     report.add_argument("--format", choices=("md", "json"), default="md")
     report.add_argument("--json", action="store_true", help="the same as --format json")
+    server_arg(report)
     report.set_defaults(handler=cmd_report)
 
 
+def server_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        default=os.environ.get("FLEETGATE_SERVER") or None,
+        help="a running `fleetgate serve` (env FLEETGATE_SERVER; token from FLEETGATE_TOKEN); "
+        "default: the local store",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    server_arg(p)
     p.add_argument(
         "--pubkey",
         type=Path,
@@ -220,6 +229,10 @@ async def _follow(ctl: Any, dep: str, state: DeploymentState) -> DeploymentState
 
 
 async def cmd_start(args: argparse.Namespace) -> int:
+    if args.server:
+        from fleetgate.cli import remote
+
+        return await remote.start(args)
     from fleetgate.config.policy_file import load_policy_doc
     from fleetgate.registry.selector import parse_selector
 
@@ -262,6 +275,10 @@ async def _load(args: argparse.Namespace) -> tuple[str, list[Any]]:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
+    if args.server:
+        from fleetgate.cli import remote
+
+        return await remote.status(args)
     from fleetgate.core.machine import fold
 
     dep, events = await _load(args)
@@ -269,6 +286,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_decide(args: argparse.Namespace) -> int:
+    if args.server:
+        from fleetgate.cli import remote
+
+        return await remote.decide(args)
     from fleetgate.engine.service import Decision
 
     # Without --as (resume, rollback): $USER; the engine refuses an empty name where it records.
@@ -282,14 +303,30 @@ async def cmd_decide(args: argparse.Namespace) -> int:
     if getattr(args, "accept_inconclusive", False):
         details["accept_inconclusive"] = True
     async with controller(args) as ctl:
-        state = await ctl.decide(
-            args.id, Decision(args.action, actor, None, details), drive=not args.no_drive
-        )
+        state = await ctl.record_decision(args.id, Decision(args.action, actor, None, details))
+        if not args.no_drive and args.action != "deployment.halted":
+            try:
+                state = await ctl.drive(args.id)
+            except FleetgateError as exc:
+                if not exc.retryable:
+                    raise
+                # Recorded; another controller drives it and carries the decision out.
+                print(f"recorded; {exc}", file=sys.stderr)
         return _emit(args, state)
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    from fleetgate.cli.watch import watch
+
+    return await watch(args)
 
 
 async def cmd_recover(args: argparse.Namespace) -> int:
     """Re-check the device (reachable, known-good release, healthy); only then record it."""
+    if args.server:
+        from fleetgate.cli import remote
+
+        return await remote.recover(args)
     actor = person(args.actor)
     async with controller(args) as ctl:
         state = await ctl.recover(args.id, args.device, actor, args.comment)
@@ -299,6 +336,10 @@ async def cmd_recover(args: argparse.Namespace) -> int:
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
+    if args.server:
+        from fleetgate.cli import remote
+
+        return await remote.report(args)
     from fleetgate.report.session import build_report, render_report_md
 
     dep, events = await _load(args)

@@ -205,6 +205,22 @@ def _next_action(s: DeploymentState) -> str:
             return "none (deployment ended)"
 
 
+def exit_code(s: DeploymentState) -> int:
+    """The CLI's exit code for a deployment in this state (DESIGN.md): 0 complete, 1 partial,
+    3 halted/rolled back/aborted, 4 waiting for a human (approval, or a 5-20 % wave pause
+    where nothing was rolled back)."""
+    if s.phase is Phase.HALTED and s.pending_quarantine:
+        return 4
+    return {
+        Phase.COMPLETE: 0,
+        Phase.PARTIAL: 1,
+        Phase.AWAITING_APPROVAL: 4,
+        Phase.HALTED: 3,
+        Phase.ROLLED_BACK: 3,
+        Phase.ABORTED: 3,
+    }.get(s.phase, 4)
+
+
 def render_state_block(s: DeploymentState) -> str:
     """The spec's ``<fleet-deploy-state>`` block; field names exactly as the spec writes them."""
     D = DeviceStatus

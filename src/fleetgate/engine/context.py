@@ -54,6 +54,16 @@ class Clock:
             await asyncio.sleep(seconds)
 
 
+class Parked(Exception):
+    """A soak with nothing to do before ``until`` (store clock): in service mode the drive
+    ends here, the deployment's ``wake_at`` is set, its lease released (waiting is data).
+    The next drive re-enters the same step and serves only what is left."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"parked until {until.isoformat()}")
+        self.until = until
+
+
 @dataclass(frozen=True, slots=True)
 class Release:
     release_id: str
@@ -94,6 +104,18 @@ class EngineContext:
     # The inventory as it is now (``Store.get_devices``): pre-flight re-reads each device's
     # registry state, so one put in maintenance or quarantine since the start is not deployed.
     registry: Callable[[list[str]], Awaitable[list[Device]]] | None = None
+    # Service mode: a soak wait of at least this long parks the deployment (``Parked``)
+    # instead of sleeping; None: sleep in this process (the CLI drives to the end).
+    park_after_s: float | None = None
+    # True once someone else wrote to this deployment's log (a human decision): a sleeping
+    # soak checks it between slices so a halt or a rollback is not kept waiting.
+    log_moved: Callable[[], Awaitable[bool]] | None = None
+    # Soaks already ended in the log (key "STAGE:ROUND" -> served in full?): re-entering a
+    # step after a park or a crash does not serve or record them again.
+    soaks_ended: dict[str, bool] = field(default_factory=dict)
+    # Each canary's latest "initial" health sample (stage 0) from the log: a VERIFY step
+    # re-entered after its soak started judges with the round it already took.
+    canary_initial: dict[str, HealthSample] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)

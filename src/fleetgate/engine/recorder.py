@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 class EventSink(Protocol):
     async def append_many(
-        self, new: list[Event], *, fence: Fence | None = None
+        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
     ) -> list[StoredEvent]: ...
 
 
@@ -107,8 +107,14 @@ class Recorder:
         self.state = state
         self._now = now
         self.ledger = DeviceLedger()
+        # The seq of the newest event of this deployment this recorder knows: a fenced
+        # recorder's appends are refused (``LogMoved``) once anyone else wrote to the
+        # deployment's log (a human decision), so it never drives on a state the log left.
+        self.last_seq = 0
         for ev in history:
             self.ledger.observe(ev)
+            if isinstance(ev, StoredEvent):
+                self.last_seq = max(self.last_seq, ev.seq)
         self._queue: list[tuple[Event, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._batch_max = batch_max
@@ -190,7 +196,13 @@ class Recorder:
                 batch = self._queue[: self._batch_max]
                 del self._queue[: len(batch)]
                 try:
-                    await self._sink.append_many([ev for ev, _ in batch], fence=self._fence)
+                    stored = await self._sink.append_many(
+                        [ev for ev, _ in batch],
+                        fence=self._fence,
+                        expect_last=self.last_seq if self._fence is not None else None,
+                    )
+                    if stored:
+                        self.last_seq = stored[-1].seq
                 except BaseException as exc:
                     if not isinstance(exc, asyncio.CancelledError):
                         self._failure = exc

@@ -36,21 +36,37 @@ from typing import Any
 import aiohttp
 
 from fleetgate.core.events import Event
-from fleetgate.core.machine import Stop, WaitForHuman, fold, next_effects
+from fleetgate.core.machine import Stop, WaitForHuman, apply, fold, next_effects
 from fleetgate.core.model import Device, Manifest
 from fleetgate.core.plan import Plan, plan_deployment
 from fleetgate.core.policy import Policy
 from fleetgate.core.state import DeploymentState, Phase
 from fleetgate.engine.admission import admit, open_deployments
-from fleetgate.engine.context import Clock, EngineContext, Release, StoreClock, sample_from_dict
+from fleetgate.engine.context import (
+    Clock,
+    EngineContext,
+    Parked,
+    Release,
+    StoreClock,
+    sample_from_dict,
+)
 from fleetgate.engine.quarantine import sync_quarantine
 from fleetgate.engine.recorder import Recorder
 from fleetgate.engine.runner import drive
-from fleetgate.errors import FleetgateError, GuardrailError, InputError, LeaseLost, StoreError
+from fleetgate.errors import (
+    FleetgateError,
+    GuardrailError,
+    InputError,
+    LeaseLost,
+    LogMoved,
+    StoreError,
+)
 from fleetgate.store.leases import Fence, Lease, lease_lost
 from fleetgate.transports.base import DeviceTransport
 
 SEQ_COUNTER = "__deployments__"
+# How often one drive re-reads a log that moved under it before giving up (retryable).
+MAX_LOG_MOVES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +110,9 @@ class ControllerConfig:
     # directory at ``{public_url}/blobs/{sha256}``; None: each drive serves the blob itself on
     # ``dist_host:dist_port`` for as long as it runs.
     public_url: str | None = None
+    # Service mode: a soak wait this long or longer parks the deployment (``wake_at``) and
+    # releases its lease; None: the driving process sleeps through it (the CLI).
+    park_after_s: float | None = None
 
     def require_public_key(self) -> Path:
         if self.public_key is None:
@@ -256,10 +275,51 @@ class Controller:
     async def state(self, deployment_id: str) -> DeploymentState:
         return fold(deployment_id, await self._events(deployment_id))
 
-    # -- driving ---------------------------------------------------------------------------
-    async def drive(self, deployment_id: str) -> DeploymentState:
-        """Run the deployment until it needs a human or has ended; return the state."""
-        return await self.decide(deployment_id, None)
+    # -- deciding --------------------------------------------------------------------------
+    async def record_decision(self, dep_id: str, decision: Decision) -> DeploymentState:
+        """Record a human decision in one short transaction and return: no lease, no drive.
+
+        It is validated by the state machine against the log as it is now, under the log's
+        lock, so no driver's append can slip in between. A driver that is running notices at
+        its next append (``LogMoved``) and drives on from the new state; a parked deployment
+        is made runnable at once. ``deployment.resumed`` on a deployment that is not HALTED
+        records nothing: its controller died, and resuming it is driving on from the log.
+        """
+        if decision.action == "device.recovered" and not decision.details.get("checks"):
+            # Only Controller.recover records it, after re-checking the device.
+            raise InputError(
+                "a recovery is recorded by `fleetgate deploy recover`, which re-checks the "
+                "device first"
+            )
+        async with self.store.transaction():
+            await self.store.lock_log()
+            state = fold(dep_id, await self._events(dep_id))
+            if decision.action == "deployment.resumed" and state.phase is not Phase.HALTED:
+                return state
+            if decision.actor.strip() in ("", "fleetgate", "system"):
+                raise InputError("a human decision needs --as NAME")
+            if decision.action == "rollback.requested":
+                await self._check_rollback(state, decision)
+            details = dict(decision.details)
+            if decision.action == "deployment.halted":
+                _check_halt(state)
+                comment = str(details.get("comment") or "").strip()
+                details["reason"] = f"halted by {decision.actor}" + (
+                    f": {comment}" if comment else ""
+                )
+            ev = Event(
+                ts=self.clock.now_iso(),
+                deployment_id=dep_id,
+                action=decision.action,
+                actor=decision.actor,
+                device_id=decision.device_id,
+                details=details,
+            )
+            new = apply(state, ev)  # IllegalTransition: nothing written
+            await self.store.append(ev)
+            await self.store.update_deployment(dep_id, new.phase.value, _summary(new))
+            await self.store.set_wake(dep_id, None)
+        return new
 
     async def record_human(
         self,
@@ -270,46 +330,46 @@ class Controller:
         **details: Any,
     ) -> DeploymentState:
         """Record a human decision without driving on."""
-        return await self.decide(dep_id, Decision(action, actor, device_id, details), drive=False)
+        return await self.record_decision(dep_id, Decision(action, actor, device_id, details))
 
     async def decide(
         self, dep_id: str, decision: Decision | None, *, drive: bool = True
     ) -> DeploymentState:
-        """One lease and one read of the log: record ``decision`` (validated by the state
-        machine), then drive on until a human is needed or the deployment ended.
+        """Record ``decision`` (if any), then (``drive``) drive on until a human is needed or
+        the deployment ended."""
+        state = None
+        if decision is not None:
+            state = await self.record_decision(dep_id, decision)
+        if drive or state is None:
+            state = await self.drive(dep_id)
+        return state
 
-        ``deployment.resumed`` on a deployment that is not HALTED records nothing: its
-        controller died, and resuming it is driving on from the log (crash recovery).
-        """
+    # -- driving ---------------------------------------------------------------------------
+    async def drive(self, deployment_id: str) -> DeploymentState:
+        """Run the deployment until it needs a human, has ended, or (``park_after_s``) parks
+        in a soak until its next sample is due; return the state. A decision recorded by
+        someone else meanwhile (``LogMoved``) makes it re-read the log and go on from there."""
+        for _ in range(MAX_LOG_MOVES):
+            try:
+                return await self._drive_once(deployment_id)
+            except LogMoved:
+                continue
+        raise FleetgateError(
+            f"deployment {deployment_id}: its log kept moving under the driver; try again",
+            deployment_id=deployment_id,
+            retryable=True,
+        )
+
+    async def _drive_once(self, dep_id: str) -> DeploymentState:
         async with self._lease(dep_id) as fence:
             events = await self._events(dep_id)
             async with self._recorder(dep_id, events, fence) as rec:
                 try:
-                    if decision is not None and not (
-                        decision.action == "deployment.resumed"
-                        and rec.state.phase is not Phase.HALTED
-                    ):
-                        if decision.actor in ("", "fleetgate", "system"):
-                            raise InputError("a human decision needs --as NAME")
-                        if decision.action == "rollback.requested":
-                            await self._check_rollback(rec.state, decision)
-                        if decision.action == "device.recovered" and not decision.details.get(
-                            "checks"
-                        ):
-                            # Only Controller.recover records it, after re-checking the device.
-                            raise InputError(
-                                "a recovery is recorded by `fleetgate deploy recover`, which "
-                                "re-checks the device first"
-                            )
-                        await rec.record(
-                            decision.action,
-                            actor=decision.actor,
-                            device_id=decision.device_id,
-                            **decision.details,
-                        )
-                        await self._cache_status(rec.state, fence)
-                    if drive and not isinstance(next_effects(rec.state)[0], WaitForHuman | Stop):
-                        await self._drive(rec, events, fence)
+                    if not isinstance(next_effects(rec.state)[0], WaitForHuman | Stop):
+                        try:
+                            await self._drive(rec, events, fence)
+                        except Parked as parked:
+                            await self.store.set_wake(dep_id, parked.until, fence=fence)
                     await sync_quarantine(self.store, rec)
                     return rec.state
                 finally:
@@ -397,14 +457,7 @@ class Controller:
         its lease may hold a state the log never got, and must not publish it."""
         with contextlib.suppress(FleetgateError):
             await self.store.update_deployment(
-                state.deployment_id,
-                state.phase.value,
-                {
-                    "manual_intervention": list(state.manual_intervention),
-                    "halt_reason": state.halt_reason,
-                    "targets": len(state.devices),
-                },
-                fence=fence,
+                state.deployment_id, state.phase.value, _summary(state), fence=fence
             )
 
     async def _prepare(self, ctx: EngineContext) -> None:
@@ -460,13 +513,34 @@ class Controller:
         sampled: dict[str, list[Any]] = {}
         control_pre: dict[str, Any] = {}
         control_pools: dict[str, list[str]] = {}
+        soaks_ended: dict[str, bool] = {}
+        canary_initial: dict[str, Any] = {}
         for e in events:
-            if e.action == "soak.sampled":
+            a = e.action
+            if a == "soak.sampled":
                 key = f"{e.details.get('stage', 0)}:{e.details.get('round', 'soak')}"
                 sampled.setdefault(key, []).append(e.details)
-            elif e.action == "canary.controls":
+            elif a == "canary.controls":
                 control_pre.update(e.details.get("pre", {}))
                 control_pools.update(e.details.get("pools", {}))
+            elif a in ("soak.completed", "soak.stopped"):
+                key = f"{e.details.get('stage', 0)}:{e.details.get('round', 'soak')}"
+                soaks_ended[key] = a == "soak.completed"
+            elif (
+                a == "device.health"
+                and e.device_id
+                and e.details.get("stage") == 0
+                and e.details.get("round") == "initial"
+            ):
+                sample = sample_from_dict(e.device_id, e.details.get("sample"))
+                if sample is None:
+                    canary_initial.pop(e.device_id, None)
+                else:
+                    canary_initial[e.device_id] = sample
+
+        async def log_moved() -> bool:
+            return bool(await self.store.latest_seq(dep_id) > rec.last_seq)
+
         return EngineContext(
             deployment_id=dep_id,
             transport=self.transport,
@@ -492,6 +566,10 @@ class Controller:
             on_progress=self.on_progress,
             store_clock=self.store_clock or self.store.now,
             soak_slice_s=self.config.lease_ttl_s / 3,
+            park_after_s=self.config.park_after_s,
+            log_moved=log_moved,
+            soaks_ended=soaks_ended,
+            canary_initial=canary_initial,
         )
 
     @contextlib.asynccontextmanager
@@ -620,6 +698,32 @@ def _first_lease_lost(exc: BaseException) -> LeaseLost | None:
             if found is not None:
                 return found
     return None
+
+
+def _summary(state: DeploymentState) -> dict[str, Any]:
+    return {
+        "manual_intervention": list(state.manual_intervention),
+        "halt_reason": state.halt_reason,
+        "targets": len(state.devices),
+    }
+
+
+HALTABLE = (Phase.PREPARE, Phase.CANARY, Phase.VERIFY, Phase.ROLLOUT, Phase.CONFIRM)
+
+
+def _check_halt(state: DeploymentState) -> None:
+    """A human halt pauses a deployment that is moving; it never pauses a rollback (that is
+    how the fleet gets back to safety) and there is nothing to pause in one that waits."""
+    if state.phase is Phase.ROLLING_BACK:
+        raise GuardrailError(
+            f"deployment {state.deployment_id} is rolling back: a rollback is never paused",
+            deployment_id=state.deployment_id,
+        )
+    if state.phase not in HALTABLE:
+        raise GuardrailError(
+            f"deployment {state.deployment_id} is {state.phase.value}: nothing is running to halt",
+            deployment_id=state.deployment_id,
+        )
 
 
 def holder_is_dead(holder: str) -> bool:

@@ -16,6 +16,7 @@ resumes sleeps only for what is left (``soak.started`` → ``state.soak_started`
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from fleetgate.clock import parse_iso, to_iso
@@ -39,8 +40,8 @@ from fleetgate.engine.canary_analysis import (
     sample_tick,
     wave_tick,
 )
-from fleetgate.engine.context import EngineContext, sample_dict
-from fleetgate.errors import FleetgateError
+from fleetgate.engine.context import EngineContext, Parked, sample_dict
+from fleetgate.errors import FleetgateError, LogMoved
 
 D = DeviceStatus
 TickFn = Callable[[int, float], Awaitable[bool]]
@@ -135,6 +136,8 @@ async def soak(
     key = key or f"{stage}:soak"
     round_name = key.partition(":")[2] if ":" in key else key
     key = f"{stage}:{round_name}"
+    if key in ctx.soaks_ended:  # re-entered after a park or a crash: already served
+        return ctx.soaks_ended[key]
     recorded = ctx.recorder.state.soak_started.get(key)
     if recorded is None:
         started = await ctx.store_clock()
@@ -156,18 +159,28 @@ async def soak(
                     served_s=served,
                     reason="a hard health bound failed during the soak",
                 )
+                ctx.soaks_ended[key] = False
                 return False
             next_tick = int(served // every) + 1
             continue
         if served >= seconds:
             break
-        wait = min(seconds - served, ctx.soak_slice_s)
+        wait = seconds - served
         if on_tick is not None and every > 0:
             wait = min(wait, max(next_tick * every - served, 0.0))
-        await ctx.clock.sleep(wait)
+        if ctx.park_after_s is not None and wait >= ctx.park_after_s:
+            # Waiting is data: the deployment is due again at the next sample (or the end).
+            raise Parked(started + timedelta(seconds=served + wait))
+        if ctx.log_moved is not None and await ctx.log_moved():
+            raise LogMoved(
+                f"deployment {ctx.deployment_id}: a decision was recorded during the soak",
+                deployment_id=ctx.deployment_id,
+            )
+        await ctx.clock.sleep(min(wait, ctx.soak_slice_s))
     await ctx.recorder.record(
         "soak.completed", stage=stage, round=round_name, seconds=seconds, served_s=served
     )
+    ctx.soaks_ended[key] = True
     return True
 
 
@@ -220,8 +233,13 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
     controls = await choose_controls(ctx, live) if analysed else {}
     # With a control, a canary's own-baseline rules give way to the comparison.
     hard = {c: hard_bounds_only(ctx.policy.health) for c in controls}
-    initial = await health_round(ctx, 0, live, "initial", hard)
     keys = [f"0:{name}"]
+    if keys[0] in rec.state.soak_started:
+        # Re-entered (after a park or a crash) once the soak began: the initial round was
+        # taken and recorded before it; judge with that one, do not take another.
+        initial = {i: ctx.canary_initial[i] for i in live if i in ctx.canary_initial}
+    else:
+        initial = await health_round(ctx, 0, live, "initial", hard)
 
     async def tick(k: int, served: float, key: str) -> bool:
         return await sample_tick(ctx, key, k, served, live, controls)
@@ -325,7 +343,8 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
     state = rec.state
     wave_ids = state.stages[stage]
     deployed = list(state.deployed_ids)
-    await health_round(ctx, stage, deployed, "initial")
+    if f"{stage}:soak" not in state.soak_started:  # else re-entered: the round is recorded
+        await health_round(ctx, stage, deployed, "initial")
     # The whole soak is sampled (issue 11), not only its ends; a too-short soak is not.
     wave_s = ctx.policy.soak.between_waves_s
     every = ctx.policy.analysis.interval_s if analysis_applies(ctx.policy.analysis, wave_s) else 0.0

@@ -15,6 +15,8 @@ from fleetgate.errors import InputError
 from fleetgate.server.config import ServeConfig
 
 log = logging.getLogger("fleetgate.serve")
+# A soak wait this long or longer parks the deployment (wake_at) and releases its lease.
+PARK_AFTER_S = 5.0
 
 
 async def serve(cfg: ServeConfig) -> int:
@@ -32,7 +34,11 @@ async def serve(cfg: ServeConfig) -> int:
 
     metrics = Metrics()
     config = ControllerConfig(
-        cfg.blob_dir, cfg.pubkey, concurrency=cfg.concurrency, public_url=cfg.public_url
+        cfg.blob_dir,
+        cfg.pubkey,
+        concurrency=cfg.concurrency,
+        public_url=cfg.public_url,
+        park_after_s=PARK_AFTER_S,
     )
     async with (
         Store.open(cfg.db) as store,

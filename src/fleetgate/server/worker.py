@@ -1,11 +1,12 @@
-"""The worker: finds deployments that can move on and drives each until it next waits.
+"""The worker: claims deployments that can move on and drives each until it next waits.
 
-Runnable: not ended, not waiting for a human (AWAITING_APPROVAL, HALTED), and not driven by
-another live controller. A deployment a dead controller left mid-way is runnable again once its
-lease expired on the store's clock (or at once when the holder was a dead process on this host):
-the fenced lease makes sure no deployment is ever driven by two, whatever several ``serve``
-processes on one database try. A decision recorded through the API pokes the worker so it does
-not wait for the next poll.
+Runnable: not ended, not waiting for a human (AWAITING_APPROVAL, HALTED), not parked past now
+(``wake_at``, store clock), and not leased to another live controller. ``Store.claim_runnable``
+takes them ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several ``serve`` processes on one
+database share the work without waiting on each other, and the fenced lease makes sure no
+deployment is ever driven by two. A deployment a dead controller left mid-way is claimed again
+once its lease expired on the store's clock, or at once when the holder was a process of this
+host that is gone. A decision recorded through the API pokes the worker.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from fleetgate.errors import FleetgateError, LeaseLost
 
 log = logging.getLogger("fleetgate.worker")
 
-WAITING = frozenset({Phase.AWAITING_APPROVAL.value, Phase.HALTED.value})
-ENDED = frozenset(p.value for p in Phase if p.terminal)
+NOT_RUNNABLE = tuple(
+    sorted(
+        {Phase.AWAITING_APPROVAL.value, Phase.HALTED.value} | {p.value for p in Phase if p.terminal}
+    )
+)
 
 
 class Worker:
@@ -32,35 +36,46 @@ class Worker:
         self.parallel, self.poll_s, self.metrics = parallel, poll_s, metrics
         self.active: dict[str, asyncio.Task[None]] = {}
         self._poked = asyncio.Event()
-        self._busy_until: dict[str, float] = {}  # deployments another controller drives
+        self._backoff: dict[str, float] = {}  # deployment -> loop time before which to skip
+        self.drives = 0
 
     def poke(self) -> None:
         self._poked.set()
 
-    async def runnable(self) -> list[str]:
+    async def claim(self) -> list[str]:
+        """Deployments this worker may drive now (their lease is ours, or its holder died)."""
+        from fleetgate.engine.service import holder_is_dead
+
+        room = self.parallel - len(self.active)
+        if room <= 0:
+            return []
         loop = asyncio.get_running_loop()
-        out = []
-        for d in await self.store.list_deployments():
-            if d.status in ENDED or d.status in WAITING or d.id in self.active:
-                continue
-            if self._busy_until.get(d.id, 0.0) > loop.time():
-                continue
-            out.append(d.id)
-        return out
+        skip = [d for d, until in self._backoff.items() if until > loop.time()]
+        clock = self.controller.store_clock or self.store.now
+        claimed, held = await self.store.claim_runnable(
+            self.controller.holder,
+            self.controller.config.lease_ttl_s,
+            NOT_RUNNABLE,
+            room,
+            now=await clock(),
+            exclude=[*self.active, *skip],
+        )
+        dead = [lease.deployment_id for lease in held if holder_is_dead(lease.holder)]
+        if self.metrics is not None:
+            self.metrics.takeovers.inc(len(dead))
+        return [*claimed, *dead][:room]
 
     async def run(self) -> None:
         """Until cancelled: claim what is runnable, up to ``parallel`` drives at once."""
         try:
             while True:
                 try:
-                    for dep in await self.runnable():
-                        if len(self.active) >= self.parallel:
-                            break
+                    for dep in await self.claim():
                         self.active[dep] = asyncio.create_task(
                             self._drive(dep), name=f"fleetgate-drive-{dep}"
                         )
                 except FleetgateError as exc:
-                    log.warning("worker: cannot list deployments: %s", exc)
+                    log.warning("worker: cannot claim deployments: %s", exc)
                 self._poked.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._poked.wait(), self.poll_s)
@@ -69,23 +84,16 @@ class Worker:
 
     async def _drive(self, dep: str) -> None:
         try:
-            lease = await self.store.get_lease(dep)
+            self.drives += 1
             state = await self.controller.drive(dep)
-            if (
-                self.metrics is not None
-                and lease is not None
-                and lease.holder != self.controller.holder
-            ):
-                self.metrics.takeovers.inc()
             log.info("deployment %s: %s", dep, state.phase.value)
         except LeaseLost as exc:
             log.warning("deployment %s: %s", dep, exc)
         except FleetgateError as exc:
             # Driven by another live controller (retryable): look again soon. Any other error
-            # (say, a store outage or a missing key): log it and back off, never spin on it.
-            loop = asyncio.get_running_loop()
+            # (a store outage, a missing key): log it and back off, never spin on it.
             wait = max(self.poll_s * 5, 5.0) if exc.retryable else 30.0
-            self._busy_until[dep] = loop.time() + wait
+            self._backoff[dep] = asyncio.get_running_loop().time() + wait
             if not exc.retryable:
                 log.error("deployment %s: %s (retrying in %g s)", dep, exc, wait)
         finally:
@@ -93,8 +101,8 @@ class Worker:
             self.poke()
 
     async def stop(self) -> None:
-        """Cancel every drive (at its next await: the log's intents make the cut safe) and
-        wait for each to release its lease."""
+        """Cancel every drive (at its next await: each device command's intent is in the log
+        before it is sent, so the cut is safe) and wait for each to release its lease."""
         tasks = list(self.active.values())
         for t in tasks:
             t.cancel()

@@ -203,11 +203,10 @@ async def run_demo(
 ) -> DemoResult:
     from fleetgate.artifacts.bundle import build_bundle
     from fleetgate.artifacts.keys import generate_keypair, load_private_key, load_public_key
-    from fleetgate.cli.deploy_run import exit_code
     from fleetgate.clock import utc_now_iso
     from fleetgate.config.policy_file import policy_from_dict
     from fleetgate.core.events import Event
-    from fleetgate.core.state import Phase
+    from fleetgate.core.state import Phase, exit_code
     from fleetgate.engine.service import Controller, ControllerConfig, Decision
     from fleetgate.registry import devices_to_yaml
     from fleetgate.sim.faults import parse_fault

@@ -29,13 +29,13 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetgate.clock import parse_iso
 from fleetgate.core.events import GENESIS_HASH, ChainReport, Event, StoredEvent, seal, verify_chain
 from fleetgate.core.manifest import canonical_json
-from fleetgate.errors import IntegrityError, StoreError
+from fleetgate.errors import IntegrityError, LogMoved, StoreError
 from fleetgate.store.schema import CHAIN_HEAD_ID, chain_head
 from fleetgate.store.schema import events as events_table
 
@@ -82,12 +82,34 @@ async def read_head(conn: AsyncConnection, *, for_update: bool = False) -> tuple
     return int(row.last_seq), str(row.last_hash)
 
 
-async def append_events(conn: AsyncConnection, new: Sequence[Event]) -> list[StoredEvent]:
-    """Seal ``new`` onto the chain in order; returns them as stored."""
+async def latest_seq(conn: AsyncConnection, deployment_id: str) -> int:
+    query = select(func.max(events_table.c.seq)).where(
+        events_table.c.deployment_id == deployment_id
+    )
+    return int((await conn.execute(query)).scalar() or 0)
+
+
+async def append_events(
+    conn: AsyncConnection, new: Sequence[Event], *, expect_last: int | None = None
+) -> list[StoredEvent]:
+    """Seal ``new`` onto the chain in order; returns them as stored.
+
+    ``expect_last``: the seq of the last event of ``new[0]``'s deployment the caller has seen;
+    checked under the append lock, so a writer that missed an event of its deployment (a
+    decision recorded meanwhile) is refused with ``LogMoved`` and writes nothing."""
     if not new:
         return []
     prepared = [_normalised(ev) for ev in new]
     seq, prev = await read_head(conn, for_update=True)
+    if expect_last is not None:
+        dep = str(new[0].deployment_id)
+        last = await latest_seq(conn, dep)
+        if last != expect_last:
+            raise LogMoved(
+                f"deployment {dep}: its log moved (seq {last} is newer than {expect_last}): "
+                "re-reading it",
+                deployment_id=str(dep),
+            )
     sealed: list[StoredEvent] = []
     rows: list[dict[str, Any]] = []
     for event, details_text in prepared:

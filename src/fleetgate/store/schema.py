@@ -10,7 +10,8 @@ database JSON type, so what is hashed is exactly what is stored.
 
 - ``devices``: the inventory; one row per device, ``data`` is the registry codec's dict.
 - ``deployments``: a cached summary per deployment. The events are the truth; this table only
-  saves folding the log to answer "what is running".
+  saves folding the log to answer "what is running". ``wake_at`` (store clock) is when a
+  deployment parked between two soak samples is due again: waiting is data, not a task.
 - ``events``: the audit log. ``seq`` is assigned densely from 1 by the store; ``prev_hash`` and
   ``hash`` form one global chain (``fleetgate.core.events``).
 - ``chain_head``: exactly one row (``id = 1``) holding the last ``seq`` and ``hash``; it changes in
@@ -73,6 +74,7 @@ deployments = Table(
     Column("sha256", HASH, nullable=False),
     Column("status", String(32), nullable=False),
     Column("data", Text, nullable=False),
+    Column("wake_at", TS, nullable=True),
 )
 
 events = Table(

@@ -34,10 +34,10 @@ from types import TracebackType
 from typing import Any
 
 import sqlalchemy.exc as sa_exc
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fleetgate.clock import normalise_iso, utc_now_iso
+from fleetgate.clock import normalise_iso, to_iso, utc_now_iso
 from fleetgate.core.events import ChainReport, Event, StoredEvent
 from fleetgate.core.manifest import canonical_json
 from fleetgate.core.model import Device
@@ -66,6 +66,7 @@ class DeploymentRecord:
     sha256: str
     status: str
     data: Mapping[str, Any]
+    wake_at: str | None = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -243,17 +244,18 @@ class Store(CatalogMixin):
         return (await self.append_many([event], fence=fence))[0]
 
     async def append_many(
-        self, new: Sequence[Event], *, fence: Fence | None = None
+        self, new: Sequence[Event], *, fence: Fence | None = None, expect_last: int | None = None
     ) -> list[StoredEvent]:
         """Append in order, in one transaction; returns the events with their seq and hashes.
         With ``fence``, the lease must still be that holding (checked in the same transaction,
-        before writing): else ``LeaseLost`` and nothing is written."""
+        before writing): else ``LeaseLost`` and nothing is written. With ``expect_last``, the
+        deployment's newest event must still be that seq: else ``LogMoved``."""
         if not new:
             return []
         async with self._tx(write=True) as conn:
             if fence is not None:
                 await leases.check_fence(conn, fence)
-            return await audit_log.append_events(conn, new)
+            return await audit_log.append_events(conn, new, expect_last=expect_last)
 
     async def iter_events(
         self,
@@ -284,6 +286,11 @@ class Store(CatalogMixin):
         self, deployment_id: str | None = None, after_seq: int = 0, *, device_id: str | None = None
     ) -> list[StoredEvent]:
         return [ev async for ev in self.iter_events(deployment_id, after_seq, device_id=device_id)]
+
+    async def latest_seq(self, deployment_id: str) -> int:
+        """The seq of the deployment's newest event (0: none): one indexed read."""
+        async with self._tx(write=False) as conn:
+            return await audit_log.latest_seq(conn, deployment_id)
 
     async def chain_head(self) -> tuple[int, str]:
         """``(last seq, last hash)`` as recorded by the last append."""
@@ -353,6 +360,64 @@ class Store(CatalogMixin):
             raise StoreError(f"no deployment {deployment_id!r}", deployment_id=deployment_id)
         return self._deployment(row._mapping)
 
+    async def set_wake(
+        self, deployment_id: str, wake_at: datetime | None, *, fence: Fence | None = None
+    ) -> None:
+        """Park the deployment until ``wake_at`` (store clock), or make it runnable now."""
+        stamp = None if wake_at is None else to_iso(wake_at)
+        async with self._tx(write=True) as conn:
+            if fence is not None:
+                await leases.check_fence(conn, fence)
+            await conn.execute(
+                update(deployments).where(deployments.c.id == deployment_id).values(wake_at=stamp)
+            )
+
+    async def claim_runnable(
+        self,
+        holder: str,
+        ttl_s: float,
+        skip: Sequence[str],
+        limit: int,
+        *,
+        now: datetime | None = None,
+        exclude: Sequence[str] = (),
+    ) -> tuple[list[str], list[Lease]]:
+        """Deployments that can move on now, claimed for ``holder``: not in a ``skip`` status
+        (ended, or waiting for a human), not parked past the store's now, and not leased to
+        a live holding. Returns the ones whose lease this call took, and the leases of the
+        ones another holder still has (its process may be dead on this host).
+
+        One transaction; on PostgreSQL the rows are taken ``FOR UPDATE SKIP LOCKED``, so
+        several controllers claiming at once each get different deployments, without waiting
+        on each other."""
+        async with self._tx(write=True) as conn:
+            # ``now``: the soak clock when it is not this store's (tests' virtual clock).
+            stamp = to_iso(now if now is not None else await leases.store_now(conn))
+            query = (
+                select(deployments.c.id)
+                .where(
+                    deployments.c.status.not_in(list(skip)),
+                    or_(deployments.c.wake_at.is_(None), deployments.c.wake_at <= stamp),
+                    deployments.c.id.not_in(list(exclude)),
+                )
+                .order_by(deployments.c.updated_at)
+                .limit(limit)
+            )
+            if self.backend == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = [r.id for r in (await conn.execute(query)).all()]
+            claimed: list[str] = []
+            held: list[Lease] = []
+            for dep in ids:
+                lease = await leases.acquire(conn, dep, holder, ttl_s)
+                if lease is not None:
+                    claimed.append(dep)
+                else:
+                    other = await leases.get(conn, dep)
+                    if other is not None:
+                        held.append(other)
+        return claimed, held
+
     async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
         async with self._tx(write=False) as conn:
             row = (
@@ -380,6 +445,7 @@ class Store(CatalogMixin):
             sha256=row["sha256"],
             status=row["status"],
             data=json.loads(row["data"]),
+            wake_at=row.get("wake_at"),
         )
 
     # -- leases and device sequence numbers ----------------------------------------------------

@@ -24,7 +24,7 @@ from fleetgate.clock import parse_iso
 from fleetgate.core.events import Event
 from fleetgate.core.state import Phase
 from fleetgate.engine.service import Decision
-from fleetgate.errors import GuardrailError, LogMoved
+from fleetgate.errors import FleetgateError, GuardrailError, LeaseLost, LogMoved
 from fleetgate.server.worker import NOT_RUNNABLE
 
 # Analysis on (interval 30 s): a sampled 10-minute canary soak, no baseline window.
@@ -158,3 +158,29 @@ async def test_a_rollback_is_never_halted(tmp_path: Path, store_url: str) -> Non
         with pytest.raises(GuardrailError, match="never paused"):
             await h.controller.record_decision(dep, Decision("deployment.halted", "carol"))
         assert (await h.controller.drive(dep)).phase is Phase.ROLLED_BACK
+
+
+async def test_a_controller_dead_on_another_host_is_taken_over_when_its_lease_expires(
+    tmp_path: Path, store_url: str
+) -> None:
+    """No pid to check on another host: the lease's expiry on the store's clock decides."""
+    async with harness(tmp_path, devices=8, store_url=store_url, policy=POLICY) as h:
+        dep = await h.start()
+        far = await h.store.acquire_lease(dep, "far-away-host:4242:gone", 1.0)
+        assert far is not None
+        with pytest.raises(FleetgateError, match="being driven by far-away-host"):
+            await h.controller.drive(dep)
+        claimed, held = await h.store.claim_runnable(h.controller.holder, 60, NOT_RUNNABLE, 10)
+        assert claimed == [] and [x.holder for x in held] == ["far-away-host:4242:gone"]
+        await asyncio.sleep(1.3)  # real time: the store's clock lets the lease expire
+        claimed, _ = await h.store.claim_runnable(h.controller.holder, 60, NOT_RUNNABLE, 10)
+        assert claimed == [dep]
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.AWAITING_APPROVAL
+        lease = await h.store.get_lease(dep)
+        assert lease is not None and lease.epoch > far.epoch
+        with pytest.raises(LeaseLost):  # the far controller, back, can write nothing
+            await h.store.append(
+                Event(ts=h.clock.now_iso(), deployment_id=dep, action="soak.completed"),
+                fence=far.fence,
+            )

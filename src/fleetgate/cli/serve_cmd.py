@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ flags:
                blob_dir (FLEETGATE_BLOB_DIR; default .fleetgate/blobs), max_upload_mb (2048)
   [store]      db (FLEETGATE_DB, --db; default SQLite under ./.fleetgate/)
   [controller] pubkey (FLEETGATE_PUBKEY), concurrency (200), parallel_deployments (4),
-               poll_s (1.0)
+               poll_s (1.0), park_after_s (5.0: a soak wait this long parks the
+               deployment until it is due, with no lease held)
 API callers authenticate with a bearer token: fleetgate users add NAME --role ROLE.
 SIGTERM stops the drives at their next step, releases their leases and exits 0.
 """
@@ -49,10 +49,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     # typed (or the variable) outranks the config file's [store] db.
     typed_db = args.db if (args.db != DEFAULT_DB or os.environ.get("FLEETGATE_DB")) else None
     cfg = load_serve_config(args.config, listen=args.listen, db=typed_db, default_db=DEFAULT_DB)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from fleetgate.server.logs import configure
+
+    configure()
     print(
         f"fleetgate serve: http://{cfg.host}:{cfg.port}/api/v1 (public {cfg.public_url})",
         file=sys.stderr,

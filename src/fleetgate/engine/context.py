@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import stamina
+from structlog.contextvars import bind_contextvars
 
 from fleetgate.clock import utc_now, utc_now_iso
 from fleetgate.core.model import Device, HealthSample
@@ -156,6 +157,7 @@ class EngineContext:
 
         async def one(i: str) -> None:
             nonlocal done
+            bind_contextvars(device_id=i)  # this task's log records name its device
             out[i] = await self.bounded(fn(i))
             done += 1
             if self.on_progress is not None and label:

@@ -17,6 +17,7 @@ pubkey = "keys/fleetgate-signing.pub"  # FLEETGATE_PUBKEY
 concurrency = 200                      # device calls in flight per deployment
 parallel_deployments = 4               # deployments this process drives at once
 poll_s = 1.0                           # how often the worker looks for runnable deployments
+park_after_s = 5.0                     # a soak wait this long parks the deployment (wake_at)
 ```
 """
 
@@ -35,7 +36,7 @@ DEFAULT_LISTEN = "127.0.0.1:8420"
 _KEYS = {
     "server": {"listen", "public_url", "blob_dir", "max_upload_mb"},
     "store": {"db"},
-    "controller": {"pubkey", "concurrency", "parallel_deployments", "poll_s"},
+    "controller": {"pubkey", "concurrency", "parallel_deployments", "poll_s", "park_after_s"},
 }
 
 
@@ -51,6 +52,7 @@ class ServeConfig:
     concurrency: int
     parallel_deployments: int
     poll_s: float
+    park_after_s: float
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -124,6 +126,7 @@ def load_serve_config(
         concurrency=number("controller", "concurrency", 200, 1, True),
         parallel_deployments=number("controller", "parallel_deployments", 4, 1, True),
         poll_s=number("controller", "poll_s", 1.0, 0.05, False),
+        park_after_s=number("controller", "park_after_s", 5.0, 0.0, False),
     )
     if problems:
         raise ValidationError(problems)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 
 from fleetgate.errors import InputError
 from fleetgate.server.config import ServeConfig
 
 log = logging.getLogger("fleetgate.serve")
-# A soak wait this long or longer parks the deployment (wake_at) and releases its lease.
-PARK_AFTER_S = 5.0
+
+
+def _stopping(signum: int, frame: object) -> None:
+    log.info("fleetgate serve: stopping (signal %d)", signum)
 
 
 async def serve(cfg: ServeConfig) -> int:
@@ -38,7 +41,7 @@ async def serve(cfg: ServeConfig) -> int:
         cfg.pubkey,
         concurrency=cfg.concurrency,
         public_url=cfg.public_url,
-        park_after_s=PARK_AFTER_S,
+        park_after_s=cfg.park_after_s,
     )
     async with (
         Store.open(cfg.db) as store,
@@ -67,6 +70,9 @@ async def serve(cfg: ServeConfig) -> int:
         )
         worker_task = asyncio.create_task(worker.run(), name="fleetgate-worker")
         log.info("fleetgate serve on %s:%d (public %s)", cfg.host, cfg.port, cfg.public_url)
+        # uvicorn handles SIGTERM/SIGINT while it serves, then re-raises the signal against the
+        # handlers it found: make those no-ops, so a stop ends here, cleanly, with exit 0.
+        previous = {s: signal.signal(s, _stopping) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             await server.serve()
         except SystemExit:  # uvicorn's answer to a port it cannot bind
@@ -77,4 +83,6 @@ async def serve(cfg: ServeConfig) -> int:
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker_task
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     return 0 if server.started else 5

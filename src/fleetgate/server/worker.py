@@ -83,6 +83,10 @@ class Worker:
             await self.stop()
 
     async def _drive(self, dep: str) -> None:
+        import structlog
+
+        # Every log record of this drive (engine, transports) carries the deployment.
+        structlog.contextvars.bind_contextvars(deployment_id=dep)
         try:
             self.drives += 1
             state = await self.controller.drive(dep)

@@ -44,6 +44,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_bench import SimProcess, build_release
 
+PROFILE = os.environ.get("FG_SERVE_PROFILE", "")
 POLICY = 'allow_short_soak = true\n[soak]\ncanary = "0s"\nbetween_waves = "0s"\n'
 
 
@@ -150,8 +151,13 @@ async def serve_mode(work: Path, devices: int, watchers: int) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     serve_env = {**env, "FLEETGATE_PUBKEY": str(pub), "FLEETGATE_POLL_S": "0.2"}
     log = (work / "serve.log").open("wb")
+    # --profile: the service runs under cProfile (written when SIGTERM stops it cleanly).
+    prof = ["-m", "cProfile", "-o", PROFILE] if PROFILE and watchers else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetgate", "--db", db, "serve", "--listen", f"127.0.0.1:{port}"],
+        [
+            *(sys.executable, *prof, "-m", "fleetgate", "--db", db),
+            *("serve", "--listen", f"127.0.0.1:{port}"),
+        ],
         cwd=work,
         env=serve_env,
         stdout=log,
@@ -192,6 +198,8 @@ async def serve_mode(work: Path, devices: int, watchers: int) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             wall, cpu = time.perf_counter() - w0, proc_cpu_s(proc.pid) - c0
             seen = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            if not seen:
+                return {"phase": phase, "cpu_s": cpu, "wall_s": wall}
             seqs = [[q for q, _t, _ts in w] for w in seen]
             complete = all(x == seqs[0] for x in seqs) and seqs[0] == sorted(set(seqs[0]))
             lags = [t - datetime.fromisoformat(ts).timestamp() for w in seen for _q, t, ts in w]
@@ -234,14 +242,17 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fg-serve-bench-") as tmp:
         cli = run_cli(Path(tmp) / "cli", args.devices)
-        srv = asyncio.run(serve_mode(Path(tmp) / "serve", args.devices, args.watchers))
+        bare = asyncio.run(serve_mode(Path(tmp) / "serve", args.devices, 0))
+        srv = asyncio.run(serve_mode(Path(tmp) / "serve-sse", args.devices, args.watchers))
     load = os.getloadavg()[0]
     print(f"\n{args.devices} devices, zero soak, load average {load:.2f}")
-    print(f"{'':<22}{'controller CPU s':>18}{'wall s':>10}")
-    print(f"{'CLI (start+approve)':<22}{cli['cpu_s']:>18.2f}{cli['wall_s']:>10.2f}")
-    print(f"{'serve (API+worker)':<22}{srv['cpu_s']:>18.2f}{srv['wall_s']:>10.2f}")
-    cpu_x, wall_x = srv["cpu_s"] / cli["cpu_s"], srv["wall_s"] / cli["wall_s"]
-    print(f"serve overhead: CPU x{cpu_x:.2f}, wall x{wall_x:.2f}")
+    print(f"{'':<34}{'controller CPU s':>18}{'wall s':>10}")
+    print(f"{'CLI (deploy start + approve)':<34}{cli['cpu_s']:>18.2f}{cli['wall_s']:>10.2f}")
+    print(f"{'serve (API + worker)':<34}{bare['cpu_s']:>18.2f}{bare['wall_s']:>10.2f}")
+    label = f"serve + {args.watchers} SSE watchers"
+    print(f"{label:<34}{srv['cpu_s']:>18.2f}{srv['wall_s']:>10.2f}")
+    cpu_x, wall_x = bare["cpu_s"] / cli["cpu_s"], bare["wall_s"] / cli["wall_s"]
+    print(f"API overhead: CPU x{cpu_x:.2f}, wall x{wall_x:.2f}")
     print(
         f"SSE: {args.watchers} watchers live, {srv['events']} events each, all complete and "
         f"in order: {srv['watchers_complete']}; lag p50 {srv['lag_p50_ms']:.0f} ms, "
@@ -251,7 +262,7 @@ def main() -> None:
         f"SSE replay: {args.watchers} x {srv['events']} events in {srv['replay_wall_s']:.2f} s "
         f"({srv['replay_events_per_s']:,.0f} events/s), serve CPU {srv['replay_cpu_s']:.2f} s"
     )
-    print(json.dumps({"devices": args.devices, "cli": cli, "serve": srv}))
+    print(json.dumps({"devices": args.devices, "cli": cli, "serve": bare, "serve_sse": srv}))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ from fastapi import FastAPI
 from fleetgate import __version__
 from fleetgate.api import errors
 from fleetgate.api.context import ApiContext
+from fleetgate.api.routes_deployments import StateCache
 from fleetgate.api.routes_deployments import router as deployments
 from fleetgate.api.routes_fleet import router as fleet
-from fleetgate.api.stream import HeadWatch
+from fleetgate.api.stream import Feeds, HeadWatch
 from fleetgate.api.stream import router as stream
 
 
@@ -33,6 +34,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.api = ctx
     app.state.head_watch = HeadWatch(ctx.store)
+    app.state.feeds = Feeds(ctx.store, app.state.head_watch)
+    app.state.states = StateCache(ctx.store)
     errors.install(app)
     app.include_router(fleet)
     app.include_router(deployments)

@@ -6,9 +6,10 @@ log) and the answer returns at once: the service's worker drives the deployment 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,10 +79,37 @@ async def known(ctx: ApiContext, dep_id: str) -> None:
         raise ApiError(404, "not-found", f"no deployment {dep_id!r}", "id")
 
 
-async def _state(ctx: ApiContext, dep_id: str) -> DeploymentState:
-    from fleetgate.core.machine import fold
+class StateCache:
+    """Each deployment's folded state as this process last saw it, extended with only the
+    events written since (a page at a time): a client polling a 100,000-event deployment does
+    not make the service re-read and re-fold its whole log each time."""
 
-    return fold(dep_id, await _events(ctx, dep_id))
+    PAGE = 5000
+    KEEP = 256  # deployments held; the least recently read are dropped
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.held: OrderedDict[str, tuple[int, DeploymentState]] = OrderedDict()
+
+    async def get(self, dep_id: str) -> tuple[DeploymentState, int]:
+        from fleetgate.core.machine import apply
+
+        last, state = self.held.get(dep_id, (0, DeploymentState.empty(dep_id)))
+        while True:
+            page = await self.store.events_page(dep_id, last, self.PAGE)
+            for ev in page:
+                state = apply(state, ev)
+            if page:
+                last = page[-1].seq
+            if len(page) < self.PAGE:
+                break
+        if last == 0:
+            raise ApiError(404, "not-found", f"no deployment {dep_id!r}", "id")
+        self.held[dep_id] = (last, state)
+        self.held.move_to_end(dep_id)
+        while len(self.held) > self.KEEP:
+            self.held.popitem(last=False)
+        return state, last
 
 
 def _select(expr: str | None) -> Any:
@@ -149,11 +177,12 @@ async def listing(
 
 
 @router.get("/deployments/{dep_id}")
-async def one(dep_id: str, ctx: Ctx, _who: Reader) -> dict[str, Any]:
-    from fleetgate.core.machine import fold
-
-    events = await _events(ctx, dep_id)
-    return {**state_doc(fold(dep_id, events)), "last_seq": events[-1].seq}
+async def one(dep_id: str, request: Request, ctx: Ctx, _who: Reader) -> dict[str, Any]:
+    if len(dep_id) > 128:
+        raise ApiError(404, "not-found", f"no deployment {dep_id[:40]!r}…", "id")
+    cache: StateCache = request.app.state.states
+    state, last = await cache.get(dep_id)
+    return {**state_doc(state), "last_seq": last}
 
 
 @router.get("/deployments/{dep_id}/report", response_model=None)

@@ -2,10 +2,12 @@
 Events, in ``seq`` order, each with ``id: <seq>`` so a client that reconnects with
 ``Last-Event-ID`` resumes after the last event it saw: none missed, none twice.
 
-One poller per service process watches the log's head (one indexed read per interval) and wakes
-every watcher when it moves; only then does each watcher read its deployment's new events. So
-50 watchers cost 50 reads per *change*, not 50 polls per interval, and the events come from the
-store, the one truth, whichever controller of a cluster wrote them.
+Fan-out without per-watcher work: one ``Feed`` per deployment that has watchers reads the new
+events once (a page at a time, when the log's head moved — one poller per process watches the
+head) and encodes each once; every watcher of that deployment takes them from the feed's
+buffer. A watcher that starts behind the buffer (a replay from 0, a reconnect after a long
+gap) or falls behind it reads pages from the store until it catches up. The events come from
+the store, the one truth, whichever controller of a cluster wrote them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -23,18 +26,27 @@ from fleetgate.api.context import ApiContext, api, caller
 from fleetgate.api.errors import ApiError
 from fleetgate.api.routes_deployments import known
 from fleetgate.api.tokens import Permission
-from fleetgate.core.events import event_to_dict
+from fleetgate.core.events import StoredEvent, event_to_dict
 from fleetgate.errors import FleetgateError
 from fleetgate.store.catalog import ApiUser
 
 router = APIRouter(prefix="/api/v1")
 PAGE = 500
+BUFFER = 20_000  # encoded events a feed keeps for its watchers
+Item = tuple[int, bytes]  # seq, the event's whole SSE frame
+
+
+def encode(ev: StoredEvent) -> Item:
+    """The event's SSE frame, encoded once however many watchers send it (the JSON has no
+    newline, so one ``data:`` line carries it)."""
+    data = json.dumps(event_to_dict(ev), separators=(",", ":"))
+    return ev.seq, f"id: {ev.seq}\nevent: {ev.action}\ndata: {data}\n\n".encode()
 
 
 class HeadWatch:
-    """Wakes waiters whenever the log's head ``seq`` moves."""
+    """Wakes waiters whenever the log's head ``seq`` moves (one indexed read per interval)."""
 
-    def __init__(self, store: Any, poll_s: float = 0.25) -> None:
+    def __init__(self, store: Any, poll_s: float = 0.2) -> None:
         self.store, self.poll_s = store, poll_s
         self.head = 0
         self._moved = asyncio.Event()
@@ -73,6 +85,113 @@ class HeadWatch:
                 await self._task
 
 
+class Feed:
+    """The new events of one deployment, read once for all its watchers."""
+
+    def __init__(self, store: Any, dep: str, head: HeadWatch, start: int) -> None:
+        self.store, self.dep, self.head = store, dep, head
+        self.items: list[Item] = []
+        self.start = start  # the feed holds every event with seq > start that it has read
+        self.last = start
+        self.watchers = 0
+        self._grew = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def first_after(self, cursor: int) -> int | None:
+        """Index in ``items`` of the first event after ``cursor``; None if the feed cannot
+        say (the cursor is older than what it holds)."""
+        if cursor < self.start:
+            return None
+        lo, hi = 0, len(self.items)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.items[mid][0] <= cursor:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    async def _run(self) -> None:
+        async with self.head.watching():
+            while self.watchers > 0:
+                with contextlib.suppress(FleetgateError):
+                    page = await self.store.events_page(self.dep, self.last, PAGE)
+                    if page:
+                        self.items.extend(encode(e) for e in page)
+                        self.last = page[-1].seq
+                        if len(self.items) > BUFFER:
+                            drop = len(self.items) - BUFFER
+                            self.start = self.items[drop - 1][0]
+                            del self.items[:drop]
+                        grew, self._grew = self._grew, asyncio.Event()
+                        grew.set()
+                        if len(page) == PAGE:
+                            continue
+                await self.head.wait(5.0)
+        self._task = None
+
+    def ensure_running(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"fleetgate-feed-{self.dep}")
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._grew.wait(), timeout)
+
+
+class Feeds:
+    PAGES_KEPT = 256  # encoded full history pages shared by replaying watchers
+
+    def __init__(self, store: Any, head: HeadWatch) -> None:
+        self.store, self.head = store, head
+        self.feeds: dict[str, Feed] = {}
+        self._pages: OrderedDict[tuple[str, int], list[Item]] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Future[list[Item]]] = {}
+
+    async def page(self, dep: str, after: int) -> list[Item]:
+        """A page of history after ``after``, encoded. Full pages never change (the log is
+        append-only), so watchers replaying the same history share them; watchers asking for
+        the same page at once share one read."""
+        key = (dep, after)
+        hit = self._pages.get(key)
+        if hit is not None:
+            self._pages.move_to_end(key)
+            return hit
+        loading = self._loading.get(key)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        fut: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        try:
+            page = [encode(e) for e in await self.store.events_page(dep, after, PAGE)]
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: a lone loader's failure is raised below, not logged
+            raise
+        finally:
+            del self._loading[key]
+        fut.set_result(page)
+        if len(page) == PAGE:
+            self._pages[key] = page
+            while len(self._pages) > self.PAGES_KEPT:
+                self._pages.popitem(last=False)
+        return page
+
+    @contextlib.asynccontextmanager
+    async def feed(self, dep: str) -> AsyncIterator[Feed]:
+        f = self.feeds.get(dep)
+        if f is None:
+            f = self.feeds[dep] = Feed(self.store, dep, self.head, await self.store.latest_seq(dep))
+        f.watchers += 1
+        f.ensure_running()
+        try:
+            yield f
+        finally:
+            f.watchers -= 1
+            if f.watchers == 0 and self.feeds.get(dep) is f:
+                del self.feeds[dep]
+
+
 def _cursor(request: Request, after: int) -> int:
     raw = request.headers.get("last-event-id")
     if raw is None:
@@ -92,22 +211,29 @@ async def stream(
 ) -> EventSourceResponse:
     await known(ctx, dep_id)
     cursor = _cursor(request, after)
-    watch: HeadWatch = request.app.state.head_watch
+    feeds: Feeds = request.app.state.feeds
 
-    async def events() -> AsyncIterator[dict[str, str]]:
+    async def events() -> AsyncIterator[bytes]:
+        # Frames go out a batch per write (bytes pass through sse-starlette untouched).
         nonlocal cursor
-        async with watch.watching():
+        async with feeds.feed(dep_id) as feed:
             while True:
-                found = await ctx.store.events(dep_id, after_seq=cursor)
-                for ev in found[:PAGE]:
-                    yield {
-                        "id": str(ev.seq),
-                        "event": ev.action,
-                        "data": json.dumps(event_to_dict(ev), separators=(",", ":")),
-                    }
-                    cursor = ev.seq
-                if len(found) > PAGE:
-                    continue  # catching up: no wait between pages
-                await watch.wait(15.0)
+                i = feed.first_after(cursor)
+                if i is None:  # behind the feed: catch up from the store, a page at a time
+                    page = await feeds.page(dep_id, cursor)
+                    if page:
+                        yield b"".join(frame for _seq, frame in page)
+                        cursor = page[-1][0]
+                    if len(page) == PAGE or cursor < feed.start:
+                        continue
+                    i = feed.first_after(cursor)
+                    if i is None:
+                        continue
+                batch = feed.items[i : i + PAGE]
+                if batch:
+                    yield b"".join(frame for _seq, frame in batch)
+                    cursor = batch[-1][0]
+                else:
+                    await feed.wait(15.0)
 
     return EventSourceResponse(events(), ping=15)

@@ -90,15 +90,22 @@ class Remote:
                     data = []
 
     async def until(self, dep: str, phases: set[str]) -> dict[str, Any]:
-        """Follow the stream until the deployment is in one of ``phases``."""
+        """Follow the stream until the deployment is in one of ``phases``: the events are
+        folded here (one read of the state at each end, not one per event)."""
+        from fleetgate.core.events import StoredEvent
+        from fleetgate.core.machine import apply
+        from fleetgate.core.state import DeploymentState
+
         doc = await self.state(dep)
         if doc["phase"] in phases:
             return doc
-        async for _ev in self.events(dep, 0):
-            doc = await self.state(dep)
-            if doc["phase"] in phases:
-                return doc
-        return doc  # pragma: no cover - the stream does not end on its own
+        now = int(doc["last_seq"])
+        state = DeploymentState.empty(dep)
+        async for ev in self.events(dep, 0):
+            state = apply(state, StoredEvent(**ev))
+            if ev["seq"] >= now and state.phase.value in phases:
+                break
+        return await self.state(dep)
 
 
 def remote(args: argparse.Namespace) -> Remote:

@@ -287,6 +287,15 @@ class Store(CatalogMixin):
     ) -> list[StoredEvent]:
         return [ev async for ev in self.iter_events(deployment_id, after_seq, device_id=device_id)]
 
+    async def events_page(
+        self, deployment_id: str | None, after_seq: int = 0, limit: int = audit_log.PAGE_SIZE
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events after ``after_seq``, in order: one short read (keyset)."""
+        async with self._tx(write=False) as conn:
+            return await audit_log.fetch_page(
+                conn, after_seq=after_seq, limit=limit, deployment_id=deployment_id
+            )
+
     async def latest_seq(self, deployment_id: str) -> int:
         """The seq of the deployment's newest event (0: none): one indexed read."""
         async with self._tx(write=False) as conn:

@@ -1,4 +1,4 @@
-"""The three commands that change a device: stage, activate, rollback.
+"""The commands that change a device: stage, activate, rollback, commit.
 
 Each handler is safe to run again after a crash at any point (docs/protocol.md §3–4): it looks
 at the disk and the state first and only does what is still missing. Invariants:
@@ -6,7 +6,9 @@ at the disk and the state first and only does what is still missing. Invariants:
   stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every error path);
 - activate: the switch is the atomic ``current`` link replacement; a failed start is reported
   (``start-failed`` with logs), never hidden and never silently rolled back;
-- rollback: kills the process group of the release being left and runs nothing from it.
+- rollback: kills the process group of the release being left and runs nothing from it;
+  after a self-revert (agent/trial.py) it answers from the revert: the device is already back;
+- commit: ends the current release's trial and raises the downgrade floor (agent/downgrade.py).
 
 Blocking work (hashing, extraction, fsync, rmtree) runs in threads. The signature, download
 and extraction modules (``cryptography``, ``tarfile``) are imported on first use: an agent that
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from fleetgate.agent import downgrade, trial
 from fleetgate.agent.hooks import pause_point
 from fleetgate.agent.probes import ProbeTarget
 from fleetgate.agent.releases import valid_release_id
@@ -52,7 +55,14 @@ def validate_body(command: str, body: dict[str, Any]) -> None:
                 raise bad_request(f"{key}: expected a non-empty string")
         if not body["url"].startswith(("http://", "https://")):
             raise bad_request("url: expected an http(s) URL")
-    elif command == "activate":
+        auth = body.get("downgrade_authorization")
+        if auth is not None and (
+            not isinstance(auth, dict)
+            or not isinstance(auth.get("document"), str)
+            or not isinstance(auth.get("signature"), str)
+        ):
+            raise bad_request("downgrade_authorization: expected {document, signature} strings")
+    elif command in ("activate", "commit"):
         if not valid_release_id(body.get("release")):
             raise bad_request("release: expected a release id (name-version-sha8)")
     elif command == "rollback":
@@ -112,6 +122,7 @@ async def start_release(svc: AgentService, release_id: str, manifest: Manifest) 
     )
     launch = make_launch(svc, release_id, manifest)
     svc.current_kind = manifest.kind
+    svc.app_started_at = time.monotonic()
     if manifest.kind is ArtifactKind.CONFIG:
         svc.reload_error = None
         if launch.argv:
@@ -161,8 +172,23 @@ async def wait_healthy(svc: AgentService, manifest: Manifest, started: bool) -> 
         await asyncio.sleep(0.2)
 
 
+async def app_healthy_now(svc: AgentService) -> bool:
+    """A live look: the health URL answers 2xx (or, without one, the app runs), no crash loop."""
+    if svc.supervisor.crash_loop:
+        return False
+    target = svc.prober.target
+    if target is not None and target.health_url is not None:
+        ok, _latency = await svc.prober.probe_health()
+        return ok
+    return await app_up_without_url(svc)
+
+
 def _tail(svc: AgentService) -> list[str]:
-    return list(svc.supervisor.logs)[-LOG_TAIL:]
+    return log_tail(svc, LOG_TAIL)
+
+
+def log_tail(svc: AgentService, lines: int) -> list[str]:
+    return list(svc.supervisor.logs)[-lines:]
 
 
 async def _switch(svc: AgentService, release_id: str, kind: str) -> None:
@@ -188,6 +214,11 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     rid = manifest.release_id
     if rid == svc.state.current:
         return Reply(200, {"status": "already-installed", "release": rid})
+    # Before the already-staged shortcut: an old release still on disk is a downgrade too.
+    until = downgrade.check_stage(svc, manifest, body.get("downgrade_authorization"))
+    if until is not None:
+        svc.state.downgrades[rid] = until
+        await svc.save()
     if svc.store.exists(rid):
         first_time = again and rec.params.get("release") == rid
         return Reply(200, {"status": "staged" if first_time else "already-staged", "release": rid})
@@ -276,36 +307,60 @@ async def activate(
     rid: str = body["release"]
     if not svc.store.exists(rid):
         raise CommandError(404, "unknown-release", f"{rid} is not staged on this device")
+    st = svc.state
+    reverted = st.reverted
+    if again and reverted is not None and reverted.get("from") == rid and st.current != rid:
+        # This activate was cut short (the release killed the agent) and the device has since
+        # reverted it by itself: repeating it must not put the bad release back on.
+        return Reply(
+            200,
+            {
+                "status": "start-failed",
+                "release": rid,
+                "previous": st.previous,
+                "error": f"reverted by the device: {reverted.get('message')}",
+                "logs": list(reverted.get("logs", []))[-LOG_TAIL:],
+                "reverted": True,
+            },
+        )
     svc.activity = "activating"
-    old = svc.state.current
+    old = st.current
     manifest = await _load_verified(svc, rid)
     started = True
     if rid == old:
         # Already switched (maybe by the run a crash cut short): make sure it runs.
         if not await svc.supervisor.is_running() or manifest.kind is ArtifactKind.CONFIG:
+            await trial.count_start(svc)
             await start_release(svc, rid, manifest)
         else:
             started = False
     else:
+        if rid != st.previous:  # the rollback copy is never blocked
+            downgrade.check_activate(svc, manifest)
         rec.params.update({"from": old, "to": rid})
         await svc.save()
         if isinstance(svc.supervisor, ProcessSupervisor):
             await svc.supervisor.stop()
         await pause_point("activate:after-stop")
         await _switch(svc, rid, "activate")
-        svc.state.previous = old if old is not None else svc.state.previous
-        svc.state.current = rid
+        st.previous = old if old is not None else st.previous
+        st.current = rid
+        # On trial until committed; its first start is counted here, before it happens.
+        st.trial = trial.new_trial(rid, st.previous, time.time(), svc.config.trial_s)
+        st.reverted = None  # the device runs something else now: that report is history
         await svc.save()
+        trial.clear_log(svc)
+        trial.log_line(svc, f"--- fleetgate: activated {rid} on trial, start 1")
         await pause_point("activate:after-state")
         await start_release(svc, rid, manifest)
         await pause_point("activate:after-start")
     error = await wait_healthy(svc, manifest, started)
-    base = {"release": rid, "previous": svc.state.previous}
+    base = {"release": rid, "previous": st.previous}
     if error is not None:
         log.warning("activate %s: start failed: %s", rid, error)
         return Reply(200, {"status": "start-failed", **base, "error": error, "logs": _tail(svc)})
     await asyncio.to_thread(
-        svc.store.prune, {svc.state.current, svc.state.previous}, _extra_kept(svc, staging=False)
+        svc.store.prune, {st.current, st.previous}, _extra_kept(svc, staging=False)
     )
     return Reply(200, {"status": "active", **base})
 
@@ -315,11 +370,17 @@ async def rollback(
     svc: AgentService, body: dict[str, Any], rec: CommandRecord, again: bool
 ) -> Reply:
     current = svc.state.current
+    # After a self-revert the device already runs the known-good release: a rollback (to it, or
+    # to "previous", which the revert used up) is answered from the revert, never refused.
+    sr = svc.state.reverted
+    self_reverted = sr if sr is not None and sr.get("to") == current else None
     if again and rec.params.get("to") is not None and rec.params["to"] == current:
         target, left = current, rec.params.get("from")  # the switch happened before a crash
     else:
         explicit = body.get("to")
         target = explicit or svc.state.previous
+        if explicit is None and target is None and self_reverted is not None:
+            target = current
         if explicit is not None and not svc.store.exists(explicit):
             raise CommandError(404, "unknown-release", f"{explicit} is not on this device")
         if target is None or not svc.store.exists(target):
@@ -337,6 +398,7 @@ async def rollback(
         await pause_point("rollback:after-stop")
         await _switch(svc, target, "rollback")
         svc.state.current, svc.state.previous = target, None
+        svc.state.trial, svc.state.reverted = None, None
         await svc.save()
         await pause_point("rollback:after-state")
         await start_release(svc, target, manifest)
@@ -354,7 +416,53 @@ async def rollback(
         "from": left,
         "app_healthy": error is None,
     }
+    if target == current and self_reverted is not None:
+        reply["from"] = self_reverted.get("from")
+        reply["self_reverted"] = {
+            "reason": self_reverted.get("reason"),
+            "message": self_reverted.get("message"),
+            "at": self_reverted.get("at"),
+        }
     if error is not None:
         log.error("rollback to %s: restored release is not healthy: %s", target, error)
         reply.update({"error": error, "logs": _tail(svc)})
     return Reply(200, reply)
+
+
+# -- commit ---------------------------------------------------------------------------------------
+async def commit(svc: AgentService, body: dict[str, Any], rec: CommandRecord, again: bool) -> Reply:
+    """End the current release's trial: it stays, whatever restarts follow, and its version
+    becomes the downgrade floor of its name (if higher). Committing the committed is a no-op."""
+    rid: str = body["release"]
+    st = svc.state
+    if rid != st.current:
+        sr = st.reverted
+        why = (
+            f"the device reverted {rid} by itself ({sr.get('message')}); it runs {st.current}"
+            if sr is not None and sr.get("from") == rid
+            else f"{rid} is not the current release ({st.current})"
+        )
+        raise CommandError(409, "not-current", why)
+    manifest, _raw, _sig = await asyncio.to_thread(svc.store.load_manifest, rid)
+    t = st.trial
+    fresh = t is not None and t.get("release") == rid
+    st.trial = None
+    floor = downgrade.raise_floor(st.committed, manifest.name, manifest.version)
+    st.downgrades.pop(rid, None)
+    await svc.save()
+    trial.clear_log(svc)
+    log.info("committed %s (floor of %s: %s)", rid, manifest.name, floor)
+    if fresh:
+        await trial.run_hook(
+            svc,
+            "on_commit",
+            {"FLEETGATE_HOOK": "commit", "FLEETGATE_RELEASE": rid},
+        )
+    return Reply(
+        200,
+        {
+            "status": "committed" if fresh else "already-committed",
+            "release": rid,
+            "floor": {manifest.name: floor},
+        },
+    )

@@ -67,6 +67,12 @@ class AgentConfig:
     app_port: int = 8080
     systemctl: str = "systemctl"
     source: Path = field(default=Path("agent.toml"))
+    # Commit or revert (issue 10, agent/trial.py): an activated release is on trial for
+    # ``trial_s`` unless committed; ``trial_max_starts`` starts of it without a commit revert it.
+    trial_s: float = 300.0
+    trial_max_starts: int = 3
+    on_commit: Path | None = None  # hook scripts (the bootloader's "mark good" / fallback)
+    on_revert: Path | None = None
 
 
 class _Reader:
@@ -152,6 +158,18 @@ def _token(r: _Reader, agent: dict[str, Any], base: Path) -> tuple[str, str | No
     return token, None
 
 
+def _hook(r: _Reader, agent: dict[str, Any], key: str, base: Path) -> Path | None:
+    """A hook script: must exist and be executable now, so a typo is found at start-up and
+    not on the day of the first revert."""
+    value = r.string(agent, "agent", key, None)
+    if value is None:
+        return None
+    path = base / value
+    if not path.is_file() or not os.access(path, os.X_OK):
+        r.add(f"agent.{key}", f"{path} is not an executable file")
+    return path
+
+
 def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
     """Validate a parsed ``agent.toml`` document (see module docstring)."""
     r = _Reader(str(source))
@@ -218,6 +236,10 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         app_port=min(r.integer(app, "app", "port", 8080, 1), 65535),
         systemctl=r.string(app, "app", "systemctl", "systemctl") or "systemctl",
         source=source,
+        trial_s=r.number(agent, "agent", "trial_s", 300.0, 1.0),
+        trial_max_starts=r.integer(agent, "agent", "trial_max_starts", 3, 1),
+        on_commit=_hook(r, agent, "on_commit", base),
+        on_revert=_hook(r, agent, "on_revert", base),
     )
     if r.problems:
         raise ValidationError(r.problems)

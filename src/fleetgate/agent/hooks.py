@@ -28,6 +28,7 @@ POINTS = frozenset(
         "rollback:after-stop",
         "rollback:after-link",
         "rollback:after-state",
+        "revert:after-link",
     }
 )
 

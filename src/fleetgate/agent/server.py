@@ -134,7 +134,7 @@ def make_app(service: AgentService) -> web.Application:
     app.router.add_get("/v1/facts", facts)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/logs", logs)
-    for name in ("stage", "activate", "rollback"):
+    for name in ("stage", "activate", "rollback", "commit"):
         app.router.add_post(f"/v1/{name}", command(name))
     return app
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from fleetgate import __version__
-from fleetgate.agent import commands
+from fleetgate.agent import commands, trial
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.probes import (
     HealthProber,
@@ -59,6 +59,7 @@ HANDLERS: dict[str, Handler] = {
     "stage": commands.stage,
     "activate": commands.activate,
     "rollback": commands.rollback,
+    "commit": commands.commit,
 }
 
 
@@ -73,12 +74,14 @@ class AgentService:
         self.current_kind: ArtifactKind | None = None
         self.reload_error: str | None = None  # a config release's failed reload command
         self.started_at = time.monotonic()
+        self.app_started_at = self.started_at  # the last (re)start of the release (trial.watch)
         self.supervisor: ProcessSupervisor | SystemdSupervisor
         if config.app_mode == "systemd":
             assert config.app_unit is not None
             self.supervisor = SystemdSupervisor(config.app_unit, config.systemctl)
         else:
             self.supervisor = ProcessSupervisor(config.data_dir, config.stop_grace_s)
+            self.supervisor.on_line = lambda line: trial.log_line(self, line)
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._prober: HealthProber | None = None
@@ -99,6 +102,11 @@ class AgentService:
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
+    def lock(self) -> asyncio.Lock:
+        """Held while a command (or a self-revert) runs: one change of the device at a time."""
+        return self._lock
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "agent not started"
         return self._session
@@ -115,11 +123,21 @@ class AgentService:
         if isinstance(self.supervisor, ProcessSupervisor):
             await reap_orphan(self.config.data_dir, self.config.stop_grace_s)
         current = self.state.current
+        problem = trial.startup_problem(self.state, self.config.trial_max_starts)
+        if current is not None and problem is not None:
+            # The start-up check, before the agent serves: a release on trial that used up its
+            # starts (it kills the agent or the device) is not started again.
+            try:
+                if await trial.revert(self, *problem):
+                    current = None  # the revert started the release it went back to
+            except Exception:  # the agent must come up and report, whatever happened
+                log.exception("self-revert of %s failed", current)
         if current is not None:
             try:
                 # Not re-verified here: it was verified before it was committed to releases/,
                 # and activate/rollback re-verify; start-up stays free of cryptography.
                 manifest, _raw, _sig = await asyncio.to_thread(self.store.load_manifest, current)
+                await trial.count_start(self)  # on disk before the start (a no-op off trial)
                 await commands.start_release(self, current, manifest)
             except Exception:  # a broken release must not keep the agent from answering
                 log.exception("could not start current release %s", current)
@@ -158,6 +176,7 @@ class AgentService:
                 state.previous = old  # an activate died after its switch
             log.warning("current link says %s, state said %s: the link wins", link, old)
             state.current = link
+        trial.reconcile(state, link, state.interrupted())
         if state.previous == state.current or not self.store.exists(state.previous):
             state.previous = None
         self.state = state
@@ -172,6 +191,10 @@ class AgentService:
                 await self.prober.tick()
             except Exception:  # a probe must never kill the prober
                 log.exception("health probe failed")
+            try:
+                await trial.watch(self)
+            except Exception:  # nor a failed revert the agent
+                log.exception("trial watch failed")
             await asyncio.sleep(self.config.probe_interval_s)
 
     def set_probe_target(self, target: ProbeTarget | None) -> None:
@@ -280,6 +303,9 @@ class AgentService:
             "interrupted": None
             if rec is None
             else {"seq": rec.seq, "command": rec.command, "deployment_id": rec.deployment_id},
+            "trial": trial.facts_view(self.state, self.config.trial_max_starts, time.time()),
+            "reverted": self.state.reverted,
+            "committed": dict(self.state.committed),
         }
 
     async def health(self) -> dict[str, Any]:
@@ -311,7 +337,17 @@ class AgentService:
             "crash_loop": self.supervisor.crash_loop,
             "release": self.state.current,
             "metrics": reportable(scraped.series) if scraped is not None else {},
+            **self._revert_report(),
         }
+
+    def _revert_report(self) -> dict[str, Any]:
+        """A standing self-revert rides along with every health answer (the controller may only
+        poll health): its reason, from and to; the logs are in the facts."""
+        sr = self.state.reverted
+        if sr is None or sr.get("to") != self.state.current:
+            return {}
+        keys = ("reason", "message", "from", "to", "at")
+        return {"reverted": {k: sr.get(k) for k in keys}}
 
 
 def _validate(command: str, body: Any) -> tuple[int, str]:

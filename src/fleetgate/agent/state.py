@@ -90,6 +90,12 @@ class AgentState:
     previous: str | None = None
     last_seq: int = 0
     commands: dict[int, CommandRecord] = field(default_factory=dict)
+    # Issue 10 (agent/trial.py, agent/downgrade.py); every field has a default and is read
+    # tolerantly, so a state.json written before them loads unchanged.
+    trial: dict[str, Any] | None = None  # the activated release on trial, until commit/revert
+    reverted: dict[str, Any] | None = None  # the last self-revert, reported until superseded
+    committed: dict[str, str] = field(default_factory=dict)  # name -> highest committed version
+    downgrades: dict[str, float] = field(default_factory=dict)  # release id -> authorised until
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +104,10 @@ class AgentState:
             "previous": self.previous,
             "last_seq": self.last_seq,
             "commands": [asdict(c) for c in sorted(self.commands.values(), key=lambda c: c.seq)],
+            "trial": self.trial,
+            "reverted": self.reverted,
+            "committed": self.committed,
+            "downgrades": self.downgrades,
         }
 
     @classmethod
@@ -108,6 +118,14 @@ class AgentState:
             previous=d.get("previous"),
             last_seq=int(d.get("last_seq", 0)),
             commands={c.seq: c for c in records},
+            trial=_opt_dict(d.get("trial")),
+            reverted=_opt_dict(d.get("reverted")),
+            committed={str(k): str(v) for k, v in (_opt_dict(d.get("committed")) or {}).items()},
+            downgrades={
+                str(k): float(v)
+                for k, v in (_opt_dict(d.get("downgrades")) or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
         )
 
     def record(self, rec: CommandRecord) -> None:
@@ -123,6 +141,10 @@ class AgentState:
             return None
         newest = self.commands[max(self.commands)]
         return newest if newest.status in (IN_PROGRESS, INTERRUPTED) else None
+
+
+def _opt_dict(value: Any) -> dict[str, Any] | None:
+    return dict(value) if isinstance(value, dict) else None
 
 
 def load_state(path: Path) -> AgentState:

@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +115,9 @@ class ProcessSupervisor:
         self._stopping = False
         self._started_at = 0.0
         self._pumps: set[asyncio.Task[None]] = set()
+        # Called with each line of the app's output (agent/trial.py keeps a release on trial's
+        # output on disk, so a revert after the agent was killed can still report it).
+        self.on_line: Callable[[str], None] | None = None
 
     # -- state -------------------------------------------------------------------------------
     async def is_running(self) -> bool:
@@ -205,7 +208,10 @@ class ProcessSupervisor:
                 continue
             if not line:
                 return
-            self.logs.append(line.decode("utf-8", "replace").rstrip("\n"))
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            self.logs.append(text)
+            if self.on_line is not None:
+                self.on_line(text)
 
     async def _supervise(self) -> None:
         backoff = BACKOFF_MIN_S

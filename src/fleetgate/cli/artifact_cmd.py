@@ -9,6 +9,9 @@
   Failure is an input problem from the operator's point of view — the file they named is not a
   good bundle — so it exits 2 with one line ``fleetgate: error: FILE: reason`` (bad signature,
   digest mismatch, truncated, not a bundle); ``--json`` prints ``{"ok": false, "error"}`` too.
+- ``authorize-downgrade --key KEY --name N --version V --devices ID... | '*' --expires 24h -o
+  FILE`` signs a downgrade authorisation (artifacts/downgrade_auth.py): the devices named may
+  stage version V of N although they committed a higher one, until the expiry.
 """
 
 from __future__ import annotations
@@ -41,6 +44,19 @@ def register(sub: Any) -> None:
     verify.add_argument("--pubkey", required=True, type=Path, help="Ed25519 public key (PEM)")
     verify.add_argument("--json", action="store_true", help="one JSON document on stdout")
     verify.set_defaults(handler=cmd_verify)
+    auth = asub.add_parser(
+        "authorize-downgrade",
+        help="sign an authorisation for devices to go back to an older version",
+    )
+    auth.add_argument("--key", required=True, type=Path, help="Ed25519 release key (PEM)")
+    auth.add_argument("--name", required=True, help="release name (the manifest's name)")
+    auth.add_argument("--version", required=True, help="the exact version authorised")
+    auth.add_argument(
+        "--devices", required=True, nargs="+", metavar="ID", help="device ids, or '*' for all"
+    )
+    auth.add_argument("--expires", default="24h", help="validity: 30m, 24h, 7d (max 30d)")
+    auth.add_argument("-o", "--out", required=True, type=Path, metavar="FILE")
+    auth.set_defaults(handler=cmd_authorize_downgrade)
     art.set_defaults(handler=lambda _a: (art.print_help(sys.stderr), 2)[1])
 
 
@@ -94,4 +110,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"OK {manifest.name} {manifest.version} ({manifest.kind.value})")
         print(f"payload sha256: {manifest.sha256} ({manifest.size} bytes, signed)")
         print(f"bundle sha256: {bundle_sha}")
+    return EXIT_OK
+
+
+def cmd_authorize_downgrade(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from fleetgate.artifacts.downgrade_auth import make_authorization, parse_duration
+    from fleetgate.artifacts.keys import load_private_key
+
+    key = load_private_key(args.key)
+    devices: list[str] | str = "*" if args.devices == ["*"] else list(args.devices)
+    until = datetime.now(timezone.utc) + parse_duration(args.expires)
+    auth = make_authorization(
+        key, name=args.name, version=args.version, devices=devices, valid_until=until
+    )
+    args.out.write_text(json.dumps(auth, indent=1) + "\n", encoding="utf-8")
+    doc = json.loads(auth["document"])
+    print(f"path: {args.out}")
+    who = doc["devices"]
+    print(f"authorises {doc['name']} {doc['version']} on {who} until {doc['valid_until']}")
     return EXIT_OK

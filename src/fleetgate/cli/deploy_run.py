@@ -48,6 +48,13 @@ def register_run(dsub: Any) -> None:
         default=None,
         help="who starts it (audit log; names the person behind allow_short_soak); default $USER",
     )
+    start.add_argument(
+        "--downgrade-authorization",
+        type=Path,
+        metavar="FILE",
+        help="a signed downgrade authorisation (fleetgate artifact authorize-downgrade): "
+        "devices that committed a higher version may stage this one",
+    )
     _common(start)
     start.set_defaults(handler=cmd_start)
 
@@ -248,6 +255,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
                 actor=person(args.actor)
                 if args.actor is not None
                 else (os.environ.get("USER") or "").strip() or "operator",
+                downgrade_authorization=args.downgrade_authorization,
             )
         except IntegrityError as exc:
             # The bundle the operator named is missing, truncated, altered or signed by

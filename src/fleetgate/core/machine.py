@@ -507,6 +507,13 @@ def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:
                 return s.with_devices({dev: status})
             why = "health " + str(d["status"]) + ": " + "; ".join(map(str, d.get("reasons", ())))
             return s.with_devices({dev: status}, {dev: why})
+        case "device.commit_failed":
+            # The device would not (or could not be made to) keep the release: it reverted
+            # by itself, or never confirmed it. Failed; its rollback is answered either way.
+            if not cur.on_new_release:
+                return s
+            why = f"commit failed: {d.get('error') or 'no detail'}"
+            return s.with_devices({dev: D.FAILED}, {dev: why})
         case "device.rolled_back":
             quarantine = s.quarantine_on_rollback or dev in s.quarantine_scope
             new = D.QUARANTINED if quarantine else D.ROLLED_BACK

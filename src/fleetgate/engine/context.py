@@ -73,6 +73,9 @@ class Release:
     size: int
     sha256: str
     url: str = ""  # the distribution point of this controller run
+    # A signed downgrade authorisation passed to every stage (deploy start
+    # --downgrade-authorization): {document, signature}, checked by each device.
+    downgrade_authorization: Mapping[str, str] | None = None
 
 
 @dataclass

@@ -46,6 +46,7 @@ _INTENTS = {
     "device.stage_requested": "stage",
     "device.activate_requested": "activate",
     "device.rollback_requested": "rollback",
+    "device.commit_requested": "commit",
 }
 _RESULTS = {
     "device.staged": "stage",
@@ -53,6 +54,8 @@ _RESULTS = {
     "device.deploy_failed": None,  # ends whichever command was pending
     "device.rolled_back": "rollback",
     "device.rollback_failed": "rollback",
+    "device.committed": "commit",
+    "device.commit_failed": "commit",
 }
 
 

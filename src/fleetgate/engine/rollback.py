@@ -23,6 +23,7 @@ is re-checked (a few rounds) until it is back to baseline; the result is in
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fleetgate.core.gates import evaluate_health
 from fleetgate.core.state import DeviceStatus
@@ -79,14 +80,17 @@ async def rollback_device(ctx: EngineContext, dev_id: str) -> bool:
         except FleetgateError:
             facts = None
         if facts is not None and facts.current != ctx.release.release_id:
-            await rec.record(
-                "device.rolled_back",
-                device_id=dev_id,
-                seq=0,
-                release=facts.current,
-                noop=True,
-                reason="device is not on the new release",
-            )
+            reverted = facts.reverted if facts.reverted is not None else {}
+            noop: dict[str, Any] = {
+                "seq": 0,
+                "release": facts.current,
+                "noop": True,
+                "reason": "device is not on the new release",
+            }
+            if reverted.get("from") == ctx.release.release_id:
+                noop["reason"] = "the device reverted the release by itself"
+                noop["self_reverted"] = {k: reverted.get(k) for k in ("reason", "message", "at")}
+            await rec.record_event(rec.make("device.rolled_back", device_id=dev_id, details=noop))
             return True
     seq = await ctx.begin_command(dev_id, "rollback", to=None)
     try:
@@ -116,12 +120,15 @@ async def rollback_device(ctx: EngineContext, dev_id: str) -> bool:
             next_step="manual intervention: SSH, out-of-band console, or on site",
         )
         return False
-    details = {
+    details: dict[str, object] = {
         "seq": seq,
         "release": res.release,
         "from": res.from_release,
         "replayed": res.replayed,
     }
+    if res.self_reverted is not None:
+        # The device had already gone back by itself (issue 10): not a failure, the evidence.
+        details["self_reverted"] = dict(res.self_reverted)
     await rec.record_event(rec.make("device.rolled_back", device_id=dev_id, details=details))
     return True
 

@@ -145,6 +145,7 @@ class Controller:
         policy_doc: dict[str, Any],
         select: Callable[[Device], bool] | None = None,
         actor: str = "operator",
+        downgrade_authorization: Path | None = None,
     ) -> str:
         """Verify ``bundle``, plan (a blocked plan publishes nothing), publish its payload to the
         blob directory and create the deployment."""
@@ -155,12 +156,13 @@ class Controller:
 
         pub = load_public_key(self.config.require_public_key())
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
+        auth = _downgrade_authorization(downgrade_authorization, pub, manifest)
         plan = await self._plan(manifest, policy, select)
         sha, _size = await asyncio.to_thread(
             publish_bundle, bundle, self.config.blob_dir, public_key=pub
         )
         bundle_sha = await asyncio.to_thread(file_sha256, bundle)  # what `artifact build` printed
-        return await self._create(sha, bundle_sha, plan, policy, policy_doc, actor)
+        return await self._create(sha, bundle_sha, plan, policy, policy_doc, actor, auth)
 
     async def start_published(
         self,
@@ -207,6 +209,7 @@ class Controller:
         policy: Policy,
         policy_doc: dict[str, Any],
         actor: str,
+        auth: dict[str, str] | None = None,
     ) -> str:
         """Record ``deployment.created`` (everything a later controller needs: plan, stages,
         policy, the signed release, a device snapshot) after the admission check."""
@@ -239,6 +242,7 @@ class Controller:
                 "manifest_json": manifest_json.decode(),
                 "signature": signature,
                 "size": manifest.size,
+                **({"downgrade_authorization": auth} if auth is not None else {}),
             },
             "targets": [device_to_dict(d) for s in plan.stages() for d in s],
         }
@@ -248,6 +252,19 @@ class Controller:
         )
         fold(dep_id, [created])  # validates before anything is written
         events = [created]
+        if auth is not None:
+            from fleetgate.artifacts.downgrade_auth import describe
+
+            # The emergency path past the devices' downgrade floor, in the audit log by name.
+            events.append(
+                Event(
+                    ts=now,
+                    deployment_id=dep_id,
+                    action="deployment.downgrade_authorized",
+                    actor=actor,
+                    details=describe(auth),
+                )
+            )
         if policy.allow_short_soak:
             events.append(
                 Event(
@@ -553,6 +570,7 @@ class Controller:
                 int(rel["size"]),
                 str(created["sha256"]),
                 url,
+                rel.get("downgrade_authorization"),
             ),
             devices=devices,
             clock=self.clock,
@@ -739,3 +757,25 @@ def holder_is_dead(holder: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _downgrade_authorization(
+    path: Path | None, pub: Any, manifest: Manifest
+) -> dict[str, str] | None:
+    """The operator's downgrade authorisation file, checked against the release key and the
+    release (a file for another release or version is their mistake, refused here); the
+    devices check it again (signature, device, expiry on their clock)."""
+    if path is None:
+        return None
+    import json
+
+    from fleetgate.artifacts.downgrade_auth import load_authorization
+
+    auth = load_authorization(path, pub)
+    doc = json.loads(auth["document"])
+    if (doc.get("name"), doc.get("version")) != (manifest.name, manifest.version):
+        raise InputError(
+            f"{path}: authorises {doc.get('name')} {doc.get('version')}, "
+            f"not {manifest.name} {manifest.version}"
+        )
+    return auth

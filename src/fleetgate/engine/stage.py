@@ -10,14 +10,19 @@ Per device, in this order (spec CANARY/ROLLOUT steps a–e, Guardrails 2 and 4):
    jittered exponential backoff) before it is marked SKIPPED. More than 20 % unreachable in the
    stage halts the deployment before anything is deployed (``core.gates.unreachable_decision``).
 2. **Baseline** — health captured before the device is touched: the device's own yardstick.
-3. **Stage, activate, smoke test** — each command is logged as an intent (with its ``seq``)
-   before it is sent and as a result after; transfer failures are retried (policy retries).
-   A start that fails, or a smoke test that fails, is a *failed* device (the wave gate decides).
+3. **Stage, activate, smoke test, commit** — each command is logged as an intent (with its
+   ``seq``) before it is sent and as a result after; transfer failures are retried (policy
+   retries). A start that fails, or a smoke test that fails, is a *failed* device (the wave gate
+   decides). A device that passed its smoke test is sent ``commit`` (issue 10): its release
+   leaves the device-side trial, so a later crash or reboot no longer reverts it (the
+   controller's own gates and rollback still apply). A commit the device refuses (it reverted
+   the release by itself) fails the device.
 
 Idempotent on resume: devices already on the release are not deployed again; a command whose
 intent is in the log without a result is re-sent with the same ``seq`` (the agent replays it),
 after checking the device's facts — a device that already runs the release is recorded as such.
-A device activated before the crash but not yet smoke-tested gets only its smoke test.
+A device activated before the crash but not yet smoke-tested gets only its smoke test; one whose
+commit intent has no result gets its commit again (same seq).
 """
 
 from __future__ import annotations
@@ -43,8 +48,14 @@ _TODO = (D.PENDING, D.UNREACHABLE)
 async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> None:
     rec = ctx.recorder
     todo = [i for i in ids if rec.state.devices[i] in _TODO]
-    # Resumed after a crash: staged (activate left), or activated (the smoke test left).
-    resumed = [i for i in ids if rec.state.devices[i] in (D.STAGED, D.DEPLOYED)]
+    # Resumed after a crash: staged (activate left), activated (the smoke test left), or
+    # healthy with its commit in flight.
+    resumed = [
+        i
+        for i in ids
+        if rec.state.devices[i] in (D.STAGED, D.DEPLOYED)
+        or (rec.state.devices[i] is D.HEALTHY and rec.ledger.pending_for(i, "commit"))
+    ]
     await rec.record("stage.started", stage=stage, devices=len(ids), todo=len(todo))
     if ctx.registry is not None and todo:
         # Guardrail 4 item 5 against the registry as it is now, not as it was at the start.
@@ -216,9 +227,14 @@ def _preflight_problem(ctx: EngineContext, facts: Facts) -> str:
 async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
     rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
     status = rec.state.devices[dev_id]
+    if status is D.HEALTHY and rec.ledger.pending_for(dev_id, "commit"):
+        await commit_one(ctx, stage, dev_id)  # a commit in flight when the controller died
+        return
     if status is D.DEPLOYED:
         # Activated before a crash, its smoke test not recorded: only the smoke test is left.
         await smoke_test(ctx, stage, dev_id)
+        if rec.state.devices[dev_id] is D.HEALTHY:
+            await commit_one(ctx, stage, dev_id)
         return
     try:
         baseline = await ctx.transport.health(dev)
@@ -242,6 +258,7 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
                     manifest_json=rel.manifest_json,
                     signature=rel.signature,
                     url=rel.url,
+                    downgrade_authorization=rel.downgrade_authorization,
                 )
             )
         except FleetgateError as exc:
@@ -288,7 +305,46 @@ async def activate_one(ctx: EngineContext, stage: int, dev_id: str) -> bool:
         replayed=act.replayed,
     )
     await smoke_test(ctx, stage, dev_id)
+    if rec.state.devices[dev_id] is not D.HEALTHY:
+        return False
+    await commit_one(ctx, stage, dev_id)
     return rec.state.devices[dev_id] is D.HEALTHY
+
+
+async def commit_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
+    """Tell a device that passed its smoke test to keep the release (``POST /v1/commit``):
+    intent, then result, like every command. A refusal or a device that cannot be reached
+    after the retries is recorded ``device.commit_failed`` (the device counts as failed)."""
+    rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
+    seq = await ctx.begin_command(dev_id, "commit", stage=stage, release=rel.release_id)
+    try:
+        res, attempts = await ctx.retrying(
+            lambda: ctx.transport.commit(
+                dev, deployment_id=ctx.deployment_id, seq=seq, release=rel.release_id
+            )
+        )
+    except FleetgateError as exc:
+        await rec.record(
+            "device.commit_failed",
+            device_id=dev_id,
+            outcome="failed",
+            stage=stage,
+            seq=seq,
+            release=rel.release_id,
+            error=str(exc),
+        )
+        return
+    await rec.record(
+        "device.committed",
+        device_id=dev_id,
+        stage=stage,
+        seq=seq,
+        release=res.release,
+        status=res.status,
+        floor=dict(res.floor),
+        replayed=res.replayed,
+        attempts=attempts,
+    )
 
 
 async def smoke_test(ctx: EngineContext, stage: int, dev_id: str) -> None:

@@ -37,6 +37,9 @@ class TimedTransport(DeviceTransport):
     async def rollback(self, device: Device, **kw: Any) -> Any:
         return await self._timed(self.inner.rollback(device, **kw))
 
+    async def commit(self, device: Device, **kw: Any) -> Any:
+        return await self._timed(self.inner.commit(device, **kw))
+
     async def health(self, device: Device) -> Any:
         return await self._timed(self.inner.health(device))
 

@@ -35,9 +35,11 @@ from fleetgate.core.model import Device
 from fleetgate.sim.device_commands import (
     COMMANDS,
     activate,
+    commit,
     release_of,
     rollback,
     stage,
+    switch,
     validate,
 )
 from fleetgate.sim.device_state import (
@@ -121,6 +123,11 @@ class VirtualDevice:
         self.counters = _Counters()
         self.app_log: deque[str] = deque(maxlen=1000)
         self.agent_log: deque[str] = deque(maxlen=1000)
+        # Commit or revert (issue 10): the release on trial, the last self-revert while it
+        # stands, the committed version per release name.
+        self.trial: str | None = None
+        self.reverted: dict[str, Any] | None = None
+        self.committed: dict[str, str] = {}
 
     # -- faults ------------------------------------------------------------------------------------
     def add_fault(self, spec: FaultSpec) -> None:
@@ -208,6 +215,11 @@ class VirtualDevice:
             "last_seq": self.last_seq,
             "app_running": self.app_running(),
             "interrupted": None,
+            "trial": None
+            if self.trial is None or self.trial != self.current
+            else {"release": self.trial, "state": "on-trial"},
+            "reverted": self.reverted,
+            "committed": dict(self.committed),
         }
 
     def bends(self, now: float) -> Bends:
@@ -254,7 +266,29 @@ class VirtualDevice:
         )
         body["disk_free_mb"] = None if bends.silent else self.disk_free_mb()
         body["release"] = self.current
+        if self.reverted is not None and self.reverted["to"] == self.current:
+            body["reverted"] = {k: self.reverted[k] for k in ("reason", "message", "from", "to")}
         return body
+
+    def self_revert(self, reason: str, message: str) -> bool:
+        """The device reverts the release on trial by itself (the real agent's start counter,
+        crash loop or trial deadline): back to ``previous``, reported in facts and health."""
+        bad, target = self.current, self.previous
+        if self.trial is None or self.trial != bad or target is None:
+            return False
+        logs = list(self.app_log)[-30:]
+        switch(self, target)
+        self.previous, self.trial = None, None
+        self.reverted = {
+            "reason": reason,
+            "message": message,
+            "from": bad,
+            "to": target,
+            "at": round(self.clock(), 3),
+            "logs": logs,
+        }
+        self.log(f"reverted {bad} -> {target} by itself: {message}")
+        return True
 
     def logs(self, lines: int) -> dict[str, Any]:
         lines = max(0, min(lines, 1000))
@@ -317,7 +351,12 @@ class VirtualDevice:
         self.counters.executed[(name, release)] += 1
         self.log(f"{name} seq={seq} deployment={deployment_id}{' (again)' if again else ''}")
         try:
-            handler = {"stage": stage, "activate": activate, "rollback": rollback}[name]
+            handler = {
+                "stage": stage,
+                "activate": activate,
+                "rollback": rollback,
+                "commit": commit,
+            }[name]
             reply = await handler(self, body, rec, again)
         except Refused as exc:
             reply = exc.reply

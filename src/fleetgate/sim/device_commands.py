@@ -1,5 +1,6 @@
-"""What a virtual device does for ``stage``, ``activate`` and ``rollback`` (after the seq
-record in ``VirtualDevice.command`` decided the command runs), and the request validation.
+"""What a virtual device does for ``stage``, ``activate``, ``rollback`` and ``commit`` (after
+the seq record in ``VirtualDevice.command`` decided the command runs), and the request
+validation.
 
 Mirrors the real agent's handlers (agent/commands.py) without disk or processes:
 - stage: manifest (signature-checked when the fleet has a public key, else parsed) →
@@ -8,7 +9,14 @@ Mirrors the real agent's handlers (agent/commands.py) without disk or processes:
 - activate: ``previous`` := old ``current``; a ``start-fail`` fault answers ``start-failed``
   with logs (still 200); nothing is rolled back by the device itself;
 - rollback: to ``to`` or ``previous`` (``no-rollback-copy`` without one), ``previous`` := null;
-  a ``rollback-fail`` fault answers ``500 internal`` and leaves the device where it was.
+  a ``rollback-fail`` fault answers ``500 internal`` and leaves the device where it was; after
+  a self-revert it is answered from the revert (the device already runs the known-good release);
+- commit (issue 10): the current release leaves its trial (``409 not-current`` for another);
+  the committed version is recorded per name. The downgrade floor is *not* enforced by the
+  virtual device (the real agent's is, tests/agent/test_agent_downgrade.py);
+- a release on trial with a ``reboot-loop`` fault is reverted by the device during its
+  activate (``start-failed`` with ``"reverted": true``), like the real agent after
+  ``trial_max_starts`` starts; ``VirtualDevice.self_revert`` lets a test revert at any moment.
 A refusal is raised as ``Refused`` carrying the protocol reply.
 """
 
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 KEEP_RELEASES = 2
 RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-COMMANDS = ("stage", "activate", "rollback")
+COMMANDS = ("stage", "activate", "rollback", "commit")
 
 
 def read_manifest(dev: VirtualDevice, body: dict[str, Any]) -> Manifest:
@@ -115,7 +123,23 @@ async def activate(dev: VirtualDevice, body: dict[str, Any], rec: Record, again:
             await asyncio.sleep(dev.spec.activate_s)
         dev.previous = old if old is not None else dev.previous
         switch(dev, rid)
+        dev.trial = rid
+        dev.reverted = None
     base = {"release": rid, "previous": dev.previous}
+    if dev.trial == rid and dev.first_fault("reboot-loop") is not None:
+        dev.app_log.append(f"[{rid}] started; the device rebooted")
+        dev.self_revert("start-limit", "started 3 times without a commit: it kills the agent")
+        sr = dev.reverted or {}
+        return SimReply(
+            200,
+            {
+                "status": "start-failed",
+                **base,
+                "error": f"reverted by the device: {sr.get('message')}",
+                "logs": list(sr.get("logs", [])),
+                "reverted": True,
+            },
+        )
     failed = dev.first_fault("start-fail")
     if failed is not None:
         code = int(failed.param("code"))
@@ -134,6 +158,9 @@ async def rollback(dev: VirtualDevice, body: dict[str, Any], rec: Record, again:
     current = dev.current
     explicit = body.get("to")
     target = explicit or dev.previous
+    sr = dev.reverted if dev.reverted is not None and dev.reverted["to"] == current else None
+    if target is None and sr is not None:
+        target = current  # reverted by itself: already on the known-good release
     if explicit is not None and explicit not in dev.releases:
         raise Refused(refusal(404, "unknown-release", f"{explicit} is not on this device"))
     if target is None or target not in dev.releases:
@@ -149,14 +176,39 @@ async def rollback(dev: VirtualDevice, body: dict[str, Any], rec: Record, again:
         if dev.spec.activate_s > 0:
             await asyncio.sleep(dev.spec.activate_s)
         switch(dev, target)
+        dev.trial, dev.reverted = None, None
     dev.previous = None
     reply: dict[str, Any] = {"status": "rolled-back", "release": target, "from": left}
+    if target == current and sr is not None:
+        reply["from"] = sr["from"]
+        reply["self_reverted"] = {k: sr[k] for k in ("reason", "message", "at")}
     failed = dev.first_fault("start-fail")
     reply["app_healthy"] = failed is None
     if failed is not None:
         reply["error"] = f"app exited with code {int(failed.param('code'))}"
         reply["logs"] = list(dev.app_log)[-30:]
     return SimReply(200, reply)
+
+
+async def commit(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bool) -> SimReply:
+    rid: str = body["release"]
+    if rid != dev.current:
+        sr = dev.reverted
+        msg = (
+            f"the device reverted {rid} by itself ({sr['message']}); it runs {dev.current}"
+            if sr is not None and sr["from"] == rid
+            else f"{rid} is not the current release ({dev.current})"
+        )
+        raise Refused(refusal(409, "not-current", msg))
+    fresh = dev.trial == rid
+    dev.trial = None
+    info = dev.releases.get(rid)
+    name, version = (rid.rsplit("-", 2)[0], info.version) if info else (rid, None)
+    if version is not None:
+        dev.committed[name] = version  # (the real agent keeps the highest; see its tests)
+    dev.log(f"committed {rid}")
+    status = "committed" if fresh else "already-committed"
+    return SimReply(200, {"status": status, "release": rid, "floor": dict(dev.committed)})
 
 
 def validate(command: str, body: Any) -> tuple[int, str]:
@@ -176,7 +228,7 @@ def validate(command: str, body: Any) -> tuple[int, str]:
                 raise Refused(refusal(400, "bad-request", f"{key}: expected a non-empty string"))
         if not body["url"].startswith(("http://", "https://")):
             raise Refused(refusal(400, "bad-request", "url: expected an http(s) URL"))
-    elif command == "activate":
+    elif command in ("activate", "commit"):
         if not isinstance(body.get("release"), str) or not RELEASE_ID_RE.match(body["release"]):
             raise Refused(refusal(400, "bad-request", "release: expected a release id"))
     else:
@@ -188,7 +240,7 @@ def validate(command: str, body: Any) -> tuple[int, str]:
 
 def release_of(command: str, body: dict[str, Any], dev: VirtualDevice) -> str:
     """The release a command is about, for the counters (``?`` if the manifest is garbage)."""
-    if command == "activate":
+    if command in ("activate", "commit"):
         return str(body["release"])
     if command == "rollback":
         return str(body.get("to") or dev.previous or "?")

@@ -12,7 +12,9 @@ Kinds and their parameters (default in brackets; no default = required):
 ``crash-loop``, ``start-fail`` (code [3]), ``errors`` (rate), ``latency`` (factor [3],
 delay [0] seconds added to every answer), ``hot`` (temp [95]), ``rollback-fail``,
 ``surge`` (latency [0.3] relative and errors [0.01] absolute increase, from start [0] for
-duration [inf] seconds after injection), ``leak`` (mb_per_min [5]), ``silent``.
+duration [inf] seconds after injection), ``leak`` (mb_per_min [5]), ``silent``,
+``reboot-loop`` (the release kills the agent or the device at each start: the device reverts
+it by itself during the activate, as the real agent's start counter does, issue 10).
 
 Contract:
 - ``parse_fault(text)`` returns a ``FaultSpec`` or raises ``InputError`` naming the spec and the
@@ -74,6 +76,7 @@ KINDS: Mapping[str, Mapping[str, Param]] = {
     },
     "leak": {"mb_per_min": Param(5, minimum=0, exclusive_min=True)},
     "silent": {},
+    "reboot-loop": {},
 }
 SELECTORS = ("fraction", "hardware", "group", "device", "version")
 

@@ -23,6 +23,7 @@ Contract (docs/protocol.md is the wire contract; this is what the engine codes a
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -38,6 +39,7 @@ from fleetgate.transports.errors import (
 )
 from fleetgate.transports.results import (
     ActivateResult,
+    CommitResult,
     DeviceLogs,
     Facts,
     PingResult,
@@ -52,6 +54,7 @@ __all__ = [
     "UNAVAILABLE_CODES",
     "ActivateResult",
     "CallTimeouts",
+    "CommitResult",
     "DeviceLogs",
     "DeviceRefusal",
     "DeviceTransport",
@@ -62,6 +65,7 @@ __all__ = [
     "TransportUnavailable",
     "activate_body",
     "bad_response",
+    "commit_body",
     "error_from_reply",
     "parse_health",
     "rollback_body",
@@ -81,6 +85,7 @@ class CallTimeouts:
     stage: float = 300.0
     activate: float = 60.0
     rollback: float = 60.0
+    commit: float = 30.0
     connect: float = 3.0
 
     def for_call(self, call: str) -> float:
@@ -107,6 +112,7 @@ class DeviceTransport(abc.ABC):
         manifest_json: str,
         signature: str,
         url: str,
+        downgrade_authorization: Mapping[str, str] | None = None,
     ) -> StageResult: ...
 
     @abc.abstractmethod
@@ -118,6 +124,11 @@ class DeviceTransport(abc.ABC):
     async def rollback(
         self, device: Device, *, deployment_id: str, seq: int, to: str | None = None
     ) -> RollbackResult: ...
+
+    @abc.abstractmethod
+    async def commit(
+        self, device: Device, *, deployment_id: str, seq: int, release: str
+    ) -> CommitResult: ...
 
     @abc.abstractmethod
     async def health(self, device: Device) -> HealthSample: ...
@@ -141,18 +152,30 @@ class DeviceTransport(abc.ABC):
 
 
 def stage_body(
-    deployment_id: str, seq: int, manifest_json: str, signature: str, url: str
+    deployment_id: str,
+    seq: int,
+    manifest_json: str,
+    signature: str,
+    url: str,
+    downgrade_authorization: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "deployment_id": deployment_id,
         "seq": seq,
         "manifest": manifest_json,
         "signature": signature,
         "url": url,
     }
+    if downgrade_authorization is not None:
+        body["downgrade_authorization"] = dict(downgrade_authorization)
+    return body
 
 
 def activate_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
+    return {"deployment_id": deployment_id, "seq": seq, "release": release}
+
+
+def commit_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
     return {"deployment_id": deployment_id, "seq": seq, "release": release}
 
 

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -35,6 +35,7 @@ from fleetgate.core.model import Device, HealthSample
 from fleetgate.transports.base import (
     ActivateResult,
     CallTimeouts,
+    CommitResult,
     DeviceLogs,
     DeviceRefusal,
     DeviceTransport,
@@ -44,6 +45,7 @@ from fleetgate.transports.base import (
     StageResult,
     TransportUnavailable,
     activate_body,
+    commit_body,
     error_from_reply,
     parse_health,
     rollback_body,
@@ -200,8 +202,11 @@ class HttpTransport(DeviceTransport):
         manifest_json: str,
         signature: str,
         url: str,
+        downgrade_authorization: Mapping[str, str] | None = None,
     ) -> StageResult:
-        body = stage_body(deployment_id, seq, manifest_json, signature, url)
+        body = stage_body(
+            deployment_id, seq, manifest_json, signature, url, downgrade_authorization
+        )
         return await self._call(device, "stage", "POST", "/v1/stage", StageResult.parse, body=body)
 
     async def activate(
@@ -210,6 +215,14 @@ class HttpTransport(DeviceTransport):
         body = activate_body(deployment_id, seq, release)
         return await self._call(
             device, "activate", "POST", "/v1/activate", ActivateResult.parse, body=body
+        )
+
+    async def commit(
+        self, device: Device, *, deployment_id: str, seq: int, release: str
+    ) -> CommitResult:
+        body = commit_body(deployment_id, seq, release)
+        return await self._call(
+            device, "commit", "POST", "/v1/commit", CommitResult.parse, body=body
         )
 
     async def rollback(

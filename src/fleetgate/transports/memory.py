@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fleetgate.core.model import Device, HealthSample
@@ -25,6 +25,7 @@ from fleetgate.sim.fleet import SimFleet
 from fleetgate.transports.base import (
     ActivateResult,
     CallTimeouts,
+    CommitResult,
     DeviceLogs,
     DeviceTransport,
     Facts,
@@ -33,6 +34,7 @@ from fleetgate.transports.base import (
     StageResult,
     TransportUnavailable,
     activate_body,
+    commit_body,
     error_from_reply,
     parse_health,
     rollback_body,
@@ -135,8 +137,11 @@ class MemoryTransport(DeviceTransport):
         manifest_json: str,
         signature: str,
         url: str,
+        downgrade_authorization: Mapping[str, str] | None = None,
     ) -> StageResult:
-        body = stage_body(deployment_id, seq, manifest_json, signature, url)
+        body = stage_body(
+            deployment_id, seq, manifest_json, signature, url, downgrade_authorization
+        )
         return await self._command(device, "stage", body, StageResult.parse)
 
     async def activate(
@@ -144,6 +149,12 @@ class MemoryTransport(DeviceTransport):
     ) -> ActivateResult:
         body = activate_body(deployment_id, seq, release)
         return await self._command(device, "activate", body, ActivateResult.parse)
+
+    async def commit(
+        self, device: Device, *, deployment_id: str, seq: int, release: str
+    ) -> CommitResult:
+        body = commit_body(deployment_id, seq, release)
+        return await self._command(device, "commit", body, CommitResult.parse)
 
     async def rollback(
         self, device: Device, *, deployment_id: str, seq: int, to: str | None = None

@@ -155,6 +155,11 @@ class Facts:
     app_running: bool
     interrupted: Mapping[str, Any] | None = None
     reserve_mb: float = 0.0  # free disk the agent keeps back when staging (core.disk)
+    # Issue 10: the current release's trial (null once committed), the device's last
+    # self-revert (reason, from, to, at, logs) while it stands, the committed-version floors.
+    trial: Mapping[str, Any] | None = None
+    reverted: Mapping[str, Any] | None = None
+    committed: Mapping[str, str] | None = None
 
     @classmethod
     def parse(cls, device_id: str, data: Any) -> Facts:
@@ -162,6 +167,9 @@ class Facts:
         interrupted = data.get("interrupted")
         if interrupted is not None and not isinstance(interrupted, dict):
             raise bad_response(device_id, "facts.interrupted: expected an object or null")
+        for key in ("trial", "reverted", "committed"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise bad_response(device_id, f"facts.{key}: expected an object or null")
         return cls(
             id=r.text("id"),
             hardware=r.text("hardware"),
@@ -179,6 +187,9 @@ class Facts:
             last_seq=r.integer("last_seq"),
             app_running=r.flag("app_running", False),
             interrupted=interrupted,
+            trial=data.get("trial"),
+            reverted=data.get("reverted"),
+            committed=r.str_map("committed") if data.get("committed") is not None else None,
         )
 
 
@@ -235,6 +246,8 @@ class RollbackResult:
     error: str | None = None
     logs: tuple[str, ...] = ()
     replayed: bool = False
+    # The device had already reverted by itself (issue 10): reason, message, at.
+    self_reverted: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -251,7 +264,33 @@ class RollbackResult:
             error=r.opt_text("error"),
             logs=r.strings("logs"),
             replayed=r.flag("replayed", False),
+            self_reverted=_opt_object(device_id, data, "rollback", "self_reverted"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """``status``: ``committed`` | ``already-committed``; ``floor``: name -> highest committed
+    version on the device after this commit."""
+
+    status: str
+    release: str
+    floor: Mapping[str, str]
+    replayed: bool = False
+
+    @classmethod
+    def parse(cls, device_id: str, data: Any) -> CommitResult:
+        r = _Reader(device_id, data, "commit")
+        return cls(
+            r.text("status"), r.text("release"), r.str_map("floor"), r.flag("replayed", False)
+        )
+
+
+def _opt_object(device_id: str, data: Any, what: str, key: str) -> Mapping[str, Any] | None:
+    value = data.get(key) if isinstance(data, dict) else None
+    if value is not None and not isinstance(value, dict):
+        raise bad_response(device_id, f"{what}.{key}: expected an object or null")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

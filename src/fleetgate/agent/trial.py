@@ -219,6 +219,8 @@ async def watch(svc: AgentService) -> None:
     healthy = await app_healthy_now(svc)
     if not healthy and time.monotonic() - svc.app_started_at < svc.config.health_timeout_s:
         return  # just (re)started (after an agent restart past the deadline): give it time
+    if svc.lock.locked():
+        return  # a command began meanwhile: never make the probe loop wait for a stage
     async with svc.lock:
         if on_trial(svc.state) is not t:
             return

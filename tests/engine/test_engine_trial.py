@@ -155,3 +155,47 @@ async def test_a_downgrade_authorisation_is_audited_and_sent_with_every_stage(
         (ev,) = [e for e in events if e.action == "deployment.downgrade_authorized"]
         assert ev.details["version"] == "2.0.0" and ev.details["signature"] == auth["signature"]
         assert rec.auths and all(a == auth for a in rec.auths)
+
+
+class DiesAfterCommitSent(MemoryTransport):
+    """The controller dies right after the device executed its first ``commit`` (the answer
+    never recorded): the intent is in the log, the result is not."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        super().__init__(inner.fleet)
+        self.armed = True
+        self.victim: str | None = None
+
+    async def commit(self, device: Device, **kw: Any) -> Any:
+        result = await super().commit(device, **kw)
+        if self.armed:
+            self.armed = False
+            self.victim = device.id
+            raise RuntimeError("controller killed")
+        return result
+
+
+async def test_a_commit_in_flight_when_the_controller_died_is_resent_with_its_seq(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path, devices=40) as h:
+        dep = await h.start()
+        killer = DiesAfterCommitSent(h.controller.transport)  # type: ignore[arg-type]
+        h.controller.transport = killer
+        with pytest.raises(BaseException, match=r"TaskGroup|controller killed"):
+            await h.controller.drive(dep)
+        victim = killer.victim
+        assert victim is not None
+        events = [e for e in await h.events(dep) if e.device_id == victim]
+        assert events[-1].action == "device.commit_requested"  # no result recorded
+        seq = events[-1].details["seq"]
+        state = await h.controller.drive(dep)  # a controller resumes from the log
+        assert state.phase is Phase.AWAITING_APPROVAL, state.halt_reason
+        events = [e for e in await h.events(dep) if e.device_id == victim]
+        done = [e for e in events if e.action == "device.committed"]
+        assert done[0].details["seq"] == seq and done[0].details["replayed"] is True
+        rid = h.fleet.device(victim).current
+        assert rid is not None and h.fleet.device(victim).trial is None
+        # Committed once on the device: the resent command was answered from its record.
+        commits = [c for c in h.fleet.device_state(victim).history if c.command == "commit"]
+        assert [c.replayed for c in commits if c.seq == seq] == [False, True]

@@ -168,6 +168,7 @@ def test_release_that_kills_the_agent_at_every_start_is_reverted_by_the_device(
     assert a.facts()["current"] == kit.v1.id
 
 
+@pytest.mark.slow
 def test_revert_killed_after_its_switch_is_finished_at_start_up(make_agent, kit, tmp_path):
     a = make_agent(agent_extra="trial_max_starts = 2")
     seq = _on_v1_committed(a, kit)

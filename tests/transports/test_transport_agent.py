@@ -97,3 +97,43 @@ async def test_http_transport_drives_a_real_agent(agent_kit):
         with pytest.raises(DeviceRefusal) as denied:
             await t.facts(dev)
     assert denied.value.status == 401 and denied.value.code == "unauthorized"
+
+
+async def test_http_transport_commits_and_reads_the_trial_of_a_real_agent(agent_kit):
+    """Issue 10 over the wire: commit (replayed too), the facts' trial and committed floor,
+    ``not-current`` as a non-retryable refusal, the rollback copy below the floor."""
+    agent = agent_kit["agent"]
+    (v1, v1_stage), (v2, v2_stage) = agent_kit["releases"]["1.0.0"], agent_kit["releases"]["2.0.0"]
+    dev = Device(
+        id="edge-1",
+        hardware="test-board",
+        arch=Arch.X86_64,
+        group="lab",
+        address=agent.base,
+        resources=Resources(1024, 1024),
+        token_env="FG_AGENT_TOKEN",
+    )
+    tokens = TokenSource(environ={"FG_AGENT_TOKEN": harness.TOKEN})
+    async with HttpTransport(tokens) as t:
+        await t.stage(dev, **stage_kw(v1_stage, "dep-1", 1))
+        await t.activate(dev, deployment_id="dep-1", seq=2, release=v1)
+        await t.stage(dev, **stage_kw(v2_stage, "dep-2", 3))
+        assert (await t.activate(dev, deployment_id="dep-2", seq=4, release=v2)).ok
+        facts = await t.facts(dev)
+        assert facts.trial is not None and facts.trial["release"] == v2
+        assert facts.trial["state"] == "on-trial" and facts.committed == {}
+        done = await t.commit(dev, deployment_id="dep-2", seq=5, release=v2)
+        assert (done.status, done.release, dict(done.floor)) == ("committed", v2, {"demo": "2.0.0"})
+        again = await t.commit(dev, deployment_id="dep-2", seq=5, release=v2)
+        assert again.replayed and again.status == "committed"
+        facts = await t.facts(dev)
+        assert facts.trial is None and facts.reverted is None
+        assert facts.committed == {"demo": "2.0.0"}
+        with pytest.raises(DeviceRefusal) as stale:
+            await t.commit(dev, deployment_id="dep-2", seq=6, release=v1)
+        assert stale.value.code == "not-current" and not stale.value.retryable
+        # v1 (1.0.0, below the floor) is the rollback copy: never blocked; the floor stays.
+        back = await t.rollback(dev, deployment_id="dep-2", seq=7)
+        assert back.ok and back.release == v1 and back.self_reverted is None
+        facts = await t.facts(dev)
+        assert facts.current == v1 and facts.committed == {"demo": "2.0.0"}

@@ -32,6 +32,8 @@ PROTOCOL_RETRYABLE: Mapping[str, bool] = {
     "busy": True,
     "no-rollback-copy": False,
     "incompatible": False,
+    "downgrade-refused": False,  # issue 10: below the device's committed floor
+    "not-current": False,  # issue 10: commit of a release the device does not run
     "integrity-error": False,
     "download-failed": True,
     "insufficient-disk": False,

@@ -217,6 +217,10 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     # Before the already-staged shortcut: an old release still on disk is a downgrade too.
     until = downgrade.check_stage(svc, manifest, body.get("downgrade_authorization"))
     if until is not None:
+        now = time.time()  # forget expired authorisations of releases no longer on disk
+        svc.state.downgrades = {
+            k: v for k, v in svc.state.downgrades.items() if v > now or svc.store.exists(k)
+        }
         svc.state.downgrades[rid] = until
         await svc.save()
     if svc.store.exists(rid):

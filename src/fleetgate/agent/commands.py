@@ -4,8 +4,9 @@ Each handler is safe to run again after a crash at any point (docs/protocol.md Â
 at the disk and the state first and only does what is still missing. Invariants:
 - stage: the signature is checked before anything else, the disk before any download; a failed
   stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every error path);
-- activate: the switch is the atomic ``current`` link replacement; a failed start is reported
-  (``start-failed`` with logs), never hidden and never silently rolled back;
+- activate: the switch is the atomic ``current`` link replacement and puts the release on
+  trial (agent/trial.py); a failed start is reported (``start-failed`` with logs), never hidden
+  and never silently rolled back (a self-revert of a release on trial is reported too);
 - rollback: kills the process group of the release being left and runs nothing from it;
   after a self-revert (agent/trial.py) it answers from the revert: the device is already back;
 - commit: ends the current release's trial and raises the downgrade floor (agent/downgrade.py).

@@ -199,3 +199,40 @@ async def test_a_commit_in_flight_when_the_controller_died_is_resent_with_its_se
         # Committed once on the device: the resent command was answered from its record.
         commits = [c for c in h.fleet.device_state(victim).history if c.command == "commit"]
         assert [c.replayed for c in commits if c.seq == seq] == [False, True]
+
+
+async def test_a_device_smoke_tested_but_never_sent_its_commit_gets_it_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller dies after a device's healthy smoke test is logged and before the commit
+    intent is: nothing in flight, yet the device must still be committed by the resumed run."""
+    import fleetgate.engine.stage as stage_mod
+
+    real = stage_mod.commit_one
+    died: list[str] = []
+
+    victims: list[str] = []
+
+    async def dies_first(ctx: Any, stage: int, dev_id: str) -> None:
+        if not died and dev_id in victims:
+            died.append(dev_id)
+            raise RuntimeError("controller killed")
+        await real(ctx, stage, dev_id)
+
+    async with harness(tmp_path, devices=40) as h:
+        dep = await h.start()
+        # Not the drill's canary (the first healthy one by id): its drill commits it again.
+        victims.append(max((await h.controller.state(dep)).canaries))
+        monkeypatch.setattr(stage_mod, "commit_one", dies_first)
+        with pytest.raises(BaseException, match=r"TaskGroup|controller killed"):
+            await h.controller.drive(dep)
+        (victim,) = died
+        mine = [e for e in await h.events(dep) if e.device_id == victim]
+        assert mine[-1].action == "device.health" and mine[-1].details["status"] == "healthy"
+        monkeypatch.setattr(stage_mod, "commit_one", real)
+        state = await h.controller.drive(dep)
+        assert state.phase is Phase.AWAITING_APPROVAL, state.halt_reason
+        mine = [e for e in await h.events(dep) if e.device_id == victim]
+        assert [e.action for e in mine].count("device.committed") >= 1
+        assert h.fleet.device(victim).trial is None
+        assert h.fleet.device(victim).committed == {"app": "2.0.0"}

@@ -72,6 +72,7 @@ class DeviceLedger:
 
     commands: dict[str, int] = field(default_factory=dict)
     pending: dict[str, PendingCommand] = field(default_factory=dict)
+    last: dict[str, str] = field(default_factory=dict)  # the last command sent (its intent)
 
     def observe(self, ev: Event | StoredEvent) -> None:
         dev = ev.device_id
@@ -79,6 +80,7 @@ class DeviceLedger:
             return
         if ev.action in _INTENTS:
             self.commands[dev] = self.commands.get(dev, 0) + 1
+            self.last[dev] = _INTENTS[ev.action]
             rel = ev.details.get("release") or ev.details.get("to")
             self.pending[dev] = PendingCommand(
                 _INTENTS[ev.action], int(ev.details["seq"]), str(rel) if rel else None

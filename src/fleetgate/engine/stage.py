@@ -51,10 +51,7 @@ async def run_stage(ctx: EngineContext, stage: int, ids: tuple[str, ...]) -> Non
     # Resumed after a crash: staged (activate left), activated (the smoke test left), or
     # healthy with its commit in flight.
     resumed = [
-        i
-        for i in ids
-        if rec.state.devices[i] in (D.STAGED, D.DEPLOYED)
-        or (rec.state.devices[i] is D.HEALTHY and rec.ledger.pending_for(i, "commit"))
+        i for i in ids if rec.state.devices[i] in (D.STAGED, D.DEPLOYED) or _commit_left(ctx, i)
     ]
     await rec.record("stage.started", stage=stage, devices=len(ids), todo=len(todo))
     if ctx.registry is not None and todo:
@@ -227,8 +224,8 @@ def _preflight_problem(ctx: EngineContext, facts: Facts) -> str:
 async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
     rec, dev, rel = ctx.recorder, ctx.device(dev_id), ctx.release
     status = rec.state.devices[dev_id]
-    if status is D.HEALTHY and rec.ledger.pending_for(dev_id, "commit"):
-        await commit_one(ctx, stage, dev_id)  # a commit in flight when the controller died
+    if _commit_left(ctx, dev_id):
+        await commit_one(ctx, stage, dev_id)  # the controller died before or during its commit
         return
     if status is D.DEPLOYED:
         # Activated before a crash, its smoke test not recorded: only the smoke test is left.
@@ -309,6 +306,16 @@ async def activate_one(ctx: EngineContext, stage: int, dev_id: str) -> bool:
         return False
     await commit_one(ctx, stage, dev_id)
     return rec.state.devices[dev_id] is D.HEALTHY
+
+
+def _commit_left(ctx: EngineContext, dev_id: str) -> bool:
+    """Smoke-tested healthy, and its commit not done: in flight when the controller died (the
+    intent logged, no result), or never sent (killed between the smoke test and the intent:
+    the last command the device was sent is still the activate)."""
+    ledger = ctx.recorder.ledger
+    return ctx.recorder.state.devices[dev_id] is D.HEALTHY and (
+        ledger.pending_for(dev_id, "commit") is not None or ledger.last.get(dev_id) == "activate"
+    )
 
 
 async def commit_one(ctx: EngineContext, stage: int, dev_id: str) -> None:

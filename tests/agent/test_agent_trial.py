@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,62 @@ def test_commit_makes_it_stick_with_the_seq_rules(make_agent, kit, tmp_path):
     a.wait_for(lambda: a.app_version() == "2.0.0", what="v2 back up")
     facts = a.facts()
     assert facts["current"] == kit.v2.id and facts["reverted"] is None
+
+
+KILLER_APP = """\
+import os, signal, sys, time
+print("killer release: SIGKILL to my agent", flush=True)
+os.kill(os.getppid(), signal.SIGKILL)
+time.sleep(1)
+sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_release_that_sigkills_its_own_agent_under_a_restarting_supervisor(make_agent, kit):
+    """The script as a release would play it: the release's first act is SIGKILL to the agent
+    (its parent), and systemd (here: this test) restarts the agent every time it dies. The
+    device must end on its known-good release by itself, within trial_max_starts restarts."""
+    app = make_app_dir(kit.root / "killer", "demo", "6.6.6")
+    (app / "app.py").write_text(KILLER_APP)
+    bundle = build_bundle(app, kit.key, kit.root / "bundles")
+    killer = Release(bundle, kit.server.publish(bundle))
+
+    a = make_agent(agent_extra="trial_max_starts = 3")
+    seq = _on_v1_committed(a, kit)
+    assert a.post("stage", deployment_id="d6", seq=seq, **killer.stage)[0] == 200
+    sent = threading.Thread(
+        target=lambda: _swallow(
+            a.post, "activate", deployment_id="d6", seq=seq + 1, release=killer.id
+        ),
+        daemon=True,
+    )
+    sent.start()
+    restarts = 0
+    deadline = time.monotonic() + 60
+    facts: dict = {}
+    while time.monotonic() < deadline:
+        assert a.proc is not None
+        if a.proc.poll() is not None:  # dead: systemd's Restart=always
+            restarts += 1
+            assert restarts <= 4, f"still dying after {restarts} restarts\n{a.log_text()}"
+            a.start(wait=False)
+            continue
+        try:
+            status, facts = a.get("/v1/facts", timeout=2)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        if status == 200 and facts.get("reverted"):
+            break
+        time.sleep(0.05)
+    sent.join(10)
+    assert facts.get("current") == kit.v1.id, a.log_text()
+    assert restarts == 3  # starts 1 (activate), 2, 3 were killed; the 4th start-up reverted
+    assert (facts["reverted"]["reason"], facts["reverted"]["from"]) == ("start-limit", killer.id)
+    assert any("killer release" in line for line in facts["reverted"]["logs"])
+    a.wait_for(lambda: a.app_version() == "1.0.0", what="known-good running")
+    time.sleep(1.5)  # it stays up: nothing kills it any more
+    assert a.proc is not None and a.proc.poll() is None
+    status, body = a.post("rollback", deployment_id="d6", seq=seq + 2)
+    assert (status, body["release"], body["from"]) == (200, kit.v1.id, killer.id)

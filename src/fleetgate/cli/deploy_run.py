@@ -239,6 +239,13 @@ async def cmd_start(args: argparse.Namespace) -> int:
     if args.server:
         from fleetgate.cli import remote
 
+        if args.downgrade_authorization is not None:
+            # Never dropped silently: the service's API does not carry one yet.
+            raise InputError(
+                "--downgrade-authorization: not supported with --server yet; start this "
+                "deployment with a local controller (without --server)"
+            )
+
         return await remote.start(args)
     from fleetgate.config.policy_file import load_policy_doc
     from fleetgate.registry.selector import parse_selector

@@ -37,6 +37,15 @@ def _on_v1_committed(a: AgentProc, kit, seq: int = 1) -> int:
     return seq + 3
 
 
+def _wait_v2_up(a: AgentProc) -> None:
+    """v2 answers, and the agent has read its first output line (so it is in trial.log)."""
+    a.wait_for(lambda: a.app_version() == "2.0.0", what="v2 up")
+    a.wait_for(
+        lambda: any("demo app 2.0.0" in x for x in a.get("/v1/logs")[1]["app"]),
+        what="v2's output read by the agent",
+    )
+
+
 def _hook(dir: Path, name: str, code: int = 0) -> Path:
     """A hook script that appends its FLEETGATE_* environment to ``<name>.log``."""
     out = dir / f"{name}.log"
@@ -93,7 +102,7 @@ def test_release_that_kills_the_agent_at_every_start_is_reverted_by_the_device(
     )
     sent.start()
     a.wait_for(marker.exists, what="activate paused after the start")
-    a.wait_for(lambda: a.app_version() == "2.0.0", what="v2 up")
+    _wait_v2_up(a)
     a.kill()
     sent.join(10)
     state = json.loads((a.data_dir / "state.json").read_text())
@@ -107,7 +116,7 @@ def test_release_that_kills_the_agent_at_every_start_is_reverted_by_the_device(
         if facts["current"] != kit.v2.id:
             break
         assert facts["trial"]["state"] == "on-trial"
-        a.wait_for(lambda: a.app_version() == "2.0.0", what="v2 up")
+        _wait_v2_up(a)
         a.kill()
         restarts += 1
         assert restarts <= 3, "the device never reverted by itself"
@@ -327,6 +336,7 @@ def test_commit_makes_it_stick_with_the_seq_rules(make_agent, kit, tmp_path):
 KILLER_APP = """\
 import os, signal, sys, time
 print("killer release: SIGKILL to my agent", flush=True)
+time.sleep(0.2)
 os.kill(os.getppid(), signal.SIGKILL)
 time.sleep(1)
 sys.exit(1)
@@ -375,7 +385,10 @@ def test_release_that_sigkills_its_own_agent_under_a_restarting_supervisor(make_
     assert facts.get("current") == kit.v1.id, a.log_text()
     assert restarts == 3  # starts 1 (activate), 2, 3 were killed; the 4th start-up reverted
     assert (facts["reverted"]["reason"], facts["reverted"]["from"]) == ("start-limit", killer.id)
-    assert any("killer release" in line for line in facts["reverted"]["logs"])
+    # What the agent saw before each death is there: its own start markers for sure (written
+    # before each start); the release's own line only if the agent read it before it died.
+    logs = facts["reverted"]["logs"]
+    assert any(f"start 3 of {killer.id} on trial" in line for line in logs), logs
     a.wait_for(lambda: a.app_version() == "1.0.0", what="known-good running")
     time.sleep(1.5)  # it stays up: nothing kills it any more
     assert a.proc is not None and a.proc.poll() is None

@@ -61,7 +61,7 @@ def state_doc(state: DeploymentState) -> dict[str, Any]:
         "halt_reason": state.halt_reason or None,
         "exit_code": exit_code(state),
         "canary_verdict": state.canary_verdict,
-        "devices": {i: s.value for i, s in state.devices.items()},
+        "devices": {i: s.value for i, s in state.device_items()},
         "state": state_fields(state),
     }
 

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from immutables import Map
+
 from fleetgate.core.state import TERMINAL, Approval, DeploymentState, DeviceStatus, Phase
 from fleetgate.errors import IllegalTransition
 
@@ -199,7 +201,8 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             sha256=str(d.get("sha256", "")),
             fleet_total=int(d.get("fleet_total", 0)),
             stages=stages,
-            devices={i: D.PENDING for st in stages for i in st},
+            devices=Map({i: D.PENDING for st in stages for i in st}),
+            order=tuple(dict.fromkeys(i for st in stages for i in st)),
             plan=dict(d.get("plan", {})),
             allow_short_soak=bool(d.get("allow_short_soak", False)),
             started_by=e.actor,

@@ -5,19 +5,22 @@ deployment's stored events from ``DeploymentState.empty`` rebuilds exactly the s
 controller had (DESIGN.md invariant 7). Nothing here reads a clock; timestamps come from the
 events.
 
-Cost: a deployment of N devices has ~10 N events, so copying the per-device table on every event
-would make a fold O(N²) (minutes at 10,000 devices). The device table is therefore owned by one
-*lineage* of states: a device event updates it in place and the successor shares it. Hold on to
-the latest state only, or call ``snapshot()`` to keep an independent copy of an earlier one.
+A ``DeploymentState`` never changes after it was produced: every field is immutable. Cost: a
+deployment of N devices has ~10 N events, so copying the per-device table on every event would
+make a fold O(N²) (minutes at 10,000 devices); the device table and the set-aside reasons are
+persistent maps (``immutables.Map``, a hash array mapped trie: an update is O(log N) and shares
+everything else with its predecessor), so an earlier state stays valid for as long as it is held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
+
+from immutables import Map
 
 
 class Phase(str, Enum):
@@ -85,7 +88,10 @@ class DeploymentState:
     sha256: str = ""
     fleet_total: int = 0
     stages: tuple[tuple[str, ...], ...] = ()  # stage 0 = canaries, then the waves
-    devices: dict[str, DeviceStatus] = field(default_factory=dict)  # shared with successors
+    devices: Map[str, DeviceStatus] = field(default_factory=Map)
+    # The devices in plan order (canaries, then each wave): a Map has no order of its own, and
+    # rollbacks, reports and listings must be the same on every fold.
+    order: tuple[str, ...] = ()
     stage: int = 0  # the stage being (or last) worked on
     stage_deployed: int = -1  # highest stage whose deploy step finished
     stages_done: int = 0  # stages whose gate passed
@@ -107,9 +113,9 @@ class DeploymentState:
     # Who created the deployment, and whether the policy's four-eyes rule applies to it.
     started_by: str = ""
     distinct_approver: bool = False
-    # Why each failed, skipped, excluded or quarantined device is set aside (device -> reason);
-    # shared with successors like ``devices``. Only devices that failed somehow are in it.
-    reasons: dict[str, str] = field(default_factory=dict)
+    # Why each failed, skipped, excluded or quarantined device is set aside (device -> reason).
+    # Only devices that failed somehow are in it.
+    reasons: Map[str, str] = field(default_factory=Map)
     # Canary rounds: a partial canary FAIL is never turned into a PASS; a human's resume
     # ("replace" or "exclude") starts round 2 with replacement canaries (or without the cells
     # that lost theirs), through the whole canary stage and a full soak.
@@ -125,11 +131,17 @@ class DeploymentState:
     drill: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.devices, dict):
-            object.__setattr__(self, "devices", dict(self.devices))
-        if not isinstance(self.reasons, dict):
-            object.__setattr__(self, "reasons", dict(self.reasons))
-        object.__setattr__(self, "soak_started", MappingProxyType(dict(self.soak_started)))
+        # Whatever mapping a caller gives, the state holds an immutable one.
+        if not isinstance(self.devices, Map):
+            object.__setattr__(self, "devices", Map(self.devices))
+        if not isinstance(self.reasons, Map):
+            object.__setattr__(self, "reasons", Map(self.reasons))
+        if not isinstance(self.soak_started, MappingProxyType):
+            object.__setattr__(self, "soak_started", MappingProxyType(dict(self.soak_started)))
+        if not isinstance(self.controls, MappingProxyType):
+            object.__setattr__(self, "controls", MappingProxyType(dict(self.controls)))
+        if not isinstance(self.plan, MappingProxyType):
+            object.__setattr__(self, "plan", MappingProxyType(dict(self.plan)))
 
     @classmethod
     def empty(cls, deployment_id: str) -> DeploymentState:
@@ -141,21 +153,40 @@ class DeploymentState:
         reasons: Mapping[str, str] | None = None,
         **kw: Any,
     ) -> DeploymentState:
-        """Update device statuses (and set-aside reasons) in place (O(1) per device) and
-        return the successor."""
-        self.devices.update(updates)
+        """The successor with these device statuses (and set-aside reasons): O(log N) per
+        device, the rest of the table shared; this state is left as it was."""
+        kw["devices"] = self.devices.update(updates)
         if reasons:
-            self.reasons.update(reasons)
-        return replace(self, **kw) if kw else self
+            kw["reasons"] = self.reasons.update(reasons)
+        return self.evolve(**kw)
+
+    def evolve(self, **changes: Any) -> DeploymentState:
+        """``dataclasses.replace`` without re-running ``__init__`` and ``__post_init__`` for
+        every field (a fold makes one successor per event): the changed fields must already be
+        immutable values."""
+        new = object.__new__(DeploymentState)
+        for name in _FIELDS:
+            object.__setattr__(
+                new, name, changes.pop(name) if name in changes else getattr(self, name)
+            )
+        if changes:
+            raise TypeError(f"DeploymentState has no field {next(iter(changes))!r}")
+        return new
 
     def snapshot(self) -> DeploymentState:
-        """An independent copy: later events applied to this lineage do not change it."""
-        return replace(self, devices=dict(self.devices), reasons=dict(self.reasons))
+        """Kept for callers of the mutable era: a state is immutable, so it is its own copy."""
+        return self
 
     # -- derived counts --------------------------------------------------------------------
     def count(self, *statuses: DeviceStatus, ids: tuple[str, ...] | None = None) -> int:
-        pool = ids if ids is not None else tuple(self.devices)
+        pool = ids if ids is not None else self.order
         return sum(1 for i in pool if self.devices.get(i) in statuses)
+
+    def device_items(self) -> Iterator[tuple[str, DeviceStatus]]:
+        """(device, status) in plan order."""
+        devices = self.devices
+        for i in self.order:
+            yield i, devices[i]
 
     @property
     def canaries(self) -> tuple[str, ...]:
@@ -168,13 +199,16 @@ class DeploymentState:
     @property
     def deployed_ids(self) -> tuple[str, ...]:
         """Devices that run the new release now."""
-        return tuple(i for i, s in self.devices.items() if s.on_new_release)
+        return tuple(i for i, s in self.device_items() if s.on_new_release)
 
     def stage_of(self, device_id: str) -> int | None:
         for n, ids in enumerate(self.stages):
             if device_id in ids:
                 return n
         return None
+
+
+_FIELDS = tuple(f.name for f in fields(DeploymentState))
 
 
 def _next_action(s: DeploymentState) -> str:

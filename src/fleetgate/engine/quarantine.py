@@ -28,7 +28,7 @@ SET_ASIDE = frozenset({D.QUARANTINED, D.SKIPPED, D.DEPLOY_FAILED, D.ROLLBACK_FAI
 
 async def sync_quarantine(store: Any, rec: Recorder) -> None:
     state = rec.state
-    aside = [i for i, st in state.devices.items() if st in SET_ASIDE]
+    aside = [i for i, st in state.device_items() if st in SET_ASIDE]
     if not aside:
         return
     listed = await store.quarantined()

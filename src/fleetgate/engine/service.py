@@ -427,7 +427,7 @@ class Controller:
             )
         if not state.phase.terminal:
             return
-        ids = named or list(state.devices)
+        ids = named or list(state.order)
         found = await open_deployments(self.store)
         overlap = {
             d: shared for d, shared in found.overlapping(ids).items() if d != state.deployment_id

@@ -151,7 +151,7 @@ def build_report(deployment_id: str, events: Sequence[StoredEvent | Event]) -> d
     stages = state.stages
     # Devices excluded after a canary FAIL leave their wave's stage but stay targeted.
     placed: dict[str, int | None] = {i: n for n, st in enumerate(stages) for i in st}
-    placed.update({i: None for i in state.devices if i not in placed})
+    placed.update({i: None for i in state.order if i not in placed})
     targeted = len(state.devices)
     groups = sorted({str(g) for g in plan.get("groups", ())}) or sorted(
         {info[i]["group"] for st in stages for i in st if info.get(i, {}).get("group")}

@@ -98,7 +98,7 @@ def set_aside(log: SessionLog) -> list[dict[str, str]]:
     """Every device set aside, ``{device, status, reason}``, grouped by status, in plan order."""
     state = log.state
     order = [i for st in state.stages for i in st]
-    order += [i for i in state.devices if i not in set(order)]  # excluded: out of every stage
+    order += [i for i in state.order if i not in set(order)]  # excluded: out of every stage
     out = []
     for status in _SET_ASIDE:
         for dev in order:

@@ -243,3 +243,33 @@ async def test_control_routes(tmp_path):
             ) as r:
                 assert r.status == 401
     assert json.dumps(snap)  # plain JSON
+
+
+async def test_call_counter_counts_every_device_request_and_nothing_else():
+    """``GET /_sim/calls``: what the engine benchmark divides by the fleet size. A refused (wrong
+    token) or unknown call still counts — the controller made it; control routes, an unknown
+    device and the counter's own reads do not; the counter is behind the fleet token."""
+    import aiohttp
+
+    async with VirtualFleet.start(FleetSpec(devices=3, seed=1, token=TOKEN)) as fleet:
+        a, b = (d.id for d in fleet.devices[:2])
+        good = {"Authorization": f"Bearer {TOKEN}", "X-Fleetgate-Device": a}
+        async with aiohttp.ClientSession() as s:
+            for path, headers in (
+                (f"/d/{a}/v1/ping", good),
+                (f"/d/{a}/v1/health", good),
+                (f"/d/{a}/v1/health", good),
+                (f"/d/{b}/v1/facts", {"Authorization": "Bearer wrong"}),  # refused: still a call
+                ("/d/no-such-device/v1/ping", good),  # no device: not a device's call
+                (f"/_sim/devices/{a}", good),  # control route: not counted
+            ):
+                async with s.get(f"{fleet.url}{path}", headers=headers) as r:
+                    await r.read()
+            async with s.get(f"{fleet.url}/_sim/calls", headers={"Authorization": "x"}) as r:
+                assert r.status == 401
+            async with s.get(f"{fleet.url}/_sim/calls", headers=good) as r:
+                first = await r.json()
+            async with s.get(f"{fleet.url}/_sim/calls", headers=good) as r:
+                second = await r.json()
+    assert first == {"total": 4, "by_call": {"ping": 1, "health": 2, "facts": 1}}
+    assert second == first and fleet.calls.total() == 4

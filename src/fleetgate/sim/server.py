@@ -16,7 +16,10 @@ Contract:
   stage the controller stopped waiting for still completes.
 - Control routes for tests and the demo running the sim in another process (bearer token of
   the fleet): ``GET /_sim/devices/<id>`` (the snapshot as JSON), ``POST /_sim/faults``
-  ``{"fault": SPEC}`` (→ ``{"devices": [...]}``), ``DELETE /_sim/faults``.
+  ``{"fault": SPEC}`` (→ ``{"devices": [...]}``), ``DELETE /_sim/faults``, ``GET /_sim/calls``
+  (→ ``{"total": N, "by_call": {"ping": n, ...}}``: every request that reached a device's route
+  since the fleet started, counted before faults and authentication — a dropped or refused call is
+  still a call the controller made; the benchmarks divide it by the fleet size).
 - ``async with VirtualFleet.start(spec) as fleet:`` serves until the block ends. ``clock``
   (default ``time.monotonic``) is the device model's: fault windows and leaks run on it.
 """
@@ -27,6 +30,7 @@ import asyncio
 import hmac
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -88,10 +92,13 @@ def snapshot_json(snap: DeviceSnapshot) -> dict[str, Any]:
 class VirtualFleet:
     """A running virtual fleet. Build with ``VirtualFleet.start(spec, host=..., port=...)``."""
 
-    def __init__(self, model: SimFleet, url: str, runner: web.AppRunner) -> None:
+    def __init__(
+        self, model: SimFleet, url: str, runner: web.AppRunner, calls: Counter[str]
+    ) -> None:
         self.model = model
         self.url = url
         self._runner = runner
+        self.calls = calls  # requests served per call name (``GET /_sim/calls``)
 
     @property
     def devices(self) -> list[Device]:
@@ -143,13 +150,17 @@ class VirtualFleet:
                 shown = f"[{host}]" if ":" in host else host
                 url = f"http://{shown}:{bound}"
                 model = SimFleet(spec, lambda _i, dev_id: f"{url}/d/{dev_id}", clock=clock)
+            calls: Counter[str] = Counter()
             runner = web.AppRunner(
-                _make_app(model), access_log=None, handle_signals=False, shutdown_timeout=1.0
+                _make_app(model, calls),
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=1.0,
             )
             await runner.setup()
             for sock in socks:
                 await web.SockSite(runner, sock).start()
-            yield cls(model, url, runner)
+            yield cls(model, url, runner, calls)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -181,7 +192,7 @@ def _bind(spec: FleetSpec, host: str, port: int) -> list[socket.socket]:
     return socks
 
 
-def _make_app(model: SimFleet) -> web.Application:
+def _make_app(model: SimFleet, calls: Counter[str]) -> web.Application:
     by_address = (
         {device_address(i): model.by_id[d.id] for i, d in enumerate(model.devices)}
         if model.spec.per_device_address
@@ -200,6 +211,7 @@ def _make_app(model: SimFleet) -> web.Application:
         dev = lookup(request)
         if dev is None:
             return _json(refusal(404, "not-found", f"no virtual device at {request.path}"))
+        calls[request.match_info["call"]] += 1
         admission = dev.admit()
         if admission.drop is not None:
             if request.transport is not None:
@@ -261,10 +273,17 @@ def _make_app(model: SimFleet) -> web.Application:
             return _json(refusal(400, "bad-request", str(exc)))
         return web.json_response({"devices": ids})
 
+    async def control_calls(request: web.Request) -> web.Response:
+        denied = control_auth(request)
+        if denied is not None:
+            return denied
+        return web.json_response({"total": calls.total(), "by_call": dict(calls)})
+
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/_sim/devices/{device}", control_state)
     app.router.add_post("/_sim/faults", control_faults)
     app.router.add_delete("/_sim/faults", control_faults)
+    app.router.add_get("/_sim/calls", control_calls)
     app.router.add_route("*", "/d/{device}/v1/{call}", handle)
     if model.spec.per_device_address:
         app.router.add_route("*", "/v1/{call}", handle)

@@ -1,6 +1,7 @@
 """Deployment-engine benchmark: a full deployment and a fleet-wide rollback on a virtual fleet.
 
     .venv/bin/python bench/engine_bench.py [--devices 1000 10000] [--concurrency 200 500]
+                                           [--db sqlite|postgresql+asyncpg://USER@HOST/DB]
                                            [--skip-rollback] [--profile DIR] [--timeout S]
 
 For each fleet size × controller concurrency, in a fresh worker process (so its CPU time and
@@ -10,9 +11,11 @@ peak RSS are its own) and a fresh temporary directory:
    process on 127.0.0.1 (the controller's CPU time must not include the devices' work); the
    worker waits for its ``ready`` line and kills it by pid at the end.
 2. The worker builds a signed release of the example app (``app`` 2.0.0 over the sim's
-   ``app-1.0.0-00000000``), a SQLite store in the tmp dir with the inventory imported, and a
-   ``Controller`` over ``HttpTransport`` (real loopback HTTP, TokenSource reading the sim's token
-   file), concurrency C for both.
+   ``app-1.0.0-00000000``), a store with the inventory imported — ``--db sqlite`` (default): a
+   SQLite file in the tmp dir; ``--db postgresql[+asyncpg]://…`` (no ``schema=``): a fresh schema
+   ``bench_<random>`` in that database, dropped at the end of the run — and a ``Controller`` over
+   ``HttpTransport`` (real loopback HTTP, TokenSource reading the sim's token file), concurrency C
+   for both.
 3. Timed (wall = ``perf_counter``, CPU = ``process_time`` of the controller process):
    ``start`` (verify bundle, plan, publish), ``drive`` to AWAITING_APPROVAL (canary + verify,
    zero soak), then — timed apart, it is a human's step — ``record_human(approval.granted)``,
@@ -24,6 +27,16 @@ peak RSS are its own) and a fresh temporary directory:
    until ROLLED_BACK — every device of the fleet back on 1.0.0. The spec's bound: < 5 minutes.
 6. Events written to the hash-chained log (count, events/s), peak RSS of the controller
    (``ru_maxrss``) and of the sim (``VmHWM``), CPU seconds the sim used (``/proc/PID/stat``).
+7. Agent calls: the sim counts every request that reaches a device (``GET /_sim/calls``, read
+   between phases, outside the timings); deployment (start + to-approval + rollout) and rollback
+   are counted apart and divided by the fleet size; controller CPU per agent call =
+   ``deploy_cpu_s`` / deployment calls (compare with ``bench/floor_bench.py``'s floor).
+
+Each run's report ends with ONE JSON line that scripts parse (the last line of the run):
+``devices``, ``deploy_cpu_s``, ``deploy_wall_s``, ``rollback_cpu_s``, ``rollback_wall_s``,
+``agent_calls_deploy``, ``agent_calls_rollback`` (per device), ``peak_rss_mib`` (controller), and
+more (``ctl_us_per_call_deploy``/``_rollback``, calls by name, outcome, db, load average).
+``--devices 100000`` works (on PostgreSQL too); it takes long, so give ``--timeout``.
 
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
 functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
@@ -37,6 +50,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -76,6 +90,9 @@ class RunResult:
     sim_hwm_mib: float = 0.0
     error: str = ""
     running: str = ""  # the phase in progress (names the one a timeout interrupted)
+    db: str = "sqlite"
+    # agent calls (requests the sim served) per phase, by call name
+    calls: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 # -- the virtual fleet process -------------------------------------------------------------------
@@ -97,13 +114,29 @@ class SimProcess:
             start_new_session=True,
         )
         assert self.proc.stdout is not None
+        self.url = ""
         for raw in self.proc.stdout:
+            if raw.startswith(b"url: "):
+                self.url = raw.decode().split()[1]
             if raw.strip() == b"ready":
                 break
         else:
             self.stop()
             raise RuntimeError(f"sim exited before ready: {(work / 'sim.stderr').read_text()}")
         self.start_s = time.perf_counter() - t0
+
+    async def calls(self) -> dict[str, int]:
+        """Requests the sim has served so far, by call name (``GET /_sim/calls``)."""
+        import aiohttp
+
+        token = self.inventory.with_suffix(".token").read_text().strip()
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s,
+            s.get(f"{self.url}/_sim/calls") as r,
+        ):
+            r.raise_for_status()
+            body = await r.json()
+        return {str(k): int(v) for k, v in body["by_call"].items()}
 
     def cpu_s(self) -> float:
         """utime + stime of the sim process so far."""
@@ -140,6 +173,42 @@ def build_release(work: Path) -> tuple[Path, Path]:
     return build_bundle(src, load_private_key(key), work / "dist").path, pub
 
 
+# -- the store -------------------------------------------------------------------------------------
+def store_url(db: str, work: Path) -> tuple[str, str | None]:
+    """(store URL, PostgreSQL schema to drop afterwards or None) for ``--db``."""
+    if db == "sqlite":
+        return f"sqlite+aiosqlite:///{work}/fg.db", None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db)
+    if not url.drivername.startswith("postgres"):
+        raise SystemExit(f"--db {db!r}: expected 'sqlite' or a postgresql:// URL")
+    if "schema" in url.query:
+        raise SystemExit(f"--db {db!r}: give no schema; each run gets a fresh bench_<random>")
+    schema = f"bench_{secrets.token_hex(6)}"
+    return url.update_query_dict({"schema": schema}).render_as_string(False), schema
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    plain = make_url(url).difference_update_query(["schema"]).set(drivername="postgresql")
+    conn = await asyncpg.connect(plain.render_as_string(False), timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def db_kind(db: str) -> str:
+    return "sqlite" if db == "sqlite" else "postgresql"
+
+
+def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+
+
 # -- one run (worker process) ----------------------------------------------------------------------
 async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) -> tuple[T, Timing]:
     """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
@@ -158,7 +227,16 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool) -> None:
+async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool, db: str) -> None:
+    url, schema = store_url(db, work)
+    try:
+        await _drive_run(res, sim, work, rollback, url)
+    finally:
+        if schema is not None:
+            await drop_schema(url, schema)
+
+
+async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool, url: str) -> None:
     from fleetgate.config.policy_file import policy_from_dict
     from fleetgate.core.state import Phase as P
     from fleetgate.engine.service import Controller, ControllerConfig
@@ -171,7 +249,7 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool)
     policy = policy_from_dict(POLICY, "bench policy")
     c = res.concurrency
     async with (
-        Store.open(f"sqlite+aiosqlite:///{work}/fg.db") as store,
+        Store.open(url) as store,
         HttpTransport(TokenSource(), concurrency=c) as transport,
     ):
         await store.replace_devices(load_inventory(sim.inventory))
@@ -186,19 +264,27 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool)
             new, seen = head - seen, head
             return new
 
+        calls0 = await sim.calls()
         start = ctl.start(bundle, policy, policy_doc=POLICY, actor="bench")
         dep, ph = await timed(res, "start", sim, start)
         ph.events = await count()
         state, ph = await timed(res, "to_approval", sim, ctl.drive(dep))
         ph.events = await count()
+        calls1 = await sim.calls()
+        res.calls["deploy"] = diff(calls1, calls0)
         if state.phase is not P.AWAITING_APPROVAL:
             res.outcome = f"{state.phase.value} before approval: {state.halt_reason}"
             return
         approve = ctl.record_human(dep, "approval.granted", "bench", comment="benchmark")
         _, ph = await timed(res, "approval", sim, approve)
         ph.events = await count()
+        calls2 = await sim.calls()
+        res.calls["approval"] = diff(calls2, calls1)  # the human's step: not the deployment's
         state, ph = await timed(res, "rollout", sim, ctl.drive(dep))
         ph.events = await count()
+        calls3 = await sim.calls()
+        for k, n in diff(calls3, calls2).items():
+            res.calls["deploy"][k] = res.calls["deploy"].get(k, 0) + n
         res.outcome = state.phase.value
         res.controller_rss_deploy_mib = rss_mib()
         # What every later drive/record_human (the rollback's two calls, a resumed controller)
@@ -213,14 +299,18 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool)
                 )
                 return await ctl.drive(dep)
 
+            calls4 = await sim.calls()  # load+fold calls no agent; read again all the same
             state, ph = await timed(res, "rollback", sim, roll_back())
             ph.events = await count()
+            res.calls["rollback"] = diff(await sim.calls(), calls4)
             back = sum(1 for s in state.devices.values() if s.value == "rolled_back")
             res.rollback_outcome = f"{state.phase.value} ({back}/{len(state.devices)} rolled back)"
 
 
-def worker(devices: int, concurrency: int, rollback: bool, profile: Path | None) -> RunResult:
-    res = RunResult(devices, concurrency)
+def worker(
+    devices: int, concurrency: int, rollback: bool, profile: Path | None, db: str
+) -> RunResult:
+    res = RunResult(devices, concurrency, db=db_kind(db))
     with tempfile.TemporaryDirectory(prefix="fg-engine-bench-") as tmp:
         work = Path(tmp)
         sim = SimProcess(devices, work)
@@ -232,7 +322,7 @@ def worker(devices: int, concurrency: int, rollback: bool, profile: Path | None)
 
                 prof = cProfile.Profile()
                 prof.enable()
-            asyncio.run(drive_run(res, sim, work, rollback))
+            asyncio.run(drive_run(res, sim, work, rollback, db))
         except KeyboardInterrupt:
             res.error = f"interrupted (SIGINT/SIGTERM) during {res.running or 'set-up'}"
         except Exception as exc:  # a benchmark reports what broke instead of a traceback only
@@ -257,7 +347,7 @@ def worker(devices: int, concurrency: int, rollback: bool, profile: Path | None)
 
 # -- the parent: one worker per run, then the table ----------------------------------------------
 def run_worker(n: int, c: int, args: argparse.Namespace) -> RunResult:
-    cmd = [sys.executable, __file__, "--worker", str(n), str(c)]
+    cmd = [sys.executable, __file__, "--worker", str(n), str(c), "--db", args.db]
     if args.skip_rollback:
         cmd.append("--skip-rollback")
     if args.profile:
@@ -273,7 +363,9 @@ def run_worker(n: int, c: int, args: argparse.Namespace) -> RunResult:
     try:
         doc = json.loads(last)
     except ValueError:
-        return RunResult(n, c, error=f"worker exit {proc.returncode}: {last[:200]}")
+        return RunResult(
+            n, c, error=f"worker exit {proc.returncode}: {last[:200]}", db=db_kind(args.db)
+        )
     phases = {k: Timing(**v) for k, v in doc.pop("phases").items()}
     return RunResult(**doc, phases=phases)
 
@@ -321,6 +413,47 @@ def report(r: RunResult) -> None:
         f"{r.controller_rss_mib:.0f} MiB at the end; sim {r.sim_hwm_mib:.0f} MiB (VmHWM)"
     )
     print("   (ctl RSS = the controller's peak RSS so far, at the end of that phase)")
+    summary = figures(r)
+    for kind in ("deploy", "rollback"):
+        if kind in r.calls:
+            by = ", ".join(f"{k} {n / r.devices:.2f}" for k, n in sorted(r.calls[kind].items()))
+            print(
+                f"   agent calls/device, {kind}: {summary[f'agent_calls_{kind}']:.2f} ({by}); "
+                f"controller CPU per call {summary[f'ctl_us_per_call_{kind}']:.0f} µs"
+            )
+    print(json.dumps(summary), flush=True)
+
+
+def figures(r: RunResult) -> dict[str, Any]:
+    """The run's machine-readable line (module docstring: the keys scripts rely on)."""
+    ph = r.phases
+    dep = [ph[k] for k in ("start", "to_approval", "rollout") if k in ph]
+    deploy_cpu = sum(p.cpu_s for p in dep)
+    rb = ph.get("rollback", Timing(0.0, 0.0))
+    n_dep = sum(r.calls.get("deploy", {}).values())
+    n_rb = sum(r.calls.get("rollback", {}).values())
+    return {
+        "devices": r.devices,
+        "deploy_cpu_s": round(deploy_cpu, 3),
+        "deploy_wall_s": round(sum(p.wall_s for p in dep), 3),
+        "rollback_cpu_s": round(rb.cpu_s, 3),
+        "rollback_wall_s": round(rb.wall_s, 3),
+        "agent_calls_deploy": round(n_dep / r.devices, 3),
+        "agent_calls_rollback": round(n_rb / r.devices, 3),
+        "peak_rss_mib": round(r.controller_rss_mib, 1),
+        "ctl_us_per_call_deploy": round(deploy_cpu / n_dep * 1e6, 1) if n_dep else None,
+        "ctl_us_per_call_rollback": round(rb.cpu_s / n_rb * 1e6, 1) if n_rb else None,
+        "calls_deploy": r.calls.get("deploy", {}),
+        "calls_rollback": r.calls.get("rollback", {}),
+        "concurrency": r.concurrency,
+        "db": r.db,
+        "outcome": r.outcome,
+        "rollback_outcome": r.rollback_outcome,
+        "sim_cpu_deploy_s": round(sum(p.sim_cpu_s for p in dep), 3),
+        "sim_cpu_rollback_s": round(rb.sim_cpu_s, 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "error": r.error or None,
+    }
 
 
 def revision() -> str:
@@ -343,6 +476,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--devices", type=int, nargs="+", default=[1000, 10_000])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[200])
+    ap.add_argument(
+        "--db",
+        default="sqlite",
+        help="'sqlite' (a file per run) or postgresql[+asyncpg]://USER@HOST/DB (fresh schema)",
+    )
     ap.add_argument("--skip-rollback", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
     ap.add_argument(
@@ -350,16 +488,19 @@ def main() -> None:
     )
     ap.add_argument("--worker", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.db != "sqlite":
+        store_url(args.db, Path("."))  # a bad --db fails here, before any sim starts
     if args.worker:
         n, c = args.worker
         signal.signal(signal.SIGTERM, _interrupt)
-        res = worker(n, c, not args.skip_rollback, args.profile)
+        res = worker(n, c, not args.skip_rollback, args.profile, args.db)
         print(json.dumps(asdict(res)), flush=True)
         return
     print(
         f"fleetgate engine bench ({revision()}): {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}; "
-        "sim in its own process, HttpTransport over 127.0.0.1, SQLite store, zero soak"
+        f"sim in its own process, HttpTransport over 127.0.0.1, {db_kind(args.db)} store, "
+        "zero soak"
     )
     for n in args.devices:
         for c in args.concurrency:

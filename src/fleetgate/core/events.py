@@ -138,3 +138,80 @@ def verify_chain(events: Iterable[StoredEvent]) -> ChainReport:
         expected_seq += 1
         checked += 1
     return ChainReport(True, checked)
+
+
+# -- the vocabulary --------------------------------------------------------------------------------
+# Every action a deployment's log may hold (docs/events.md documents each one's details). The
+# state machine refuses any other: a typo in the engine, or an event from a newer fleetgate,
+# is an error, never silently folded as "informational".
+DEPLOYMENT_EVENTS: frozenset[str] = frozenset(
+    {
+        "deployment.created",
+        "deployment.downgrade_authorized",
+        "policy.short_soak_allowed",
+        "prepare.passed",
+        "prepare.failed",
+        "distribution.started",
+        "stage.started",
+        "stage.preflight",
+        "stage.deployed",
+        "soak.started",
+        "soak.sampled",
+        "soak.stopped",
+        "soak.completed",
+        "canary.controls",
+        "canary.verdict",
+        "canary.replaced",
+        "drill.started",
+        "drill.checked",
+        "drill.completed",
+        "approval.requested",
+        "approval.granted",
+        "approval.rejected",
+        "wave.evaluated",
+        "rollback.requested",
+        "rollback.started",
+        "rollback.capability_checked",
+        "rollback.completed",
+        "deployment.halted",
+        "deployment.resumed",
+        "deployment.aborted",
+        "confirm.failed",
+        "confirm.checked",
+        "confirm.completed",
+        "registry.quarantined",
+        # device level (device_id set)
+        "health.recovered",
+        "device.preflight",
+        "device.unreachable",
+        "device.skipped",
+        "device.baseline",
+        "device.stage_requested",
+        "device.staged",
+        "device.activate_requested",
+        "device.activated",
+        "device.commit_requested",
+        "device.committed",
+        "device.commit_failed",
+        "device.deploy_failed",
+        "device.health",
+        "device.logs_captured",
+        "device.rollback_requested",
+        "device.rolled_back",
+        "device.rollback_failed",
+        "device.quarantined",
+        "device.recovered",
+    }
+)
+# Actions of the log that belong to no deployment (``deployment_id`` null).
+GLOBAL_EVENTS: frozenset[str] = frozenset(
+    {
+        "registry.imported",
+        "registry.released",
+        "release.uploaded",
+        "user.added",
+        "user.token_rotated",
+        "user.revoked",
+        "api.refused",
+    }
+)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from immutables import Map
 
+from fleetgate.core.events import DEPLOYMENT_EVENTS
 from fleetgate.core.state import TERMINAL, Approval, DeploymentState, DeviceStatus, Phase
 from fleetgate.errors import IllegalTransition
 
@@ -190,6 +191,8 @@ def apply(state: DeploymentState, event: EventLike) -> DeploymentState:
 
 def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
     a, d = e.action, e.details
+    if a not in DEPLOYMENT_EVENTS:
+        raise IllegalTransition(f"unknown event {a!r}", deployment_id=s.deployment_id)
     if a == "deployment.created":
         if s.stages:
             raise IllegalTransition("deployment already created", deployment_id=s.deployment_id)
@@ -446,25 +449,9 @@ def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:
             _require(s, e, Phase.CONFIRM)
             return _start_rollback(s, _ids(d, "devices"), Phase.CONFIRM, quarantine=True)
         case _:
-            # Informational events (stage.started, preflight summaries …) change nothing.
-            if a.split(".")[0] in (
-                "stage",
-                "prepare",
-                "health",
-                "soak",
-                "canary",
-                "wave",
-                "approval",
-                "rollback",
-                "confirm",
-                "deployment",
-                "policy",
-                "distribution",
-                "drill",
-                "registry",
-            ):
-                return s
-            raise IllegalTransition(f"unknown event {a!r}", deployment_id=s.deployment_id)
+            # Informational events of the vocabulary (stage.started, preflight summaries …)
+            # change nothing; anything else was refused above.
+            return s
 
 
 def _apply_device(s: DeploymentState, e: EventLike) -> DeploymentState:

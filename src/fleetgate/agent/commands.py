@@ -96,7 +96,14 @@ def make_launch(svc: AgentService, release_id: str, manifest: Manifest) -> Launc
     env.update({k: _subst(v, port) for k, v in manifest.run.env.items()})
     env["FLEETGATE_RELEASE_DIR"] = str(cwd)
     env["APP_PORT"] = str(port)
-    return Launch(release_id=release_id, cwd=cwd, argv=tuple(argv), env=env)
+    return Launch(
+        release_id=release_id,
+        cwd=cwd,
+        argv=tuple(argv),
+        env=env,
+        uid=svc.config.run_as_uid,
+        gid=svc.config.run_as_gid,
+    )
 
 
 async def _load_verified(svc: AgentService, release_id: str) -> Manifest:

@@ -14,7 +14,8 @@ verified (TUF-like order: authenticate the metadata, then fetch the data it desc
 - Dropped connections, timeouts, short bodies, 408/429/5xx are retried up to ``attempts`` times in
   total, with exponential backoff; each retry resumes where the part ends. Running out of attempts
   raises ``TransportError(retryable=True)`` and *keeps* the part for a later resume. Other HTTP
-  errors (401, 403, 404 …) raise ``TransportError(retryable=False)`` at once.
+  errors (401, 403, 404 …) and TLS failures (untrusted or unpinned certificate) raise
+  ``TransportError(retryable=False)`` at once.
 - When ``size`` bytes are in, the sha256 (computed incrementally while streaming) must match;
   otherwise the part is deleted and ``IntegrityError`` raised. On success the part is fsynced and
   renamed to ``dest`` atomically (and the directory fsynced): ``dest`` either does not exist or is
@@ -174,6 +175,9 @@ async def download_blob(
         except IntegrityError:
             part.unlink(missing_ok=True)
             raise
+        except aiohttp.ClientSSLError as exc:
+            # An untrusted or unpinned certificate does not get better by asking again.
+            raise TransportError(f"{url}: TLS: {exc}", retryable=False) from exc
         except (_Retry, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             last_error = exc
     hasher, have = state

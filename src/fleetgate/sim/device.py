@@ -9,7 +9,9 @@ Contract (docs/protocol.md, mirrored from the real agent):
   header 401).
 - ``command`` applies §4's idempotency: one command at a time (``busy``/``in-progress`` do not
   consume a seq), replay of a finished seq with ``"replayed": true``, ``stale-seq``,
-  ``seq-conflict``; only retryable failures are executed again. The record keeps 100 seqs.
+  ``seq-conflict``, ``seq-out-of-range`` (``core.seqwindow``: the seq outside its ``seq_base``
+  window or too far ahead, refused without being recorded); only retryable failures are
+  executed again. The record keeps 100 seqs.
 - What each command does is in ``sim/device_commands.py``; this class holds the state, the
   faults and the reports (ping, facts, health, logs).
 - ``admit`` is the network: it says whether a request is dropped (``unreachable``, ``flaky``)
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
 from fleetgate.core.model import Device
+from fleetgate.core.seqwindow import jump_problem, seq_base_of
 from fleetgate.sim.device_commands import (
     COMMANDS,
     activate,
@@ -334,6 +337,11 @@ class VirtualDevice:
         if rec is None and seq <= self.last_seq:
             msg = f"seq {seq} is older than last_seq {self.last_seq}"
             return self._note(seq, name, deployment_id, release, refusal(409, "stale-seq", msg))
+        jump = jump_problem(seq_base_of(seq), self.last_seq) if rec is None else None
+        if jump is not None:
+            return self._note(
+                seq, name, deployment_id, release, refusal(409, "seq-out-of-range", jump)
+            )
         if rec is not None and not same:
             msg = f"seq {seq} was used for {rec.command} of deployment {rec.deployment_id}"
             return self._note(seq, name, deployment_id, release, refusal(409, "seq-conflict", msg))

@@ -1,0 +1,174 @@
+"""The release cannot escape (issue 10, deliverable 6), on real agent processes: a release
+whose app starts a child that calls ``setsid()`` (leaving the process group and the session
+the agent used to kill) is still killed whole on rollback, and by the orphan reaper of an
+agent restarted after a crash. Plus ``run_as``: parsed, refused for root, handed to the child."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from agent_harness import Release, make_app_dir
+
+from fleetgate.agent.cgroup import Cgroups, cgroup2_mount, own_cgroup
+from fleetgate.artifacts.bundle import build_bundle
+
+# Started by the release's app: a grandchild in a new session (its own process group too),
+# which writes its pid next to the release and sleeps: what a daemonising release does.
+ESCAPE = """
+import os, runpy, subprocess, sys
+here = os.path.dirname(os.path.abspath(__file__))
+code = (
+    "import os, sys, time\\n"
+    "os.setsid()\\n"
+    "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\\n"
+    "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\\n"
+    "time.sleep(600)\\n"
+)
+subprocess.Popen(
+    [sys.executable, "-c", code, os.path.join(here, "escaped.pid")],
+    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+sys.argv = ["app.py"] + sys.argv[1:]
+runpy.run_path(os.path.join(here, "app.py"), run_name="__main__")
+"""
+
+
+def _cgroups_here(tmp_path: Path) -> None:
+    if Cgroups.detect(tmp_path) is None:
+        pytest.skip(
+            f"no writable cgroup v2 here (mount {cgroup2_mount()}, own {own_cgroup()}): "
+            "the agent falls back to the process group, which a setsid child escapes"
+        )
+
+
+def _escaping_release(kit, version: str) -> Release:
+    src = make_app_dir(kit.root, "escaper", version)
+    (src / "escape.py").write_text(ESCAPE)
+    toml = src / "fleetgate.toml"
+    toml.write_text(toml.read_text().replace('"app.py"', '"escape.py"'))
+    bundle = build_bundle(src, kit.key, kit.root / "bundles")
+    return Release(bundle, kit.server.publish(bundle))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its reaper is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@contextlib.contextmanager
+def _escaped(a, rel: Release):
+    """The escaped grandchild's pid once it runs; SIGKILLed at the end whatever happened."""
+    pid_file = a.data_dir / "releases" / rel.id / "escaped.pid"
+    a.wait_for(pid_file.exists, timeout=15, what="the setsid child")
+    pid = int(pid_file.read_text())
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_rollback_kills_a_setsid_child_of_the_release_left(make_agent, kit, tmp_path):
+    _cgroups_here(tmp_path)
+    esc = _escaping_release(kit, "1.0.0")
+    a = make_agent()
+    assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[1]["status"] == "staged"
+    assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[1]["status"] == "active"
+    assert a.post("stage", deployment_id="d", seq=3, **esc.stage)[1]["status"] == "staged"
+    assert a.post("activate", deployment_id="d", seq=4, release=esc.id)[1]["status"] == "active"
+    with _escaped(a, esc) as pid:
+        app = a.app_pid()
+        assert app is not None and _alive(pid)
+        # It really left: a process-group or session kill of the app would not reach it.
+        assert os.getsid(pid) == pid != os.getsid(app) and os.getpgid(pid) != os.getpgid(app)
+        status, body = a.post("rollback", deployment_id="d", seq=5)
+        assert (status, body["status"], body["release"]) == (200, "rolled-back", kit.v1.id)
+        assert _wait_dead(pid), f"setsid child {pid} survived the rollback"
+    assert "releases run in: cgroup v2" in a.log_text()
+
+
+def test_an_agent_restarted_after_a_crash_kills_the_escaped_child(make_agent, kit, tmp_path):
+    _cgroups_here(tmp_path)
+    esc = _escaping_release(kit, "2.0.0")
+    a = make_agent()
+    assert a.post("stage", deployment_id="d", seq=1, **esc.stage)[1]["status"] == "staged"
+    assert a.post("activate", deployment_id="d", seq=2, release=esc.id)[1]["status"] == "active"
+    with _escaped(a, esc) as pid:
+        old_app = a.app_pid()
+        assert old_app is not None
+        (a.data_dir / "releases" / esc.id / "escaped.pid").unlink()
+        a.kill()  # the agent dies; its release (and the escaped child) keep running
+        assert _alive(pid)
+        a.start()
+        assert _wait_dead(pid), f"setsid child {pid} survived the agent's restart"
+        with _escaped(a, esc) as again:  # the restarted release starts a new one, contained
+            assert again != pid and _alive(again)
+            a.stop()
+            assert _wait_dead(again), "stopping the agent left the release's child running"
+
+
+def test_run_as_is_parsed_refuses_root_and_reaches_the_child(tmp_path, kit, monkeypatch):
+    import asyncio
+    import pwd
+
+    from fleetgate.agent import supervisor
+    from fleetgate.agent.config import parse_config
+    from fleetgate.agent.supervisor import Launch, ProcessSupervisor
+    from fleetgate.errors import ValidationError
+
+    monkeypatch.setenv("FG_T", "x")
+    nobody = pwd.getpwnam("nobody")
+
+    def cfg(app: dict) -> dict:
+        agent = {"data_dir": "d", "public_key": str(kit.pub_path), "token_env": "FG_T"}
+        return {"device": {"id": "x", "hardware": "h"}, "agent": agent, "app": app}
+
+    c = parse_config(cfg({"run_as": "nobody"}), tmp_path / "agent.toml")
+    assert (c.run_as, c.run_as_uid, c.run_as_gid) == ("nobody", nobody.pw_uid, nobody.pw_gid)
+    assert parse_config(cfg({"run_as": nobody.pw_uid}), tmp_path / "a.toml").run_as == "nobody"
+    for bad, why in (("root", "must not be root"), ("no-such-user-x", "no such user"), ("", "")):
+        with pytest.raises(ValidationError) as err:
+            parse_config(cfg({"run_as": bad}), tmp_path / "agent.toml")
+        assert "app.run_as" in str(err.value) and why in str(err.value)
+
+    # The child is created with that uid/gid and no supplementary groups (a fake spawner:
+    # running a real one as nobody needs an interpreter nobody may read).
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    async def fake_exec(*argv, **kw):
+        seen.update(kw, argv=argv)
+        raise Stop
+
+    monkeypatch.setattr(supervisor.asyncio, "create_subprocess_exec", fake_exec)
+    sup = ProcessSupervisor(tmp_path, cgroups=None)
+    launch = Launch(
+        "r-1-00000000", tmp_path, ("/bin/true",), {}, uid=c.run_as_uid, gid=c.run_as_gid
+    )
+    sup.launch = launch
+    with pytest.raises(Stop):
+        asyncio.run(sup._spawn())
+    assert (seen["user"], seen["group"], seen["extra_groups"]) == (nobody.pw_uid, nobody.pw_gid, [])
+    assert seen["start_new_session"] is True

@@ -172,3 +172,66 @@ def test_run_as_is_parsed_refuses_root_and_reaches_the_child(tmp_path, kit, monk
         asyncio.run(sup._spawn())
     assert (seen["user"], seen["group"], seen["extra_groups"]) == (nobody.pw_uid, nobody.pw_gid, [])
     assert seen["start_new_session"] is True
+
+
+def _status_ids(pid: int) -> dict[str, list[str]]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {
+        k: v.split()
+        for k, _, v in (ln.partition(":") for ln in lines)
+        if k in ("Uid", "Gid", "Groups")
+    }
+
+
+def test_run_as_runs_the_release_as_that_user_who_cannot_read_the_agents_files(
+    make_agent, kit, request
+):
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("run_as needs an agent running as root")
+    nobody = pwd.getpwnam("nobody")
+    src = kit.root / "src-sleeper"
+    src.mkdir()
+    (src / "fleetgate.toml").write_text(
+        '[artifact]\nname = "sleeper"\nversion = "1.0.0"\nkind = "bundle"\n'
+        '[requires]\ndisk_mb = 1\n[run]\ncommand = ["/bin/sleep", "600"]\n'
+    )
+    (src / "README").write_text("sleeps\n")
+    bundle = build_bundle(src, kit.key, kit.root / "bundles")
+    rel = Release(bundle, kit.server.publish(bundle))
+    # A data dir whose parents others may traverse (pytest's tmp dirs are 0700, which would
+    # hide the files below whatever their modes).
+    outer = Path(tempfile.mkdtemp(prefix="fg-runas-", dir="/tmp"))
+    outer.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(outer, ignore_errors=True))
+    a = make_agent(start=False, data_dir=outer / "data")
+    a.config.write_text(a.config.read_text().replace("[app]", '[app]\nrun_as = "nobody"'))
+    a.start()
+    assert a.post("stage", deployment_id="d", seq=1, **rel.stage)[1]["status"] == "staged"
+    status, body = a.post("activate", deployment_id="d", seq=2, release=rel.id)
+    assert (status, body["status"]) == (200, "active"), body
+    pid = a.app_pid()
+    assert pid is not None
+    ids = _status_ids(pid)
+    assert ids["Uid"] == [str(nobody.pw_uid)] * 4 and ids["Gid"] == [str(nobody.pw_gid)] * 4
+    assert ids.get("Groups", []) == []
+    # What the release's user may do with the agent's files: nothing (cat is world-executable).
+    for name in ("state.json", "state.json.prev", "app.json"):
+        path = a.data_dir / name
+        assert oct(path.stat().st_mode & 0o777) == "0o600", name
+        out = subprocess.run(
+            ["/bin/cat", str(path)], user=nobody.pw_uid, group=nobody.pw_gid, capture_output=True
+        )
+        assert out.returncode != 0 and b"Permission denied" in out.stderr, name
+    # … while the path is traversable: it is the file's mode that stops it.
+    stat_ok = subprocess.run(["/bin/ls", "-l", str(a.data_dir / "state.json")], user=nobody.pw_uid)
+    assert stat_ok.returncode == 0
+    assert a.data_dir.stat().st_mode & 0o777 == 0o711
+    listing = subprocess.run(
+        ["/bin/ls", str(a.data_dir / "releases")], user=nobody.pw_uid, capture_output=True
+    )
+    assert listing.returncode != 0

@@ -235,3 +235,41 @@ def test_run_as_runs_the_release_as_that_user_who_cannot_read_the_agents_files(
         ["/bin/ls", str(a.data_dir / "releases")], user=nobody.pw_uid, capture_output=True
     )
     assert listing.returncode != 0
+
+
+def test_the_start_handshake_puts_the_release_in_its_cgroup_before_it_runs(tmp_path):
+    """The release is exec'd only once it is in its cgroup, whatever descriptor numbers the
+    agent's pipe gets (dash cannot redirect descriptors above 9: a busy agent has many)."""
+    import asyncio
+
+    from fleetgate.agent.supervisor import Launch, ProcessSupervisor
+
+    cgroups = Cgroups.detect(tmp_path)
+    if cgroups is None:
+        pytest.skip("no writable cgroup v2 here")
+    hog = [os.open(os.devnull, os.O_RDONLY) for _ in range(30)]  # push new fds past 9
+
+    async def run() -> tuple[str, str, list[int]]:
+        sup = ProcessSupervisor(tmp_path, grace_s=1, cgroups=cgroups)
+        # The release reports its own cgroup: it is already inside when its first line runs.
+        script = "cat /proc/self/cgroup; exec sleep 30"
+        await sup.start(Launch("r-1-00000000", tmp_path, ("/bin/sh", "-c", script), {}))
+        assert sup.cgroup is not None and sup.pid is not None
+        for _ in range(100):
+            if any("::" in line for line in sup.logs):
+                break
+            await asyncio.sleep(0.05)
+        inside = [line for line in sup.logs if line.startswith("0::")]
+        cmdline = Path(f"/proc/{sup.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        group = sup.cgroup
+        await sup.stop()
+        return inside[0] if inside else "", cmdline, [int(group.exists())]
+
+    try:
+        inside, cmdline, exists = asyncio.run(run())
+    finally:
+        for fd in hog:
+            os.close(fd)
+    assert inside.endswith("/fg-" + cgroups.tag + "-r-1-00000000"), inside
+    assert cmdline.startswith("sleep 30"), cmdline
+    assert exists == [0]  # stop removed the cgroup

@@ -61,9 +61,11 @@ class Launch:
     gid: int | None = None
 
 
-# Started in place of the release: waits until the agent has moved it into the release's
-# cgroup (a line on the pipe), then becomes the release. EOF (the agent died) → exit.
-HANDSHAKE = 'read -r _ <&{fd} || exit 111; exec {fd}<&-; exec "$@"'
+# Started in place of the release, with the handshake pipe as stdin: waits until the agent has
+# moved it into the release's cgroup (a line on the pipe), then becomes the release with stdin
+# from /dev/null. EOF (the agent died first) → exit. (Stdin rather than a numbered descriptor:
+# dash, a common /bin/sh, cannot redirect descriptors above 9.)
+HANDSHAKE = 'read -r _ || exit 111; exec "$@" </dev/null'
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -234,7 +236,7 @@ class ProcessSupervisor:
             return
         if group is not None:
             rfd, wfd = os.pipe()
-            argv = ("/bin/sh", "-c", HANDSHAKE.format(fd=rfd), launch.release_id, *argv)
+            argv = ("/bin/sh", "-c", HANDSHAKE, launch.release_id, *argv)
         ids: dict[str, object] = {}
         if launch.uid is not None:
             ids = {"user": launch.uid, "group": launch.gid, "extra_groups": []}
@@ -243,11 +245,10 @@ class ProcessSupervisor:
                 *argv,
                 cwd=launch.cwd,
                 env=dict(launch.env),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=rfd if rfd >= 0 else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                pass_fds=(rfd,) if rfd >= 0 else (),
                 **ids,  # type: ignore[arg-type]
             )
         except OSError as exc:

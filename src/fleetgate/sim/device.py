@@ -5,8 +5,8 @@ One model, two front ends: the aiohttp server (``sim/server.py``) and the in-pro
 simulator cannot disagree about what a device does.
 
 Contract (docs/protocol.md, mirrored from the real agent):
-- ``authenticate`` applies §1's checks in order (wrong device 403, bad token 401, no device
-  header 401).
+- ``authenticate`` applies §1's checks in order (bad token 401, no device header 401, wrong
+  device 403).
 - ``command`` applies §4's idempotency: one command at a time (``busy``/``in-progress`` do not
   consume a seq), replay of a finished seq with ``"replayed": true``, ``stale-seq``,
   ``seq-conflict``, ``seq-out-of-range`` (``core.seqwindow``: the seq outside its ``seq_base``
@@ -171,13 +171,16 @@ class VirtualDevice:
 
     # -- authentication ----------------------------------------------------------------------------
     def authenticate(self, authorization: str | None, claimed: str | None) -> SimReply | None:
-        if claimed is not None and claimed != self.device.id:
-            return refusal(403, "wrong-device", f"this agent is {self.device.id}, not {claimed}")
+        # The token first, as the agent does: an unauthenticated caller gets 401 whatever id.
         scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), self._token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.encode("utf-8", "replace"), self._token
+        ):
             return refusal(401, "unauthorized", "missing or wrong bearer token")
         if claimed is None:
             return refusal(401, "unauthorized", "missing X-Fleetgate-Device header")
+        if claimed != self.device.id:
+            return refusal(403, "wrong-device", f"this agent is {self.device.id}, not {claimed}")
         return None
 
     # -- reports -----------------------------------------------------------------------------------

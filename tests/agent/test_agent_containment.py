@@ -6,6 +6,7 @@ agent restarted after a crash. Plus ``run_as``: parsed, refused for root, handed
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import time
@@ -273,3 +274,88 @@ def test_the_start_handshake_puts_the_release_in_its_cgroup_before_it_runs(tmp_p
     assert inside.endswith("/fg-" + cgroups.tag + "-r-1-00000000"), inside
     assert cmdline.startswith("sleep 30"), cmdline
     assert exists == [0]  # stop removed the cgroup
+
+
+# A stand-in for `systemd-run --scope` (systemd is not PID 1 here): records its arguments, makes
+# the unit's cgroup, moves itself in and execs the command, which is what systemd-run has
+# systemd do before it execs.
+FAKE_SYSTEMD_RUN = """#!/bin/sh
+printf '%s\\n' "$*" >> "$FG_FAKE_SCOPE_LOG"
+unit=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --unit=*) unit=${1#--unit=} ;;
+    --) shift; break ;;
+  esac
+  shift
+done
+dir="$FG_FAKE_SCOPE_PARENT/$unit.scope"
+mkdir "$dir" || exit 1
+echo $$ > "$dir/cgroup.procs" || exit 1
+exec "$@"
+"""
+
+
+def test_systemd_scopes_contain_the_release_too(make_agent, kit, tmp_path):
+    _cgroups_here(tmp_path)
+    mount, own = cgroup2_mount(), own_cgroup()
+    assert mount is not None and own is not None
+    parent = mount / own.lstrip("/")
+    fake = tmp_path / "systemd-run"
+    fake.write_text(FAKE_SYSTEMD_RUN)
+    fake.chmod(0o755)
+    calls = tmp_path / "systemd-run.log"
+    esc = _escaping_release(kit, "3.0.0")
+    a = make_agent(start=False)
+    a.config.write_text(
+        a.config.read_text().replace(
+            "[app]", f'[app]\ncontainment = "systemd-scope"\nsystemd_run = "{fake}"'
+        )
+    )
+    a.start(env={"FG_FAKE_SCOPE_LOG": str(calls), "FG_FAKE_SCOPE_PARENT": str(parent)})
+    try:
+        assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[1]["status"] == "staged"
+        assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[0] == 200
+        assert a.post("stage", deployment_id="d", seq=3, **esc.stage)[1]["status"] == "staged"
+        status, body = a.post("activate", deployment_id="d", seq=4, release=esc.id)
+        assert (status, body["status"]) == (200, "active"), body
+        with _escaped(a, esc) as pid:
+            scope = own_cgroup(Path(f"/proc/{pid}/cgroup").read_text()) or ""
+            assert scope.rsplit("/", 1)[-1].startswith("fg-") and scope.endswith(".scope")
+            tag = hashlib.sha256(str(a.data_dir.resolve()).encode()).hexdigest()[:8]
+            assert f"/fg-{tag}-{esc.id}-" in scope  # the agent's tag: never another agent's
+            assert a.post("rollback", deployment_id="d", seq=5)[1]["status"] == "rolled-back"
+            assert _wait_dead(pid), f"setsid child {pid} survived the rollback"
+        assert "releases run in: systemd scopes" in a.log_text()
+        first = calls.read_text().splitlines()[0].split()
+        assert first[:4] == ["--scope", "--quiet", "--collect", first[3]]
+        assert first[3].startswith("--unit=fg-") and "--" in first
+    finally:
+        a.cleanup()
+        for leftover in parent.glob("fg-*.scope"):  # systemd would collect them
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+
+
+def test_containment_is_chosen_by_what_the_machine_offers(tmp_path, kit, monkeypatch):
+    from fleetgate.agent.cgroup import SystemdScopes, choose
+    from fleetgate.agent.config import parse_config
+    from fleetgate.errors import ValidationError
+
+    here = Cgroups.detect(tmp_path)
+    auto = choose("auto", tmp_path, "systemd-run")
+    if Path("/run/systemd/system").is_dir():  # pragma: no cover - not this machine
+        assert isinstance(auto, SystemdScopes)
+    else:  # no systemd as PID 1: a cgroup directory if there is one, else the process group
+        assert type(auto) is type(here)
+    assert choose("process-group", tmp_path, "systemd-run") is None
+    assert choose("systemd-scope", tmp_path, str(tmp_path / "no-such-systemd-run")) is None
+    assert type(choose("cgroup", tmp_path, "systemd-run")) is type(here)
+    monkeypatch.setenv("FG_T", "x")
+    doc = {
+        "device": {"id": "x", "hardware": "h"},
+        "agent": {"data_dir": "d", "public_key": str(kit.pub_path), "token_env": "FG_T"},
+        "app": {"containment": "jail"},
+    }
+    with pytest.raises(ValidationError, match=r"app\.containment"):
+        parse_config(doc, tmp_path / "agent.toml")

@@ -1,4 +1,5 @@
-"""Keeping a release's processes where the agent can kill all of them: a cgroup v2 directory.
+"""Keeping a release's processes where the agent can kill all of them: a cgroup (a systemd
+scope or a cgroup v2 directory).
 
 A process group or a session is not a container: a child that calls ``setsid()`` (or
 ``setpgid``) leaves it, and survives a rollback that kills the group. A cgroup cannot be left
@@ -17,8 +18,15 @@ Contract:
   in ``cgroup.procs``, thaw; then wait until the cgroup is empty and remove it. ``signal_all``
   sends a signal (SIGTERM for a graceful stop) to every process in it.
 - ``sweep()`` kills and removes every ``fg-<tag>-*`` cgroup: what an agent that crashed left.
-- Under systemd, give the agent's unit ``Delegate=yes``: its subtree is then the agent's to
-  manage this way (docs/agent.md "Containment").
+- ``SystemdScopes``: on a machine that runs systemd (``/run/systemd/system``) with
+  ``systemd-run`` available, each start is wrapped in ``systemd-run --scope --unit
+  fg-<tag>-<release>-<n>``: systemd creates the cgroup (a transient scope unit, visible to
+  ``systemctl``) and moves the process in before it execs the release; the supervisor finds
+  the scope's cgroup in ``/proc/<pid>/cgroup`` and kills it the same way (``cgroup.kill``),
+  leaving the directory to systemd (``--collect`` removes the unit once it is empty).
+- ``choose(mode, data_dir, systemd_run)``: ``auto`` picks a systemd scope, else a cgroup
+  directory, else None (the process group); ``systemd-scope`` / ``cgroup`` force one (None when
+  it is not available here); ``process-group`` is None.
 
 Standard library only; every method is cheap (a few small file writes).
 """
@@ -29,6 +37,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -79,7 +88,7 @@ class Cgroups:
         if mount is None or own is None:
             return None
         parent = mount / own.lstrip("/")
-        tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+        tag = _tag(data_dir)
         probe = parent / f"{PREFIX}{tag}-probe-{os.getpid()}"
         try:
             probe.mkdir()
@@ -120,6 +129,65 @@ class Cgroups:
         return found
 
 
+class SystemdScopes:
+    """Releases in transient systemd scope units (see the module docstring)."""
+
+    def __init__(self, mount: Path, own: str, tag: str, systemd_run: str) -> None:
+        self.mount = mount
+        self.own = own  # the agent's cgroup: a started process has left it once it is in scope
+        self.tag = tag
+        self.systemd_run = systemd_run
+        self._n = 0
+
+    @classmethod
+    def detect(
+        cls, data_dir: Path, systemd_run: str, *, require_systemd: bool = True
+    ) -> SystemdScopes | None:
+        mount, own = cgroup2_mount(), own_cgroup()
+        if mount is None or own is None or shutil.which(systemd_run) is None:
+            return None
+        if require_systemd and not Path("/run/systemd/system").is_dir():
+            return None  # systemd is not PID 1 here: systemd-run has nobody to talk to
+        return cls(mount, own, _tag(data_dir), systemd_run)
+
+    def wrap(self, release_id: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+        self._n += 1
+        unit = f"{PREFIX}{self.tag}-{release_id}-{os.getpid()}-{self._n}"
+        return (self.systemd_run, "--scope", "--quiet", "--collect", f"--unit={unit}", "--", *argv)
+
+    def owns(self, path: Path) -> bool:
+        return (
+            path.is_relative_to(self.mount)
+            and path.name.startswith(f"{PREFIX}{self.tag}-")
+            and path.name.endswith(".scope")
+        )
+
+    def scope_of(self, pid: int) -> Path | None:
+        """The cgroup of ``pid`` once systemd has moved it out of the agent's, else None."""
+        try:
+            path = own_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+        except OSError:
+            return None
+        if path is None or path == self.own:
+            return None
+        found = self.mount / path.lstrip("/")
+        return found if self.owns(found) else None
+
+
+def _tag(data_dir: Path) -> str:
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def choose(mode: str, data_dir: Path, systemd_run: str) -> Cgroups | SystemdScopes | None:
+    if mode == "process-group":
+        return None
+    if mode in ("auto", "systemd-scope"):
+        scopes = SystemdScopes.detect(data_dir, systemd_run, require_systemd=mode == "auto")
+        if scopes is not None or mode == "systemd-scope":
+            return scopes
+    return Cgroups.detect(data_dir)
+
+
 def enter(path: Path, pid: int) -> None:
     (path / "cgroup.procs").write_text(str(pid))
 
@@ -148,8 +216,9 @@ def signal_all(path: Path, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def kill(path: Path, timeout_s: float = 5.0) -> bool:
-    """SIGKILL everything in ``path`` and remove it; False if something survived."""
+def kill(path: Path, timeout_s: float = 5.0, *, remove: bool = True) -> bool:
+    """SIGKILL everything in ``path`` and (``remove``) remove it; False if something survived.
+    A systemd scope's directory is systemd's to remove."""
     if not path.exists():
         return True
     killer = path / "cgroup.kill"
@@ -168,6 +237,8 @@ def kill(path: Path, timeout_s: float = 5.0) -> bool:
     while populated(path) and time.monotonic() < deadline:
         signal_all(path, signal.SIGKILL)
         time.sleep(0.01)
+    if not remove:
+        return not populated(path)
     try:
         path.rmdir()
     except OSError as exc:

@@ -37,6 +37,9 @@ _MACHINE_TO_ARCH = {
 }
 
 
+CONTAINMENTS = ("auto", "systemd-scope", "cgroup", "process-group")
+
+
 def host_arch() -> str:
     """This machine's architecture in the inventory's vocabulary (``arm64|armv7|x86_64``)."""
     machine = platform.machine().lower()
@@ -75,6 +78,10 @@ class AgentConfig:
     tls_client_ca: Path | None = None
     ca_bundle: Path | None = None
     fetch_pin_sha256: str | None = None
+    # Where a release's processes are kept (docs/agent.md "Containment"): auto | systemd-scope |
+    # cgroup | process-group; systemd_run: the systemd-run binary (tests use a stand-in).
+    containment: str = "auto"
+    systemd_run: str = "systemd-run"
     # The release runs as this user (and its primary group) instead of the agent's.
     run_as: str | None = None
     run_as_uid: int | None = None
@@ -283,6 +290,9 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
     unit = r.string(app, "app", "unit", None)
     if mode == "systemd" and unit is None:
         r.add("app.unit", "required when app.mode = 'systemd'")
+    containment = r.string(app, "app", "containment", "auto") or "auto"
+    if containment not in CONTAINMENTS:
+        r.add("app.containment", f"{containment!r} is not one of {', '.join(CONTAINMENTS)}")
     if mode == "systemd" and "run_as" in app:
         r.add("app.run_as", "process mode only (a systemd unit sets User= itself)")
 
@@ -314,6 +324,8 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         tls_client_ca=tls_client_ca,
         ca_bundle=ca_bundle,
         fetch_pin_sha256=pin,
+        containment=containment,
+        systemd_run=r.string(app, "app", "systemd_run", "systemd-run") or "systemd-run",
         run_as=run_as,
         run_as_uid=run_as_uid,
         run_as_gid=run_as_gid,

@@ -34,6 +34,7 @@ import aiohttp
 from fleetgate import __version__
 from fleetgate.agent import commands, trial
 from fleetgate.agent.cgroup import Cgroups
+from fleetgate.agent.cgroup import choose as choose_containment
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.probes import (
     HealthProber,
@@ -139,10 +140,23 @@ class AgentService:
         self._prober = HealthProber(self._session)
         await asyncio.to_thread(self._reconcile)
         if isinstance(self.supervisor, ProcessSupervisor):
-            cgroups = await asyncio.to_thread(Cgroups.detect, self.config.data_dir)
+            cgroups = await asyncio.to_thread(
+                choose_containment,
+                self.config.containment,
+                self.config.data_dir,
+                self.config.systemd_run,
+            )
             self.supervisor.cgroups = cgroups
-            if cgroups is not None:
+            if isinstance(cgroups, Cgroups):
                 self.containment = f"cgroup v2 ({cgroups.parent})"
+            elif cgroups is not None:
+                self.containment = f"systemd scopes ({cgroups.systemd_run})"
+            elif self.config.containment != "process-group":
+                log.error(
+                    "containment %s not available here: a release's setsid children can "
+                    "outlive a rollback",
+                    self.config.containment,
+                )
             log.info("releases run in: %s", self.containment)
             await reap_orphan(self.config.data_dir, self.config.stop_grace_s, cgroups)
         current = self.state.current

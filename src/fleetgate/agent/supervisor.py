@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetgate.agent import cgroup
-from fleetgate.agent.cgroup import Cgroups
+from fleetgate.agent.cgroup import Cgroups, SystemdScopes
+
+Containment = Cgroups | SystemdScopes
 
 log = logging.getLogger("fleetgate.agent")
 
@@ -96,6 +98,20 @@ def _not_executable(launch: Launch) -> str | None:
     return None if ok else "No such file or not executable"
 
 
+async def _wait_for_scope(
+    scopes: SystemdScopes, proc: asyncio.subprocess.Process, timeout_s: float = 10.0
+) -> Path | None:
+    """The scope systemd-run put ``proc`` in (it moves itself, then execs the handshake)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.returncode is None and time.monotonic() < deadline:
+        found = scopes.scope_of(proc.pid)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.01)
+    log.error("pid %d never reached its systemd scope: process group only", proc.pid)
+    return None
+
+
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -111,11 +127,13 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-async def reap_orphan(data_dir: Path, grace_s: float, cgroups: Cgroups | None = None) -> int | None:
+async def reap_orphan(
+    data_dir: Path, grace_s: float, cgroups: Containment | None = None
+) -> int | None:
     """Kill what a previous (crashed) agent left running: every cgroup of ours (a release's
-    setsid children included), then the recorded process group."""
+    setsid children included), the recorded one, then the recorded process group."""
     path = data_dir / APP_FILE
-    if cgroups is not None:
+    if isinstance(cgroups, Cgroups):
         await asyncio.to_thread(cgroups.sweep)
     try:
         info = json.loads(path.read_text())
@@ -124,6 +142,12 @@ async def reap_orphan(data_dir: Path, grace_s: float, cgroups: Cgroups | None = 
         path.unlink(missing_ok=True)
         return None
     path.unlink(missing_ok=True)
+    recorded = info.get("cgroup")
+    if cgroups is not None and isinstance(recorded, str) and cgroups.owns(Path(recorded)):
+        # Whatever the leader's fate, everything still in its cgroup goes.
+        log.warning("killing cgroup %s left by a previous agent", recorded)
+        remove = isinstance(cgroups, Cgroups)
+        await asyncio.to_thread(cgroup.kill, Path(recorded), remove=remove)
     if _start_ticks(pid) != ticks:
         return None  # gone, or the pid now belongs to someone else: leave it alone
     log.warning("reaping app process group %d left by a previous agent", pid)
@@ -141,7 +165,7 @@ class ProcessSupervisor:
         data_dir: Path,
         grace_s: float = 5.0,
         log_lines: int = 1000,
-        cgroups: Cgroups | None = None,
+        cgroups: Containment | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.cgroups = cgroups
@@ -206,7 +230,8 @@ class ProcessSupervisor:
                 await asyncio.wait_for(proc.wait(), 5)
         if self.cgroup is not None:
             # Everything the release started, wherever it moved in the process tree.
-            if not await asyncio.to_thread(cgroup.kill, self.cgroup):
+            remove = not isinstance(self.cgroups, SystemdScopes)  # a scope is systemd's
+            if not await asyncio.to_thread(cgroup.kill, self.cgroup, remove=remove):
                 log.error("cgroup %s still has processes after SIGKILL", self.cgroup)
             self.cgroup = None
         if self._monitor is not None:
@@ -221,7 +246,8 @@ class ProcessSupervisor:
         assert self.launch is not None
         launch = self.launch
         group: Path | None = None
-        if self.cgroups is not None:
+        scopes = self.cgroups if isinstance(self.cgroups, SystemdScopes) else None
+        if isinstance(self.cgroups, Cgroups):
             try:
                 group = await asyncio.to_thread(self.cgroups.create, launch.release_id)
             except OSError as exc:
@@ -234,9 +260,11 @@ class ProcessSupervisor:
                 await asyncio.to_thread(cgroup.kill, group)
             self._spawn_failed(launch, missing)
             return
-        if group is not None:
+        if group is not None or scopes is not None:
             rfd, wfd = os.pipe()
             argv = ("/bin/sh", "-c", HANDSHAKE, launch.release_id, *argv)
+            if scopes is not None:
+                argv = scopes.wrap(launch.release_id, argv)
         ids: dict[str, object] = {}
         if launch.uid is not None:
             ids = {"user": launch.uid, "group": launch.gid, "extra_groups": []}
@@ -259,7 +287,10 @@ class ProcessSupervisor:
                 await asyncio.to_thread(cgroup.kill, group)
             self._spawn_failed(launch, exc.strerror or str(exc))
             return
-        if group is not None:
+        if scopes is not None:
+            os.close(rfd)
+            group = await _wait_for_scope(scopes, proc)
+        elif group is not None:
             os.close(rfd)
             try:
                 cgroup.enter(group, proc.pid)
@@ -267,6 +298,7 @@ class ProcessSupervisor:
                 log.error("cannot move pid %d into %s: %s", proc.pid, group, exc)
                 await asyncio.to_thread(cgroup.kill, group)
                 group = None
+        if wfd >= 0:
             with contextlib.suppress(OSError):
                 os.write(wfd, b"go\n")  # the release may exec now
             os.close(wfd)

@@ -235,6 +235,7 @@ def dump_config(config: AgentConfig) -> str:
                 "port": config.app_port,
                 "unit": config.app_unit,
                 "run_as": config.run_as,
+                "containment": config.containment,
             },
         },
         indent=2,

@@ -228,3 +228,41 @@ def test_a_body_that_is_not_json_or_too_deep_is_a_json_400(make_agent):
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 413 and json.loads(err.value.read())["error"] == "too-large"
     assert a.get("/v1/ping")[0] == 200 and a.facts()["last_seq"] == 0
+
+
+def test_an_unexpected_exception_is_a_json_500_not_aiohttps_page(kit, tmp_path, monkeypatch):
+    """Whatever breaks inside a handler, the caller gets the protocol's error body."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from fleetgate.agent.config import parse_config
+    from fleetgate.agent.server import make_app
+    from fleetgate.agent.service import AgentService
+
+    monkeypatch.setenv("FG_T", TOKEN)
+    agent = {"data_dir": "d", "public_key": str(kit.pub_path), "token_env": "FG_T"}
+    config = parse_config(
+        {"device": {"id": "dev-x", "hardware": "h"}, "agent": agent}, tmp_path / "agent.toml"
+    )
+    service = AgentService(config)
+
+    async def broken_facts() -> dict:
+        raise RuntimeError("disk controller on fire")
+
+    async def broken_execute(name: str, body: object) -> object:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(service, "facts", broken_facts)
+    monkeypatch.setattr(service, "execute", broken_execute)
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Fleetgate-Device": "dev-x"}
+
+    async def run() -> list[tuple[int, str, dict]]:
+        async with TestClient(TestServer(make_app(service))) as client:
+            out = []
+            for method, path in (("GET", "/v1/facts"), ("POST", "/v1/stage")):
+                resp = await client.request(method, path, headers=headers, json={"seq": 1})
+                out.append((resp.status, resp.content_type, await resp.json()))
+            return out
+
+    for status, ctype, body in asyncio.run(run()):
+        assert (status, ctype, body["error"]) == (500, "application/json", "internal")
+        assert set(body) == {"error", "message", "retryable"}

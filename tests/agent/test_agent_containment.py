@@ -19,7 +19,8 @@ from fleetgate.agent.cgroup import Cgroups, cgroup2_mount, own_cgroup
 from fleetgate.artifacts.bundle import build_bundle
 
 # Started by the release's app: a grandchild in a new session (its own process group too),
-# which writes its pid next to the release and sleeps: what a daemonising release does.
+# which writes its pid to $FG_ESCAPE_DIR (from the agent's environment; not into its slot, which
+# must stay as signed) and sleeps: what a daemonising release does.
 ESCAPE = """
 import os, runpy, subprocess, sys
 here = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +32,7 @@ code = (
     "time.sleep(600)\\n"
 )
 subprocess.Popen(
-    [sys.executable, "-c", code, os.path.join(here, "escaped.pid")],
+    [sys.executable, "-c", code, os.path.join(os.environ["FG_ESCAPE_DIR"], "escaped.pid")],
     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
 )
 sys.argv = ["app.py"] + sys.argv[1:]
@@ -76,10 +77,15 @@ def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def _escape_agent(make_agent):
+    a = make_agent(start=False)
+    return a.start(env={"FG_ESCAPE_DIR": str(a.workdir)})
+
+
 @contextlib.contextmanager
-def _escaped(a, rel: Release):
+def _escaped(a):
     """The escaped grandchild's pid once it runs; SIGKILLed at the end whatever happened."""
-    pid_file = a.data_dir / "releases" / rel.id / "escaped.pid"
+    pid_file = a.workdir / "escaped.pid"
     a.wait_for(pid_file.exists, timeout=15, what="the setsid child")
     pid = int(pid_file.read_text())
     try:
@@ -92,12 +98,12 @@ def _escaped(a, rel: Release):
 def test_rollback_kills_a_setsid_child_of_the_release_left(make_agent, kit, tmp_path):
     _cgroups_here(tmp_path)
     esc = _escaping_release(kit, "1.0.0")
-    a = make_agent()
+    a = _escape_agent(make_agent)
     assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[1]["status"] == "staged"
     assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[1]["status"] == "active"
     assert a.post("stage", deployment_id="d", seq=3, **esc.stage)[1]["status"] == "staged"
     assert a.post("activate", deployment_id="d", seq=4, release=esc.id)[1]["status"] == "active"
-    with _escaped(a, esc) as pid:
+    with _escaped(a) as pid:
         app = a.app_pid()
         assert app is not None and _alive(pid)
         # It really left: a process-group or session kill of the app would not reach it.
@@ -111,18 +117,18 @@ def test_rollback_kills_a_setsid_child_of_the_release_left(make_agent, kit, tmp_
 def test_an_agent_restarted_after_a_crash_kills_the_escaped_child(make_agent, kit, tmp_path):
     _cgroups_here(tmp_path)
     esc = _escaping_release(kit, "2.0.0")
-    a = make_agent()
+    a = _escape_agent(make_agent)
     assert a.post("stage", deployment_id="d", seq=1, **esc.stage)[1]["status"] == "staged"
     assert a.post("activate", deployment_id="d", seq=2, release=esc.id)[1]["status"] == "active"
-    with _escaped(a, esc) as pid:
+    with _escaped(a) as pid:
         old_app = a.app_pid()
         assert old_app is not None
-        (a.data_dir / "releases" / esc.id / "escaped.pid").unlink()
+        (a.workdir / "escaped.pid").unlink()
         a.kill()  # the agent dies; its release (and the escaped child) keep running
         assert _alive(pid)
-        a.start()
+        a.start(env={"FG_ESCAPE_DIR": str(a.workdir)})
         assert _wait_dead(pid), f"setsid child {pid} survived the agent's restart"
-        with _escaped(a, esc) as again:  # the restarted release starts a new one, contained
+        with _escaped(a) as again:  # the restarted release starts a new one, contained
             assert again != pid and _alive(again)
             a.stop()
             assert _wait_dead(again), "stopping the agent left the release's child running"
@@ -312,14 +318,20 @@ def test_systemd_scopes_contain_the_release_too(make_agent, kit, tmp_path):
             "[app]", f'[app]\ncontainment = "systemd-scope"\nsystemd_run = "{fake}"'
         )
     )
-    a.start(env={"FG_FAKE_SCOPE_LOG": str(calls), "FG_FAKE_SCOPE_PARENT": str(parent)})
+    a.start(
+        env={
+            "FG_FAKE_SCOPE_LOG": str(calls),
+            "FG_FAKE_SCOPE_PARENT": str(parent),
+            "FG_ESCAPE_DIR": str(a.workdir),
+        }
+    )
     try:
         assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[1]["status"] == "staged"
         assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[0] == 200
         assert a.post("stage", deployment_id="d", seq=3, **esc.stage)[1]["status"] == "staged"
         status, body = a.post("activate", deployment_id="d", seq=4, release=esc.id)
         assert (status, body["status"]) == (200, "active"), body
-        with _escaped(a, esc) as pid:
+        with _escaped(a) as pid:
             scope = own_cgroup(Path(f"/proc/{pid}/cgroup").read_text()) or ""
             assert scope.rsplit("/", 1)[-1].startswith("fg-") and scope.endswith(".scope")
             tag = hashlib.sha256(str(a.data_dir.resolve()).encode()).hexdigest()[:8]

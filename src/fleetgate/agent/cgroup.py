@@ -19,7 +19,8 @@ Contract:
   sends a signal (SIGTERM for a graceful stop) to every process in it.
 - ``sweep()`` kills and removes every ``fg-<tag>-*`` cgroup: what an agent that crashed left.
 - ``SystemdScopes``: on a machine that runs systemd (``/run/systemd/system``) with
-  ``systemd-run`` available, each start is wrapped in ``systemd-run --scope --unit
+  ``systemd-run`` available and an agent running as root (probed once at start-up with
+  ``systemd-run --scope /bin/true``), each start is wrapped in ``systemd-run --scope --unit
   fg-<tag>-<release>-<n>``: systemd creates the cgroup (a transient scope unit, visible to
   ``systemctl``) and moves the process in before it execs the release; the supervisor finds
   the scope's cgroup in ``/proc/<pid>/cgroup`` and kills it the same way (``cgroup.kill``),
@@ -141,13 +142,18 @@ class SystemdScopes:
 
     @classmethod
     def detect(
-        cls, data_dir: Path, systemd_run: str, *, require_systemd: bool = True
+        cls, data_dir: Path, systemd_run: str, *, probe: bool = True
     ) -> SystemdScopes | None:
+        """``probe``: only when systemd is PID 1, the agent is root (a system scope needs it:
+        an agent under ``DynamicUser`` gets "access denied") and one ``systemd-run --scope
+        /bin/true`` works; without it (``containment = "systemd-scope"``) the caller insists."""
         mount, own = cgroup2_mount(), own_cgroup()
         if mount is None or own is None or shutil.which(systemd_run) is None:
             return None
-        if require_systemd and not Path("/run/systemd/system").is_dir():
-            return None  # systemd is not PID 1 here: systemd-run has nobody to talk to
+        if probe and not (
+            Path("/run/systemd/system").is_dir() and os.geteuid() == 0 and _scope_works(systemd_run)
+        ):
+            return None
         return cls(mount, own, _tag(data_dir), systemd_run)
 
     def wrap(self, release_id: str, argv: tuple[str, ...]) -> tuple[str, ...]:
@@ -174,6 +180,23 @@ class SystemdScopes:
         return found if self.owns(found) else None
 
 
+def _scope_works(systemd_run: str) -> bool:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [systemd_run, "--scope", "--quiet", "--collect", "--", "/bin/true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if done.returncode != 0:
+        log.warning("systemd-run --scope does not work here: %s", done.stderr.decode()[-200:])
+    return done.returncode == 0
+
+
 def _tag(data_dir: Path) -> str:
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
 
@@ -182,7 +205,7 @@ def choose(mode: str, data_dir: Path, systemd_run: str) -> Cgroups | SystemdScop
     if mode == "process-group":
         return None
     if mode in ("auto", "systemd-scope"):
-        scopes = SystemdScopes.detect(data_dir, systemd_run, require_systemd=mode == "auto")
+        scopes = SystemdScopes.detect(data_dir, systemd_run, probe=mode == "auto")
         if scopes is not None or mode == "systemd-scope":
             return scopes
     return Cgroups.detect(data_dir)

@@ -223,6 +223,9 @@ def _run_as(r: _Reader, app: dict[str, Any]) -> tuple[str | None, int | None, in
     if entry.pw_uid == 0:
         r.add("app.run_as", "must not be root (uid 0): that is what it is for")
         return None, None, None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        r.add("app.run_as", "switching users needs an agent running as root")
+        return None, None, None
     return entry.pw_name, entry.pw_uid, entry.pw_gid
 
 

@@ -322,3 +322,68 @@ def test_strict_refuses_exposed_configurations(make_agent, kit, pki, tmp_path):
     b.start()
     assert "WARNING" in b.log_text() and "agent.token_file" in b.log_text()
     assert "not loopback" not in b.log_text()
+
+
+class _Trickle:
+    """Serves one blob at ``rate`` bytes/s: an attacker (or a broken mirror) that never drops
+    the connection and never finishes (slow retrieval)."""
+
+    def __init__(self, data: bytes, rate: int) -> None:
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                step = max(rate // 10, 1)
+                for i in range(start, len(data), step):
+                    if outer.stop.wait(0.1):
+                        return
+                    try:
+                        self.wfile.write(data[i : i + step])
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/blob"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)
+
+
+@pytest.mark.slow
+def test_a_slow_retrieval_is_abandoned_not_waited_for(make_agent, kit):
+    import time
+
+    blob = (kit.server.blob_dir / kit.v1.bundle.manifest.sha256).read_bytes()
+    with _Trickle(blob, rate=200) as trickle:  # 200 B/s: hours for the bundle
+        a = make_agent(agent_extra="min_fetch_kbps = 4\nfetch_rate_window_s = 0.5")
+        t0 = time.monotonic()
+        status, reply = a.post(
+            "stage", deployment_id="d", seq=1, **{**kit.v1.stage, "url": trickle.url}
+        )
+        took = time.monotonic() - t0
+    assert (status, reply["error"]) == (502, "download-failed"), reply
+    assert "slow retrieval" in reply["message"] and took < 30, (took, reply)
+    assert kit.v1.id not in a.release_entries()

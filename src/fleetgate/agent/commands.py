@@ -253,7 +253,13 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     try:
         try:
             await download_blob(
-                svc.session, body["url"], blob, size=manifest.size, sha256=manifest.sha256
+                svc.session,
+                body["url"],
+                blob,
+                size=manifest.size,
+                sha256=manifest.sha256,
+                min_rate=svc.config.min_fetch_kbps * 1024,
+                rate_window=svc.config.fetch_rate_window_s,
             )
         except IntegrityError as exc:
             raise CommandError(422, "integrity-error", f"download: {exc}") from exc

@@ -78,6 +78,9 @@ class AgentConfig:
     tls_client_ca: Path | None = None
     ca_bundle: Path | None = None
     fetch_pin_sha256: str | None = None
+    # Slow retrieval: a download averaging less than this after the window is abandoned.
+    min_fetch_kbps: float = 1.0
+    fetch_rate_window_s: float = 60.0
     # Where a release's processes are kept (docs/agent.md "Containment"): auto | systemd-scope |
     # cgroup | process-group; systemd_run: the systemd-run binary (tests use a stand-in).
     containment: str = "auto"
@@ -327,6 +330,8 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         tls_client_ca=tls_client_ca,
         ca_bundle=ca_bundle,
         fetch_pin_sha256=pin,
+        min_fetch_kbps=r.number(agent, "agent", "min_fetch_kbps", 1.0, 0.0),
+        fetch_rate_window_s=r.number(agent, "agent", "fetch_rate_window_s", 60.0, 0.1),
         containment=containment,
         systemd_run=r.string(app, "app", "systemd_run", "systemd-run") or "systemd-run",
         run_as=run_as,

@@ -188,19 +188,26 @@ def test_a_command_that_cannot_be_recorded_is_507_and_leaves_no_record(make_agen
         a = make_agent(data_dir=disk / "data")
         try:
             assert a.post("stage", deployment_id="d1", seq=40, **kit.v1.stage)[0] == 200
+            assert a.post("activate", deployment_id="d1", seq=41, release=kit.v1.id)[0] == 200
             filler = disk / "filler"
             _fill(filler)
             for attempt in range(2):  # it stays refused, never "in-progress"
-                status, reply = a.post("activate", deployment_id="d1", seq=41, release=kit.v1.id)
+                status, reply = a.post("rollback", deployment_id="d1", seq=42, to=kit.v1.id)
                 assert (status, reply["error"]) == (507, "insufficient-disk"), (attempt, reply)
                 assert set(reply) == {"error", "message", "retryable"}
             facts = a.facts()
-            assert facts["last_seq"] == 40 and facts["interrupted"] is None
-            assert 41 not in {c["seq"] for c in _state_on_disk(a)["commands"]}
+            assert facts["last_seq"] == 41 and facts["interrupted"] is None
+            assert 42 not in {c["seq"] for c in _state_on_disk(a)["commands"]}
+            # An agent restarted on the full disk still comes up, runs the release, refuses.
+            a.stop()
+            a.start()
+            a.wait_for(lambda: a.health()["app_up"], what="app up on a full disk")
+            status, reply = a.post("rollback", deployment_id="d1", seq=42, to=kit.v1.id)
+            assert (status, reply["error"]) == (507, "insufficient-disk"), reply
             filler.unlink()
-            status, reply = a.post("activate", deployment_id="d1", seq=41, release=kit.v1.id)
-            assert (status, reply["status"]) == (200, "active"), reply
-            assert a.facts()["last_seq"] == 41
+            status, reply = a.post("rollback", deployment_id="d1", seq=42, to=kit.v1.id)
+            assert (status, reply["status"]) == (200, "rolled-back"), reply
+            assert a.facts()["last_seq"] == 42
         finally:
             a.cleanup()
 

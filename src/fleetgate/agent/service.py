@@ -230,7 +230,13 @@ class AgentService:
         if state.previous == state.current or not self.store.exists(state.previous):
             state.previous = None
         self.state = state
-        save_state(self.state_path, state)
+        try:
+            save_state(self.state_path, state)
+        except OSError as exc:
+            # A full disk must not keep the agent (and so the app) from starting: the file on
+            # disk is still the last good one, and commands are refused (507) until it is
+            # writable again.
+            log.error("could not save %s at start-up: %s", self.state_path, exc)
 
     def _enter_safe_mode(self, why: str) -> None:
         """Run what the ``current`` link says, accept no command, and touch no state file

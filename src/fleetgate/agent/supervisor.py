@@ -312,10 +312,12 @@ class ProcessSupervisor:
             "cgroup": None if group is None else str(group),
         }
         # Tiny file, written once per start; a stale one is checked by start time on reap.
-        app_file = self.data_dir / APP_FILE
-        fd = os.open(app_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(info))
+        try:
+            fd = os.open(self.data_dir / APP_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(info))
+        except OSError as exc:  # a full disk: the app runs all the same (the cgroup sweep
+            log.error("could not write %s: %s", APP_FILE, exc)  # still finds it after a crash)
         pump = asyncio.create_task(self._pump(proc), name="app-output")
         self._pumps.add(pump)
         pump.add_done_callback(self._pumps.discard)

@@ -292,10 +292,15 @@ def test_strict_refuses_exposed_configurations(make_agent, kit, pki, tmp_path):
     pub.write_bytes(kit.pub_path.read_bytes())
     pub.chmod(0o666)
     open_key = variant("pubkey", text.replace(str(kit.pub_path), str(pub)))
+    shared = tmp_path / "shared-data"
+    shared.mkdir()
+    shared.chmod(0o777)
+    open_data = variant("data", text.replace(str(a.data_dir), str(shared)))
     for config, field in (
         (open_listen, "agent.listen"),
         (token_file, "agent.token_file"),
         (open_key, "agent.public_key"),
+        (open_data, "agent.data_dir"),
     ):
         loose = _cli(config, "check")
         assert loose.returncode == 0 and f"warning: {config}: {field}" in loose.stderr

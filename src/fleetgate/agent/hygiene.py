@@ -7,7 +7,9 @@ the field, and never raises:
 - a token file or TLS private key that the group or others may read or write (the token *is*
   the device's credential);
 - a trusted public key, CA bundle or client CA that the group or others may write (whoever
-  can replace it decides which releases or clients the device trusts).
+  can replace it decides which releases or clients the device trusts);
+- a data dir that the group or others may write (whoever can write there can repoint
+  ``current`` or rewrite ``state.json``).
 The agent logs them as warnings; ``--strict`` refuses to run (exit 2) when there is any.
 
 Standard library only.
@@ -63,6 +65,7 @@ def hygiene_warnings(config: AgentConfig) -> list[str]:
         ("ca_bundle", config.ca_bundle),
         ("tls_client_ca", config.tls_client_ca),
         ("tls_cert", config.tls_cert),
+        ("data_dir", config.data_dir),
     ]
     for key, maybe in trusted:
         if maybe is not None:

@@ -204,6 +204,9 @@ def _tag(data_dir: Path) -> str:
 def choose(mode: str, data_dir: Path, systemd_run: str) -> Cgroups | SystemdScopes | None:
     if mode == "process-group":
         return None
+    if not os.access("/bin/sh", os.X_OK):  # the start handshake needs it
+        log.error("no /bin/sh: releases cannot be started inside a cgroup")
+        return None
     if mode in ("auto", "systemd-scope"):
         scopes = SystemdScopes.detect(data_dir, systemd_run, probe=mode == "auto")
         if scopes is not None or mode == "systemd-scope":

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -371,3 +372,48 @@ def test_containment_is_chosen_by_what_the_machine_offers(tmp_path, kit, monkeyp
     }
     with pytest.raises(ValidationError, match=r"app\.containment"):
         parse_config(doc, tmp_path / "agent.toml")
+
+
+def test_without_cgroup_kill_the_cgroup_is_frozen_and_each_pid_killed(tmp_path, monkeypatch):
+    """Kernels before 5.14 have no cgroup.kill: freeze, SIGKILL every pid, thaw."""
+    import subprocess
+
+    from fleetgate.agent import cgroup
+
+    cgroups = Cgroups.detect(tmp_path)
+    if cgroups is None:
+        pytest.skip("no writable cgroup v2 here")
+    group = cgroups.create("old-kernel-1-00000000")
+    # A leader and a setsid grandchild, both moved in before they run anything.
+    code = "import os, subprocess, sys, time\n" + (
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(60)'])\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", f'echo $$ > {group}/cgroup.procs && exec {sys.executable} -c "$0"', code]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(cgroup.pids(group)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        members = cgroup.pids(group)
+        assert len(members) == 2, members
+        real_write = Path.write_text
+
+        def no_kill_file(self: Path, data: str, *a: object, **kw: object) -> int:
+            if self.name == "cgroup.kill":
+                raise FileNotFoundError(2, "No such file or directory", str(self))
+            return real_write(self, data, *a, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Path, "write_text", no_kill_file)
+        assert cgroup.kill(group) is True
+        monkeypatch.undo()
+        assert not group.exists()
+        proc.wait(10)
+        assert all(not _alive(pid) for pid in members)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(10)
+        if group.exists():
+            cgroup.kill(group)

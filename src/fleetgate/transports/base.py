@@ -186,7 +186,12 @@ def activate_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
 
 
 def commit_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
-    return {"deployment_id": deployment_id, "seq": seq, "release": release}
+    return {
+        "deployment_id": deployment_id,
+        "seq": seq,
+        "seq_base": seq_base_of(seq),
+        "release": release,
+    }
 
 
 def rollback_body(deployment_id: str, seq: int, to: str | None) -> dict[str, Any]:

@@ -269,6 +269,7 @@ def _cli(config: Path, *args: str, timeout: float = 30) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_strict_refuses_exposed_configurations(make_agent, kit, pki, tmp_path):
     a = make_agent(start=False)
     text = a.config.read_text()

@@ -145,6 +145,7 @@ async def stage_activate(agent: Agent, bundle: Path, blob_dir: Path) -> tuple[fl
         body = {
             "deployment_id": "bench",
             "seq": 1,
+            "seq_base": 0,
             "manifest": contents.manifest_json.decode(),
             "signature": contents.signature.decode().strip(),
             "url": srv.blob_url(sha),
@@ -158,7 +159,7 @@ async def stage_activate(agent: Agent, bundle: Path, blob_dir: Path) -> tuple[fl
             agent.call,
             "POST",
             "/v1/activate",
-            {"deployment_id": "bench", "seq": 2, "release": release},
+            {"deployment_id": "bench", "seq": 2, "seq_base": 0, "release": release},
         )
         t2 = time.perf_counter()
         assert status == 200 and reply["status"] == "active", reply

@@ -29,6 +29,7 @@ from typing import Any
 from fleetgate.artifacts.bundle import BuiltBundle, build_bundle
 from fleetgate.artifacts.container import read_bundle
 from fleetgate.artifacts.distribution import DistributionServer, publish_bundle
+from fleetgate.core.seqwindow import SEQ_BLOCK
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_APP = REPO / "src" / "fleetgate" / "sim" / "demo_app.py"
@@ -174,8 +175,15 @@ port = {self.app_port}
 """
         )
         self.base = f"http://127.0.0.1:{self.port}"
+        self.ssl_context: Any = None  # ``use_tls``: the client side of a TLS agent
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+
+    def use_tls(self, context: Any) -> AgentProc:
+        """Talk HTTPS with ``context`` (an ``ssl.SSLContext``: CA, maybe a client cert)."""
+        self.base = f"https://127.0.0.1:{self.port}"
+        self.ssl_context = context
+        return self
 
     # -- process ---------------------------------------------------------------------------------
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> AgentProc:
@@ -260,7 +268,7 @@ port = {self.app_port}
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
@@ -269,6 +277,11 @@ port = {self.app_port}
         return self.request("GET", path, **kw)
 
     def post(self, command: str, **body: Any) -> tuple[int, Any]:
+        """A command; ``seq_base`` is the seq's block unless the test sets it (the controller's
+        transports send it the same way)."""
+        seq = body.get("seq")
+        if "seq_base" not in body and isinstance(seq, int) and not isinstance(seq, bool):
+            body["seq_base"] = seq // SEQ_BLOCK
         return self.request("POST", f"/v1/{command}", body)
 
     def facts(self) -> dict[str, Any]:

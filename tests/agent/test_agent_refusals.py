@@ -32,8 +32,14 @@ def test_credentials_are_checked_before_anything(make_agent, kit):
     assert a.get("/v1/facts", token="wrong")[0] == 401
     assert a.get("/v1/facts", token=TOKEN + "x")[0] == 401
     assert a.get("/v1/facts", device=None)[0] == 401
-    # Another device's id: refused as the wrong device even with that device's (any) token.
-    status, body = a.get("/v1/facts", device="dev-2", token="dev-2-token")
+    # Without this device's token the answer is 401 whatever device is named: an
+    # unauthenticated caller cannot tell which device ids exist (it got 403 for a wrong id).
+    for device in ("dev-2", "dev-1", None, ""):
+        status, body = a.get("/v1/facts", device=device, token="dev-2-token")
+        assert (status, body["error"]) == (401, "unauthorized"), device
+        assert a.get("/v1/facts", device=device, token=None)[0] == 401
+    # The right token naming another device: the caller is authenticated, so it is told.
+    status, body = a.get("/v1/facts", device="dev-2")
     assert (status, body["error"]) == (403, "wrong-device")
     status, body = a.request(
         "POST", "/v1/stage", {"deployment_id": "d", "seq": 1, **kit.v1.stage}, device="dev-2"
@@ -233,6 +239,8 @@ def _small_disk(path: Path, size_mb: int):
                 if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
                     break
                 time.sleep(0.1)
+            else:  # still busy (an agent's cwd): detach it now, the kernel frees it later
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_disk_too_small_for_artifact_and_rollback_copy_is_refused_before_download(

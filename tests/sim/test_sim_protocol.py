@@ -137,10 +137,10 @@ async def test_malformed_commands_are_bad_requests_and_consume_no_seq():
     fleet = SimFleet(FleetSpec(devices=3, token=TOKEN))
     dev = fleet.device(fleet.devices[0].id)
     for name, body in (
-        ("stage", {"deployment_id": "d", "seq": 1}),
-        ("stage", {"deployment_id": "d", "seq": 1, "manifest": "{}", "signature": "s",
-                   "url": "ftp://x"}),
-        ("activate", {"deployment_id": "d", "seq": 1, "release": "../etc"}),
+        ("stage", {"deployment_id": "d", "seq": 1, "seq_base": 0}),
+        ("stage", {"deployment_id": "d", "seq": 1, "seq_base": 0, "manifest": "{}",
+                   "signature": "s", "url": "ftp://x"}),
+        ("activate", {"deployment_id": "d", "seq": 1, "seq_base": 0, "release": "../etc"}),
         ("activate", {"deployment_id": "d", "seq": True, "release": BASE}),
         ("rollback", {"deployment_id": "", "seq": 1}),
         ("rollback", ["not", "an", "object"]),
@@ -148,6 +148,29 @@ async def test_malformed_commands_are_bad_requests_and_consume_no_seq():
         reply = await dev.command(name, body)
         assert reply.code == 400 and reply.body["error"] == "bad-request", (name, body)
     assert dev.last_seq == 0 and (await dev.command("reboot", {})).code == 404
+
+
+async def test_the_seq_window_and_the_auth_order_match_the_agent():
+    fleet = SimFleet(FleetSpec(devices=1, token=TOKEN))
+    dev = fleet.device(fleet.devices[0].id)
+    # Unauthenticated: 401 whatever device is named; authenticated, another id: 403.
+    assert dev.authenticate("Bearer nope", "someone-else").code == 401
+    assert dev.authenticate(None, dev.device.id).code == 401
+    assert dev.authenticate(f"Bearer {TOKEN}", "someone-else").code == 403
+    assert dev.authenticate(f"Bearer {TOKEN}", dev.device.id) is None
+    ok = {"deployment_id": "d", "release": BASE}
+    assert (await dev.command("activate", {**ok, "seq": 300_001, "seq_base": 3})).code == 200
+    for seq, base, code in (
+        (2**63, 2**63 // 100_000, 409),  # beyond 2**53
+        (300_002, 4, 400),  # not in its block
+        (300_002, None, 400),  # no block at all
+        ((3 + 1_000_001) * 100_000 + 1, 3 + 1_000_001, 409),  # too far ahead
+    ):
+        body = {**ok, "seq": seq} | ({} if base is None else {"seq_base": base})
+        reply = await dev.command("activate", body)
+        assert reply.code == code, (seq, base, reply.body)
+        assert dev.last_seq == 300_001
+    assert (await dev.command("activate", {**ok, "seq": 400_001, "seq_base": 4})).code == 200
 
 
 async def test_signatures_are_checked_when_the_fleet_has_a_public_key():

@@ -91,7 +91,7 @@ async def test_headers_and_path_prefix(recorder):
         recorder.body = b'{"app": ["a"], "agent": []}'
         logs = await t.logs(device(recorder.url), lines=7)
         recorder.body = b'{"status": "active", "release": "r", "previous": null}'
-        await t.activate(device(recorder.url + "/x"), deployment_id="d1", seq=3, release="r")
+        await t.activate(device(recorder.url + "/x"), deployment_id="d1", seq=700_003, release="r")
     assert [s["path"] for s in recorder.seen] == [
         "/d/rpi-07/v1/ping",
         "/d/rpi-07/v1/ping",
@@ -100,7 +100,13 @@ async def test_headers_and_path_prefix(recorder):
     ]
     assert all(s["auth"] == "Bearer t0k" and s["device"] == "rpi-07" for s in recorder.seen)
     assert recorder.seen[2]["query"] == {"lines": "7"} and logs.app == ("a",)
-    assert recorder.seen[3]["body"] == {"deployment_id": "d1", "seq": 3, "release": "r"}
+    # The seq's block travels with it: the agent checks the seq against it (protocol §4).
+    assert recorder.seen[3]["body"] == {
+        "deployment_id": "d1",
+        "seq": 700_003,
+        "seq_base": 7,
+        "release": "r",
+    }
 
 
 async def test_calls_in_flight_are_bounded_by_concurrency(recorder):

@@ -96,7 +96,14 @@ def make_launch(svc: AgentService, release_id: str, manifest: Manifest) -> Launc
     env.update({k: _subst(v, port) for k, v in manifest.run.env.items()})
     env["FLEETGATE_RELEASE_DIR"] = str(cwd)
     env["APP_PORT"] = str(port)
-    return Launch(release_id=release_id, cwd=cwd, argv=tuple(argv), env=env)
+    return Launch(
+        release_id=release_id,
+        cwd=cwd,
+        argv=tuple(argv),
+        env=env,
+        uid=svc.config.run_as_uid,
+        gid=svc.config.run_as_gid,
+    )
 
 
 async def _load_verified(svc: AgentService, release_id: str) -> Manifest:
@@ -246,7 +253,13 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     try:
         try:
             await download_blob(
-                svc.session, body["url"], blob, size=manifest.size, sha256=manifest.sha256
+                svc.session,
+                body["url"],
+                blob,
+                size=manifest.size,
+                sha256=manifest.sha256,
+                min_rate=svc.config.min_fetch_kbps * 1024,
+                rate_window=svc.config.fetch_rate_window_s,
             )
         except IntegrityError as exc:
             raise CommandError(422, "integrity-error", f"download: {exc}") from exc

@@ -37,6 +37,9 @@ _MACHINE_TO_ARCH = {
 }
 
 
+CONTAINMENTS = ("auto", "systemd-scope", "cgroup", "process-group")
+
+
 def host_arch() -> str:
     """This machine's architecture in the inventory's vocabulary (``arm64|armv7|x86_64``)."""
     machine = platform.machine().lower()
@@ -66,6 +69,26 @@ class AgentConfig:
     app_unit: str | None = None
     app_port: int = 8080
     systemctl: str = "systemctl"
+    token_file: Path | None = None
+    # Transport hygiene (docs/agent.md "TLS"): the server's certificate and key, the CA whose
+    # client certificates it requires (mutual TLS), and how fetches authenticate the
+    # distribution point (a CA bundle instead of the system store, a pinned certificate).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    ca_bundle: Path | None = None
+    fetch_pin_sha256: str | None = None
+    # Slow retrieval: a download averaging less than this after the window is abandoned.
+    min_fetch_kbps: float = 1.0
+    fetch_rate_window_s: float = 60.0
+    # Where a release's processes are kept (docs/agent.md "Containment"): auto | systemd-scope |
+    # cgroup | process-group; systemd_run: the systemd-run binary (tests use a stand-in).
+    containment: str = "auto"
+    systemd_run: str = "systemd-run"
+    # The release runs as this user (and its primary group) instead of the agent's.
+    run_as: str | None = None
+    run_as_uid: int | None = None
+    run_as_gid: int | None = None
     source: Path = field(default=Path("agent.toml"))
     # Commit or revert (issue 10, agent/trial.py): an activated release is on trial for
     # ``trial_s`` unless committed; ``trial_max_starts`` starts of it without a commit revert it.
@@ -135,27 +158,78 @@ def _listen(r: _Reader, value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_s)
 
 
-def _token(r: _Reader, agent: dict[str, Any], base: Path) -> tuple[str, str | None]:
+def _token(r: _Reader, agent: dict[str, Any], base: Path) -> tuple[str, str | None, Path | None]:
     env_name = r.string(agent, "agent", "token_env", None)
     file_name = r.string(agent, "agent", "token_file", None)
     if (env_name is None) == (file_name is None):
         r.add("agent.token_env", "set exactly one of token_env or token_file")
-        return "", None
+        return "", None, None
     if env_name is not None:
         token = os.environ.get(env_name, "").strip()
         if not token:
             r.add("agent.token_env", f"environment variable {env_name} is not set or empty")
-        return token, env_name
+        return token, env_name, None
     assert file_name is not None
     path = base / file_name
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         r.add("agent.token_file", f"cannot read {path}: {exc.strerror}")
-        return "", None
+        return "", None, path
     if not token:
         r.add("agent.token_file", f"{path} is empty")
-    return token, None
+    return token, None, path
+
+
+def _file(r: _Reader, t: dict[str, Any], key: str, base: Path) -> Path | None:
+    """An optional ``[agent]`` path that must name a readable file."""
+    name = r.string(t, "agent", key, None)
+    if name is None:
+        return None
+    path = base / name
+    if not path.is_file():
+        r.add(f"agent.{key}", f"{path} is not a readable file")
+    return path
+
+
+def _pin(r: _Reader, agent: dict[str, Any]) -> str | None:
+    """A sha256 certificate fingerprint, hex with or without ':' separators → lowercase hex."""
+    value = r.string(agent, "agent", "fetch_pin_sha256", None)
+    if value is None:
+        return None
+    digest = value.replace(":", "").lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        r.add("agent.fetch_pin_sha256", "expected a sha256 fingerprint (64 hex digits)")
+        return None
+    return digest
+
+
+def _run_as(r: _Reader, app: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """``[app] run_as``: a user name or a numeric uid, resolved now (a typo fails the config,
+    not the first start)."""
+    value = app.get("run_as")
+    if value is None:
+        return None, None, None
+    import pwd
+
+    try:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            entry = pwd.getpwuid(value)
+        elif isinstance(value, str) and value:
+            entry = pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+        else:
+            r.add("app.run_as", "expected a user name or uid")
+            return None, None, None
+    except KeyError:
+        r.add("app.run_as", f"no such user {value!r}")
+        return None, None, None
+    if entry.pw_uid == 0:
+        r.add("app.run_as", "must not be root (uid 0): that is what it is for")
+        return None, None, None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        r.add("app.run_as", "switching users needs an agent running as root")
+        return None, None, None
+    return entry.pw_name, entry.pw_uid, entry.pw_gid
 
 
 def _hook(r: _Reader, agent: dict[str, Any], key: str, base: Path) -> Path | None:
@@ -204,7 +278,17 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         r.add("agent.public_key", "missing")
     elif key_s is not None:
         _check_public_key(r, base / key_s)
-    token, token_env = _token(r, agent, base)
+    token, token_env, token_file = _token(r, agent, base)
+    tls_cert = _file(r, agent, "tls_cert", base)
+    tls_key = _file(r, agent, "tls_key", base)
+    if (tls_cert is None) != (tls_key is None):
+        r.add("agent.tls_key" if tls_key is None else "agent.tls_cert", "set both or neither")
+    tls_client_ca = _file(r, agent, "tls_client_ca", base)
+    if tls_client_ca is not None and tls_cert is None:
+        r.add("agent.tls_client_ca", "needs tls_cert and tls_key (mutual TLS is TLS)")
+    ca_bundle = _file(r, agent, "ca_bundle", base)
+    pin = _pin(r, agent)
+    run_as, run_as_uid, run_as_gid = _run_as(r, app)
 
     mode = r.string(app, "app", "mode", "process") or "process"
     if mode not in ("process", "systemd"):
@@ -212,6 +296,11 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
     unit = r.string(app, "app", "unit", None)
     if mode == "systemd" and unit is None:
         r.add("app.unit", "required when app.mode = 'systemd'")
+    containment = r.string(app, "app", "containment", "auto") or "auto"
+    if containment not in CONTAINMENTS:
+        r.add("app.containment", f"{containment!r} is not one of {', '.join(CONTAINMENTS)}")
+    if mode == "systemd" and "run_as" in app:
+        r.add("app.run_as", "process mode only (a systemd unit sets User= itself)")
 
     cfg = AgentConfig(
         device_id=device_id or "",
@@ -235,6 +324,19 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         app_unit=unit,
         app_port=min(r.integer(app, "app", "port", 8080, 1), 65535),
         systemctl=r.string(app, "app", "systemctl", "systemctl") or "systemctl",
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        ca_bundle=ca_bundle,
+        fetch_pin_sha256=pin,
+        min_fetch_kbps=r.number(agent, "agent", "min_fetch_kbps", 1.0, 0.0),
+        fetch_rate_window_s=r.number(agent, "agent", "fetch_rate_window_s", 60.0, 0.1),
+        containment=containment,
+        systemd_run=r.string(app, "app", "systemd_run", "systemd-run") or "systemd-run",
+        run_as=run_as,
+        run_as_uid=run_as_uid,
+        run_as_gid=run_as_gid,
         source=source,
         trial_s=r.number(agent, "agent", "trial_s", 300.0, 1.0),
         trial_max_starts=r.integer(agent, "agent", "trial_max_starts", 3, 1),

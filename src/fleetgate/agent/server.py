@@ -1,9 +1,15 @@
 """The agent's HTTP server (aiohttp): authentication and the ``/v1/*`` routes.
 
 Contract (docs/protocol.md §1–3):
-- Every request is authenticated before routing: a ``X-Fleetgate-Device`` naming another device
-  → 403 ``wrong-device``; a missing or wrong bearer token (``hmac.compare_digest``) or a missing
-  device header → 401 ``unauthorized``. Every error body is ``{"error","message","retryable"}``.
+- Every request is authenticated before routing, the token first: a missing or wrong bearer
+  token (``hmac.compare_digest``) or a missing device header → 401 ``unauthorized``, whatever
+  the device header says (an unauthenticated caller cannot tell which device ids exist); only
+  then a ``X-Fleetgate-Device`` naming another device → 403 ``wrong-device``.
+- Every answer is JSON ``{"error","message","retryable"}`` when it is not a 2xx: a body that is
+  not JSON, too deep (``RecursionError``) or too large → 400/413, an unexpected exception →
+  500 ``internal`` (logged); aiohttp never answers with its plain-text pages.
+- TLS when ``tls_cert``/``tls_key`` are set (``tls_client_ca``: clients must present a
+  certificate it signed). ``ssl`` contexts are built only then.
 - ``serve(config)`` runs until SIGTERM/SIGINT, then stops the app and exits 0.
 - The token never reaches a log line; aiohttp's access log is off (it would log headers'
   neighbours and costs memory on a small board), the agent logs each command itself.
@@ -30,12 +36,14 @@ from fleetgate import __version__
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.reply import error_body
 from fleetgate.agent.service import AgentService
+from fleetgate.agent.tls import server_tls
 from fleetgate.errors import InputError
 
 log = logging.getLogger("fleetgate.agent")
 
 SERVICE: web.AppKey[AgentService] = web.AppKey("service", AgentService)
 MAX_LOG_LINES = 1000
+MAX_BODY = 1024 * 1024
 
 
 class RingHandler(logging.Handler):
@@ -71,25 +79,33 @@ def make_app(service: AgentService) -> web.Application:
     async def auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        device = request.headers.get("X-Fleetgate-Device")
-        if device is not None and device != config.device_id:
-            # The message does not name this agent's id: an unauthenticated caller learns nothing.
-            return _err(403, "wrong-device", "this agent is not the requested device")
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
-        good = scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token)
+        good = scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.encode("utf-8", "replace"), token
+        )
         if not good:
             return _err(401, "unauthorized", "missing or wrong bearer token")
+        device = request.headers.get("X-Fleetgate-Device")
         if device is None:
             return _err(401, "unauthorized", "missing X-Fleetgate-Device header")
+        if device != config.device_id:
+            return _err(403, "wrong-device", "this agent is not the requested device")
         try:
             return await handler(request)
         except web.HTTPNotFound:
             return _err(404, "not-found", f"no such endpoint: {request.path}")
         except web.HTTPMethodNotAllowed:
             return _err(405, "method-not-allowed", f"{request.method} {request.path}")
+        except web.HTTPRequestEntityTooLarge:
+            return _err(413, "too-large", f"body over {MAX_BODY} bytes")
+        except web.HTTPException as exc:
+            return _err(exc.status, "bad-request" if exc.status < 500 else "internal", exc.reason)
+        except Exception as exc:  # never aiohttp's plain-text 500
+            log.exception("%s %s failed", request.method, request.path)
+            return _err(500, "internal", f"{type(exc).__name__}: {exc}")
 
-    app = web.Application(middlewares=[auth], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
     app[SERVICE] = service
 
     async def ping(request: web.Request) -> web.Response:
@@ -121,10 +137,13 @@ def make_app(service: AgentService) -> web.Application:
 
     def command(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
+            raw = await request.read()
             try:
-                body = await request.json()
+                body = json.loads(raw.decode("utf-8"))
             except (ValueError, UnicodeDecodeError):
                 return _err(400, "bad-request", "body is not valid JSON")
+            except RecursionError:  # e.g. 400k nested lists: the C parser gives up
+                return _err(400, "bad-request", "body is nested too deeply")
             reply = await service.execute(name, body)
             return _json(reply.code, reply.body)
 
@@ -153,12 +172,13 @@ def setup_logging() -> None:
 async def serve(config: AgentConfig) -> int:
     """Run the agent until SIGTERM/SIGINT. Returns the process exit code."""
     setup_logging()
+    tls = server_tls(config)  # a bad certificate fails here, before the app is started
     service = AgentService(config)
     await service.start()
     runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
@@ -168,14 +188,19 @@ async def serve(config: AgentConfig) -> int:
             f"{exc.strerror or exc}"
         ) from exc
     log.info(
-        "agent %s %s listening on %s:%d, data dir %s, current %s",
+        "agent %s %s listening on %s://%s:%d, data dir %s, current %s",
         config.device_id,
         __version__,
+        "http" if config.tls_cert is None else "https",
         config.host,
         config.port,
         config.data_dir,
         service.state.current,
     )
+    from fleetgate.agent.hygiene import hygiene_warnings
+
+    for line in hygiene_warnings(config):
+        log.warning("%s", line)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -200,8 +225,18 @@ def dump_config(config: AgentConfig) -> str:
                 "trial_max_starts": config.trial_max_starts,
                 "on_commit": None if config.on_commit is None else str(config.on_commit),
                 "on_revert": None if config.on_revert is None else str(config.on_revert),
+                "tls": config.tls_cert is not None,
+                "mutual_tls": config.tls_client_ca is not None,
+                "ca_bundle": None if config.ca_bundle is None else str(config.ca_bundle),
+                "fetch_pinned": config.fetch_pin_sha256 is not None,
             },
-            "app": {"mode": config.app_mode, "port": config.app_port, "unit": config.app_unit},
+            "app": {
+                "mode": config.app_mode,
+                "port": config.app_port,
+                "unit": config.app_unit,
+                "run_as": config.run_as,
+                "containment": config.containment,
+            },
         },
         indent=2,
     )

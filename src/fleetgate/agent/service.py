@@ -6,7 +6,14 @@ Contract:
   orphaned by a crashed agent is reaped, then the current release's app is started.
 - ``execute(command, body)`` applies the idempotency rules of docs/protocol.md §4: commands run
   one at a time; each is recorded ``in-progress`` (persisted) before it acts and its reply is
-  persisted after; a repeat is answered from the record.
+  persisted after; a repeat is answered from the record. A ``seq`` outside its ``seq_base``
+  window, or too far ahead (``core.seqwindow``), is refused without being recorded. A command
+  whose ``in-progress`` record cannot be written (disk full) is answered ``507`` and leaves no
+  record, in memory or on disk: the same seq runs once there is space again.
+- Safe mode: when ``state.json`` and its previous copy are both unreadable (``StateLost``) or
+  gone while releases are on disk, the seq history is unknown. The agent still starts the
+  current release and answers reads, but refuses every command with ``409 state-lost`` until
+  an operator runs ``fleetgate agent reset-state`` (it never guesses ``last_seq = 0``).
 - ``facts()``, ``health()``, ``logs()`` never wait for a running command: staging does its
   blocking work in threads, so the agent keeps answering while it downloads and unpacks.
 """
@@ -14,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -25,6 +33,8 @@ import aiohttp
 
 from fleetgate import __version__
 from fleetgate.agent import commands, trial
+from fleetgate.agent.cgroup import Cgroups
+from fleetgate.agent.cgroup import choose as choose_containment
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.probes import (
     HealthProber,
@@ -44,12 +54,15 @@ from fleetgate.agent.state import (
     AgentState,
     CommandRecord,
     Decision,
+    StateLost,
     classify,
     load_state,
+    prev_path,
     save_state,
 )
 from fleetgate.agent.supervisor import ProcessSupervisor, SystemdSupervisor, reap_orphan
 from fleetgate.core.model import ArtifactKind
+from fleetgate.core.seqwindow import MAX_SEQ, jump_problem, window_problem
 from fleetgate.errors import FleetgateError
 
 log = logging.getLogger("fleetgate.agent")
@@ -69,6 +82,7 @@ class AgentService:
         self.store = ReleaseStore(config.data_dir)
         self.state_path = config.data_dir / "state.json"
         self.state = AgentState()
+        self.state_lost: str | None = None  # safe mode: why the seq history is unknown
         self._public_key: Any = None
         self.activity = "starting"
         self.current_kind: ArtifactKind | None = None
@@ -82,6 +96,7 @@ class AgentService:
         else:
             self.supervisor = ProcessSupervisor(config.data_dir, config.stop_grace_s)
             self.supervisor.on_line = lambda line: trial.log_line(self, line)
+        self.containment = "systemd unit" if config.app_mode == "systemd" else "process group"
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._prober: HealthProber | None = None
@@ -117,11 +132,33 @@ class AgentService:
         return self._prober
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        from fleetgate.agent.tls import fetch_tls
+
+        tls = fetch_tls(self.config)  # None unless ca_bundle / fetch_pin_sha256 are set
+        connector = None if tls is None else aiohttp.TCPConnector(ssl=tls)
+        self._session = aiohttp.ClientSession(connector=connector)
         self._prober = HealthProber(self._session)
         await asyncio.to_thread(self._reconcile)
         if isinstance(self.supervisor, ProcessSupervisor):
-            await reap_orphan(self.config.data_dir, self.config.stop_grace_s)
+            cgroups = await asyncio.to_thread(
+                choose_containment,
+                self.config.containment,
+                self.config.data_dir,
+                self.config.systemd_run,
+            )
+            self.supervisor.cgroups = cgroups
+            if isinstance(cgroups, Cgroups):
+                self.containment = f"cgroup v2 ({cgroups.parent})"
+            elif cgroups is not None:
+                self.containment = f"systemd scopes ({cgroups.systemd_run})"
+            elif self.config.containment != "process-group":
+                log.error(
+                    "containment %s not available here: a release's setsid children can "
+                    "outlive a rollback",
+                    self.config.containment,
+                )
+            log.info("releases run in: %s", self.containment)
+            await reap_orphan(self.config.data_dir, self.config.stop_grace_s, cgroups)
         current = self.state.current
         problem = trial.startup_problem(self.state, self.config.trial_max_starts)
         if current is not None and problem is not None:
@@ -156,9 +193,22 @@ class AgentService:
     def _reconcile(self) -> None:
         """Make ``state.json`` agree with the disk after whatever happened (crash, power cut)."""
         self.store.ensure_layout()
+        if self.config.run_as is not None:
+            # The release's user may enter the data dir (to reach its own release by path)
+            # but not list it or read state.json / app.json (0600, root's).
+            self.config.data_dir.chmod(0o711)
+            self.store.releases_dir.chmod(0o711)
         for leftover in self.store.cleanup_leftovers():
             log.warning("removed leftover %s", leftover)
-        state = load_state(self.state_path)
+        try:
+            state = load_state(self.state_path)
+        except StateLost as exc:
+            self._enter_safe_mode(str(exc))
+            return
+        fresh = not self.state_path.exists() and not prev_path(self.state_path).exists()
+        if fresh and (self.store.list_releases() or self.store.link_target_name() is not None):
+            self._enter_safe_mode(f"{self.state_path} is gone but releases are on disk")
+            return
         link = self.store.read_current()
         if link is None and self.store.exists(state.current):
             assert state.current is not None
@@ -180,7 +230,25 @@ class AgentService:
         if state.previous == state.current or not self.store.exists(state.previous):
             state.previous = None
         self.state = state
-        save_state(self.state_path, state)
+        try:
+            save_state(self.state_path, state)
+        except OSError as exc:
+            # A full disk must not keep the agent (and so the app) from starting: the file on
+            # disk is still the last good one, and commands are refused (507) until it is
+            # writable again.
+            log.error("could not save %s at start-up: %s", self.state_path, exc)
+
+    def _enter_safe_mode(self, why: str) -> None:
+        """Run what the ``current`` link says, accept no command, and touch no state file
+        (they are the evidence an operator needs)."""
+        self.state_lost = why
+        self.state = AgentState(current=self.store.read_current())
+        log.error(
+            "SAFE MODE: %s; the seq history is unknown, every command is refused until "
+            "`fleetgate agent reset-state --config %s --last-seq N` is run",
+            why,
+            self.config.source,
+        )
 
     async def save(self) -> None:
         await asyncio.to_thread(save_state, self.state_path, self.state)
@@ -203,9 +271,14 @@ class AgentService:
     # -- commands -------------------------------------------------------------------------------
     async def execute(self, command: str, body: Any) -> Reply:
         try:
-            seq, deployment_id = _validate(command, body)
+            seq, seq_base, deployment_id = _validate(command, body)
         except CommandError as exc:
             return exc.reply()
+        if self.state_lost is not None:
+            msg = (
+                f"safe mode: {self.state_lost}; an operator must run `fleetgate agent reset-state`"
+            )
+            return CommandError(409, "state-lost", msg).reply()
         if self._lock.locked():
             rec = self.state.commands.get(seq)
             same = rec is not None and (rec.command, rec.deployment_id) == (command, deployment_id)
@@ -217,12 +290,12 @@ class AgentService:
                 409, "busy", "another command is executing; seq not consumed", retryable=True
             ).reply()
         async with self._lock:
-            return await self._execute_locked(command, body, seq, deployment_id)
+            return await self._execute_locked(command, body, seq, seq_base, deployment_id)
 
     async def _execute_locked(
-        self, command: str, body: dict[str, Any], seq: int, deployment_id: str
+        self, command: str, body: dict[str, Any], seq: int, seq_base: int, deployment_id: str
     ) -> Reply:
-        decision = classify(self.state, seq, command, deployment_id)
+        decision = classify(self.state, seq, command, deployment_id, seq_base)
         if decision is Decision.REPLAY:
             rec = self.state.commands[seq]
             assert rec.code is not None and rec.body is not None
@@ -230,6 +303,9 @@ class AgentService:
         if decision is Decision.STALE:
             msg = f"seq {seq} is older than last_seq {self.state.last_seq}"
             return CommandError(409, "stale-seq", msg).reply()
+        if decision is Decision.OUT_OF_RANGE:
+            msg = jump_problem(seq_base, self.state.last_seq) or f"seq {seq} out of range"
+            return CommandError(409, "seq-out-of-range", msg).reply()
         if decision is Decision.CONFLICT:
             rec = self.state.commands[seq]
             msg = f"seq {seq} was used for {rec.command} of deployment {rec.deployment_id}"
@@ -247,8 +323,15 @@ class AgentService:
             IN_PROGRESS,
             params=dict(old.params) if again and old else {},
         )
+        before = (dict(self.state.commands), self.state.last_seq)
         self.state.record(rec)
-        await self.save()
+        try:
+            await self.save()
+        except OSError as exc:
+            # Not recorded, so not done: forget it entirely (the same seq must run later).
+            self.state.commands, self.state.last_seq = before
+            log.error("%s seq=%d not recorded, refused: %s", command, seq, exc)
+            return _os_error_reply(exc, f"cannot record {command} seq {seq}").reply()
         log.info(
             "%s seq=%d deployment=%s%s",
             command,
@@ -260,6 +343,19 @@ class AgentService:
             reply = await HANDLERS[command](self, body, rec, again)
         except CommandError as exc:
             reply = exc.reply()
+        except OSError as exc:
+            log.exception("%s seq=%d failed", command, seq)
+            reply = _os_error_reply(exc, f"{command} seq {seq}").reply()
+            if exc.errno in DISK_FULL:
+                # The disk filled up under the command: it is not done, so it is not kept
+                # (a recorded 507 would replay for ever); the same seq runs again later.
+                self.activity = "idle"
+                self.state.commands, self.state.last_seq = before
+                try:
+                    await self.save()
+                except OSError as again_exc:
+                    log.error("%s seq=%d: record not removed on disk: %s", command, seq, again_exc)
+                return reply
         except Exception as exc:
             log.exception("%s seq=%d failed", command, seq)
             reply = Reply(500, error_body("internal", f"{type(exc).__name__}: {exc}"))
@@ -267,7 +363,13 @@ class AgentService:
             self.activity = "idle"
         rec.status = RETRYABLE if reply.retryable else DONE
         rec.code, rec.body = reply.code, reply.body
-        await self.save()
+        try:
+            await self.save()
+        except OSError as exc:
+            # The command ran; its answer stays in memory. On disk it is still in-progress, so
+            # an agent restarted before the next save re-executes it (every command is safe
+            # to repeat), which is what the record promises.
+            log.error("%s seq=%d: outcome not persisted: %s", command, seq, exc)
         log.info(
             "%s seq=%d -> %d %s",
             command,
@@ -350,7 +452,16 @@ class AgentService:
         return {"reverted": {k: sr.get(k) for k in keys}}
 
 
-def _validate(command: str, body: Any) -> tuple[int, str]:
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _os_error_reply(exc: OSError, what: str) -> CommandError:
+    if exc.errno in DISK_FULL:
+        return CommandError(507, "insufficient-disk", f"{what}: disk full ({exc.strerror})")
+    return CommandError(500, "internal", f"{what}: {exc.strerror or exc}")
+
+
+def _validate(command: str, body: Any) -> tuple[int, int, str]:
     if command not in HANDLERS:
         raise CommandError(404, "not-found", f"unknown command {command!r}")
     if not isinstance(body, dict):
@@ -358,11 +469,19 @@ def _validate(command: str, body: Any) -> tuple[int, str]:
     seq = body.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise bad_request("seq: expected an integer >= 1")
+    seq_base = body.get("seq_base")
+    if isinstance(seq_base, bool) or not isinstance(seq_base, int) or seq_base < 0:
+        raise bad_request("seq_base: expected an integer >= 0")
+    if seq >= MAX_SEQ:
+        raise CommandError(409, "seq-out-of-range", f"seq {seq} is not below 2**53")
+    problem = window_problem(seq, seq_base)
+    if problem is not None:
+        raise bad_request(problem)
     dep = body.get("deployment_id")
     if not isinstance(dep, str) or not dep or len(dep) > 200:
         raise bad_request("deployment_id: expected a non-empty string")
     commands.validate_body(command, body)
-    return seq, dep
+    return seq, seq_base, dep
 
 
 def child_env(config: AgentConfig) -> dict[str, str]:

@@ -2,16 +2,21 @@
 
 Contract of ``ProcessSupervisor``:
 - ``start(launch)`` stops whatever runs, then runs ``launch.argv`` with cwd = the release dir in
-  its own session/process group, stdout+stderr captured line by line into ``logs`` (a ring
-  buffer). Its pid and kernel start time go to ``<data_dir>/app.json`` so an agent restarted
-  after a crash can find and reap an orphan (``reap_orphan``) instead of fighting it for its
-  port.
+  its own session/process group *and its own cgroup* (``agent/cgroup.py``; when the machine
+  has no writable cgroup v2, the session is all there is), stdout+stderr captured line by line
+  into ``logs`` (a ring buffer). The process is started through ``/bin/sh`` that waits on a
+  pipe until the agent has moved it into the cgroup, then execs the release: nothing of the
+  release runs outside it. With ``run_as`` the process gets that uid/gid (no supplementary
+  groups). Its pid, kernel start time and cgroup go to ``<data_dir>/app.json`` (mode 0600) so
+  an agent restarted after a crash can find and reap an orphan (``reap_orphan``) instead of
+  fighting it for its port.
 - When the app exits without being asked to, it is restarted with exponential backoff
   (0.5 s doubling to 10 s; back to 0.5 s once a run lasted 30 s). ``restarts`` counts those
   restarts since the last ``start``; ``crash_loop`` is ≥ 3 restarts within 60 s.
-- ``stop()`` sends SIGTERM to the whole process group, SIGKILL after ``grace_s``. It never runs
-  anything from the release (no stop hooks): that is what makes rollback safe when the release
-  being left is broken.
+- ``stop()`` sends SIGTERM to the whole process group and every process of the cgroup, then
+  after ``grace_s`` kills the whole cgroup (``cgroup.kill``) and the group: a child that
+  called ``setsid`` dies with the rest. It never runs anything from the release (no stop
+  hooks): that is what makes rollback safe when the release being left is broken.
 
 ``SystemdSupervisor`` offers the same surface over ``systemctl restart/stop/is-active UNIT``.
 """
@@ -24,11 +29,17 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from fleetgate.agent import cgroup
+from fleetgate.agent.cgroup import Cgroups, SystemdScopes
+
+Containment = Cgroups | SystemdScopes
 
 log = logging.getLogger("fleetgate.agent")
 
@@ -48,6 +59,15 @@ class Launch:
     cwd: Path
     argv: tuple[str, ...]
     env: Mapping[str, str]
+    uid: int | None = None  # run_as: the release's user and group (None: the agent's)
+    gid: int | None = None
+
+
+# Started in place of the release, with the handshake pipe as stdin: waits until the agent has
+# moved it into the release's cgroup (a line on the pipe), then becomes the release with stdin
+# from /dev/null. EOF (the agent died first) → exit. (Stdin rather than a numbered descriptor:
+# dash, a common /bin/sh, cannot redirect descriptors above 9.)
+HANDSHAKE = 'read -r _ || exit 111; exec "$@" </dev/null'
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -62,6 +82,34 @@ def _start_ticks(pid: int) -> int | None:
         return int(rest[19])
     except (IndexError, ValueError):
         return None
+
+
+def _not_executable(launch: Launch) -> str | None:
+    """Why ``launch.argv[0]`` cannot be run (None: it can). Checked before the start handshake,
+    whose ``/bin/sh`` would otherwise turn a missing program into a bare exit code 127."""
+    if not launch.argv:
+        return "empty command"
+    name = launch.argv[0]
+    if "/" in name:
+        path = launch.cwd / name
+        ok = path.is_file() and os.access(path, os.X_OK)
+    else:
+        ok = shutil.which(name, path=launch.env.get("PATH", os.defpath)) is not None
+    return None if ok else "No such file or not executable"
+
+
+async def _wait_for_scope(
+    scopes: SystemdScopes, proc: asyncio.subprocess.Process, timeout_s: float = 10.0
+) -> Path | None:
+    """The scope systemd-run put ``proc`` in (it moves itself, then execs the handshake)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.returncode is None and time.monotonic() < deadline:
+        found = scopes.scope_of(proc.pid)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.01)
+    log.error("pid %d never reached its systemd scope: process group only", proc.pid)
+    return None
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -79,9 +127,14 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-async def reap_orphan(data_dir: Path, grace_s: float) -> int | None:
-    """Kill the process group of an app a previous (crashed) agent left running."""
+async def reap_orphan(
+    data_dir: Path, grace_s: float, cgroups: Containment | None = None
+) -> int | None:
+    """Kill what a previous (crashed) agent left running: every cgroup of ours (a release's
+    setsid children included), the recorded one, then the recorded process group."""
     path = data_dir / APP_FILE
+    if isinstance(cgroups, Cgroups):
+        await asyncio.to_thread(cgroups.sweep)
     try:
         info = json.loads(path.read_text())
         pid, ticks = int(info["pid"]), int(info["start_ticks"])
@@ -89,6 +142,12 @@ async def reap_orphan(data_dir: Path, grace_s: float) -> int | None:
         path.unlink(missing_ok=True)
         return None
     path.unlink(missing_ok=True)
+    recorded = info.get("cgroup")
+    if cgroups is not None and isinstance(recorded, str) and cgroups.owns(Path(recorded)):
+        # Whatever the leader's fate, everything still in its cgroup goes.
+        log.warning("killing cgroup %s left by a previous agent", recorded)
+        remove = isinstance(cgroups, Cgroups)
+        await asyncio.to_thread(cgroup.kill, Path(recorded), remove=remove)
     if _start_ticks(pid) != ticks:
         return None  # gone, or the pid now belongs to someone else: leave it alone
     log.warning("reaping app process group %d left by a previous agent", pid)
@@ -101,8 +160,16 @@ async def reap_orphan(data_dir: Path, grace_s: float) -> int | None:
 
 
 class ProcessSupervisor:
-    def __init__(self, data_dir: Path, grace_s: float = 5.0, log_lines: int = 1000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        grace_s: float = 5.0,
+        log_lines: int = 1000,
+        cgroups: Containment | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.cgroups = cgroups
+        self.cgroup: Path | None = None  # the running release's cgroup
         self.grace_s = grace_s
         self.logs: collections.deque[str] = collections.deque(maxlen=log_lines)
         self.launch: Launch | None = None
@@ -151,6 +218,8 @@ class ProcessSupervisor:
         proc = self._proc
         if proc is not None:
             _killpg(proc.pid, signal.SIGTERM)
+            if self.cgroup is not None:
+                cgroup.signal_all(self.cgroup, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), self.grace_s)
             except asyncio.TimeoutError:
@@ -159,6 +228,12 @@ class ProcessSupervisor:
             _killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
+        if self.cgroup is not None:
+            # Everything the release started, wherever it moved in the process tree.
+            remove = not isinstance(self.cgroups, SystemdScopes)  # a scope is systemd's
+            if not await asyncio.to_thread(cgroup.kill, self.cgroup, remove=remove):
+                log.error("cgroup %s still has processes after SIGKILL", self.cgroup)
+            self.cgroup = None
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -170,34 +245,88 @@ class ProcessSupervisor:
     async def _spawn(self) -> None:
         assert self.launch is not None
         launch = self.launch
+        group: Path | None = None
+        scopes = self.cgroups if isinstance(self.cgroups, SystemdScopes) else None
+        if isinstance(self.cgroups, Cgroups):
+            try:
+                group = await asyncio.to_thread(self.cgroups.create, launch.release_id)
+            except OSError as exc:
+                log.error("no cgroup for %s (%s): process group only", launch.release_id, exc)
+        argv: tuple[str, ...] = launch.argv
+        rfd = wfd = -1
+        missing = _not_executable(launch)
+        if missing is not None:
+            if group is not None:
+                await asyncio.to_thread(cgroup.kill, group)
+            self._spawn_failed(launch, missing)
+            return
+        if group is not None or scopes is not None:
+            rfd, wfd = os.pipe()
+            argv = ("/bin/sh", "-c", HANDSHAKE, launch.release_id, *argv)
+            if scopes is not None:
+                argv = scopes.wrap(launch.release_id, argv)
+        ids: dict[str, object] = {}
+        if launch.uid is not None:
+            ids = {"user": launch.uid, "group": launch.gid, "extra_groups": []}
         try:
             proc = await asyncio.create_subprocess_exec(
-                *launch.argv,
+                *argv,
                 cwd=launch.cwd,
                 env=dict(launch.env),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=rfd if rfd >= 0 else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                **ids,  # type: ignore[arg-type]
             )
         except OSError as exc:
-            self._proc = None
-            self.exits += 1
-            self.last_exit = f"cannot start {launch.argv[0]!r}: {exc.strerror or exc}"
-            self.logs.append(f"--- fleetgate: {self.last_exit}")
+            for fd in (rfd, wfd):
+                if fd >= 0:
+                    os.close(fd)
+            if group is not None:
+                await asyncio.to_thread(cgroup.kill, group)
+            self._spawn_failed(launch, exc.strerror or str(exc))
             return
+        if scopes is not None:
+            os.close(rfd)
+            group = await _wait_for_scope(scopes, proc)
+        elif group is not None:
+            os.close(rfd)
+            try:
+                cgroup.enter(group, proc.pid)
+            except OSError as exc:
+                log.error("cannot move pid %d into %s: %s", proc.pid, group, exc)
+                await asyncio.to_thread(cgroup.kill, group)
+                group = None
+        if wfd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(wfd, b"go\n")  # the release may exec now
+            os.close(wfd)
+        self.cgroup = group
         self._proc = proc
         self._started_at = time.monotonic()
         info = {
             "pid": proc.pid,
             "start_ticks": _start_ticks(proc.pid),
             "release": launch.release_id,
+            "cgroup": None if group is None else str(group),
         }
         # Tiny file, written once per start; a stale one is checked by start time on reap.
-        (self.data_dir / APP_FILE).write_text(json.dumps(info))
+        try:
+            fd = os.open(self.data_dir / APP_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(info))
+        except OSError as exc:  # a full disk: the app runs all the same (the cgroup sweep
+            log.error("could not write %s: %s", APP_FILE, exc)  # still finds it after a crash)
         pump = asyncio.create_task(self._pump(proc), name="app-output")
         self._pumps.add(pump)
         pump.add_done_callback(self._pumps.discard)
+
+    def _spawn_failed(self, launch: Launch, why: str) -> None:
+        self._proc = None
+        self.exits += 1
+        self.last_exit = f"cannot start {launch.argv[0]!r}: {why}"
+        self.logs.append(f"--- fleetgate: {self.last_exit}")
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

@@ -11,10 +11,15 @@ verified (TUF-like order: authenticate the metadata, then fetch the data it desc
   more, or a body that runs past it, aborts the download, deletes the part and raises
   ``IntegrityError``. A server whose blob has a different total length (``Content-Range: */N``,
   416) is an ``IntegrityError`` too — the blob is not the one that was signed.
+- Slow retrieval: with ``min_rate`` (bytes/s), a request whose average rate since it started
+  falls below it once ``rate_window`` seconds have passed is abandoned like a dropped
+  connection (retried, resumed); a server that trickles can no longer hold a stage for ever
+  (``read_timeout`` alone only bounds the silence between two bytes).
 - Dropped connections, timeouts, short bodies, 408/429/5xx are retried up to ``attempts`` times in
   total, with exponential backoff; each retry resumes where the part ends. Running out of attempts
   raises ``TransportError(retryable=True)`` and *keeps* the part for a later resume. Other HTTP
-  errors (401, 403, 404 …) raise ``TransportError(retryable=False)`` at once.
+  errors (401, 403, 404 …) and TLS failures (untrusted or unpinned certificate) raise
+  ``TransportError(retryable=False)`` at once.
 - When ``size`` bytes are in, the sha256 (computed incrementally while streaming) must match;
   otherwise the part is deleted and ``IntegrityError`` raised. On success the part is fsynced and
   renamed to ``dest`` atomically (and the directory fsynced): ``dest`` either does not exist or is
@@ -30,6 +35,7 @@ import asyncio
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,8 @@ async def _fetch_once(
     size: int,
     headers: dict[str, str] | None,
     read_timeout: float,
+    min_rate: float = 0.0,
+    rate_window: float = 60.0,
 ) -> None:
     """One request; appends to ``part`` and advances ``state = [hasher, have]``."""
     hasher, have = state
@@ -136,6 +144,7 @@ async def _fetch_once(
                 f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip(), retryable=False
             )
         state[0], state[1] = hasher, have
+        started, got = time.monotonic(), 0
         with part.open("ab" if have else "wb") as fh:
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if state[1] + len(chunk) > size:
@@ -143,6 +152,13 @@ async def _fetch_once(
                 fh.write(chunk)
                 hasher.update(chunk)
                 state[1] += len(chunk)
+                got += len(chunk)
+                elapsed = time.monotonic() - started
+                if min_rate and elapsed > rate_window and got < min_rate * elapsed:
+                    raise _Retry(
+                        f"{url}: slow retrieval: {got} bytes in {elapsed:.1f}s, below the "
+                        f"minimum {min_rate / 1024:g} KiB/s"
+                    )
 
 
 async def download_blob(
@@ -156,6 +172,8 @@ async def download_blob(
     attempts: int = 5,
     backoff: float = 0.2,
     read_timeout: float = 30.0,
+    min_rate: float = 0.0,
+    rate_window: float = 60.0,
 ) -> Path:
     """Fetch ``url`` into ``dest``; see the module docstring for the guarantees."""
     dest = Path(dest)
@@ -170,10 +188,15 @@ async def download_blob(
         if attempt:
             await asyncio.sleep(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF))
         try:
-            await _fetch_once(session, url, part, state, size, headers, read_timeout)
+            await _fetch_once(
+                session, url, part, state, size, headers, read_timeout, min_rate, rate_window
+            )
         except IntegrityError:
             part.unlink(missing_ok=True)
             raise
+        except aiohttp.ClientSSLError as exc:
+            # An untrusted or unpinned certificate does not get better by asking again.
+            raise TransportError(f"{url}: TLS: {exc}", retryable=False) from exc
         except (_Retry, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             last_error = exc
     hasher, have = state

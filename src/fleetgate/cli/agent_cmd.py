@@ -15,28 +15,75 @@ from typing import Any
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("agent", help="run the device agent")
     sub = parser.add_subparsers(dest="agent_command", metavar="COMMAND")
+    strict = "refuse (exit 2) on any exposure warning: non-loopback listen without TLS, "
+    strict += "token/key files others may read, trusted keys others may write"
     run = sub.add_parser("run", help="serve the agent protocol on this device")
     run.add_argument("--config", required=True, help="path to agent.toml")
+    run.add_argument("--strict", action="store_true", help=strict)
     run.set_defaults(handler=_run)
     check = sub.add_parser("check", help="validate agent.toml and print the effective settings")
     check.add_argument("--config", required=True, help="path to agent.toml")
+    check.add_argument("--strict", action="store_true", help=strict)
     check.set_defaults(handler=_check)
+    reset = sub.add_parser(
+        "reset-state",
+        help="leave safe mode: write a new state.json with only last_seq (agent stopped)",
+    )
+    reset.add_argument("--config", required=True, help="path to agent.toml")
+    reset.add_argument(
+        "--last-seq",
+        type=int,
+        required=True,
+        help="at least the highest seq any controller sent this device (older ones are refused)",
+    )
+    reset.set_defaults(handler=_reset_state)
+
+
+def _load_checked(args: argparse.Namespace) -> Any:
+    """The config, its exposure warnings on stderr; with ``--strict`` a warning is an error."""
+    import sys
+
+    from fleetgate.agent.config import load_config
+    from fleetgate.agent.hygiene import hygiene_warnings
+    from fleetgate.errors import ValidationError
+
+    config = load_config(args.config)
+    warnings = hygiene_warnings(config)
+    if warnings and args.strict:
+        raise ValidationError([f"{w} [--strict]" for w in warnings])
+    for line in warnings:
+        print(f"fleetgate: warning: {line}", file=sys.stderr)
+    return config
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from fleetgate.agent.config import load_config
     from fleetgate.agent.server import serve
 
-    config = load_config(args.config)
-    return await serve(config)
+    return await serve(_load_checked(args))
 
 
 def _check(args: argparse.Namespace) -> int:
-    from fleetgate.agent.config import load_config
     from fleetgate.agent.server import dump_config
     from fleetgate.artifacts.keys import load_public_key
 
-    config = load_config(args.config)
+    config = _load_checked(args)
     load_public_key(config.public_key)  # `run` parses the key lazily; `check` proves it now
     print(dump_config(config))
+    return 0
+
+
+def _reset_state(args: argparse.Namespace) -> int:
+    from fleetgate.agent.config import load_config
+    from fleetgate.agent.state import reset_state
+    from fleetgate.errors import InputError
+
+    if args.last_seq < 0:
+        raise InputError("--last-seq: expected an integer >= 0")
+    config = load_config(args.config)
+    path = config.data_dir / "state.json"
+    for old in (path, path.with_name(path.name + ".prev")):
+        if old.exists():  # keep the evidence next to the new file
+            old.replace(old.with_name(old.name + ".lost"))
+    reset_state(path, args.last_seq)
+    print(f"{path}: last_seq = {args.last_seq}; start the agent again")
     return 0

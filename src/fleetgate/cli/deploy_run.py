@@ -174,7 +174,7 @@ async def controller(args: argparse.Namespace, *, need_pubkey: bool = False) -> 
     from fleetgate.cli.progress import Progress
     from fleetgate.engine.service import Controller, ControllerConfig
     from fleetgate.store import Store
-    from fleetgate.transports.http import HttpTransport
+    from fleetgate.transports.http import HttpTransport, controller_tls_from_env
     from fleetgate.transports.tokens import TokenSource
 
     progress = Progress(enabled=not getattr(args, "json", False))
@@ -185,7 +185,9 @@ async def controller(args: argparse.Namespace, *, need_pubkey: bool = False) -> 
     )
     async with (
         Store.open(args.db) as store,
-        HttpTransport(TokenSource(), concurrency=config.concurrency) as transport,
+        HttpTransport(
+            TokenSource(), concurrency=config.concurrency, tls=controller_tls_from_env()
+        ) as transport,
     ):
         ctl = Controller(store, transport, config, on_progress=progress.update)
         with progress:

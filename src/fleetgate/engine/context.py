@@ -26,6 +26,7 @@ from structlog.contextvars import bind_contextvars
 from fleetgate.clock import utc_now, utc_now_iso
 from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.policy import Policy
+from fleetgate.core.seqwindow import SEQ_BLOCK
 from fleetgate.engine.recorder import Recorder
 from fleetgate.errors import FleetgateError
 from fleetgate.transports.base import DeviceTransport
@@ -130,8 +131,15 @@ class EngineContext:
     def next_seq(self, device_id: str) -> int:
         """Per-device increasing command numbers: a per-deployment block (from the store's
         global counter, so later deployments always use higher numbers) plus the count of
-        commands this deployment already sent the device (from the log)."""
-        return self.seq_base * 100_000 + self.recorder.ledger.commands.get(device_id, 0) + 1
+        commands this deployment already sent the device (from the log). The agent refuses a
+        seq outside its block (core.seqwindow), so a block that ran out is an error here."""
+        n = self.recorder.ledger.commands.get(device_id, 0) + 1
+        if n >= SEQ_BLOCK:
+            raise FleetgateError(
+                f"{device_id}: deployment {self.deployment_id} sent {n - 1} commands, "
+                f"its seq block holds {SEQ_BLOCK - 1}"
+            )
+        return self.seq_base * SEQ_BLOCK + n
 
     async def begin_command(self, device_id: str, command: str, **intent: Any) -> int:
         """The seq to send ``command`` with: the in-flight one if a controller died after

@@ -32,7 +32,7 @@ async def serve(cfg: ServeConfig) -> int:
     from fleetgate.server.timed import TimedTransport
     from fleetgate.server.worker import Worker
     from fleetgate.store import Store
-    from fleetgate.transports.http import HttpTransport
+    from fleetgate.transports.http import HttpTransport, controller_tls_from_env
     from fleetgate.transports.tokens import TokenSource
 
     metrics = Metrics()
@@ -45,7 +45,9 @@ async def serve(cfg: ServeConfig) -> int:
     )
     async with (
         Store.open(cfg.db) as store,
-        HttpTransport(TokenSource(), concurrency=cfg.concurrency) as http,
+        HttpTransport(
+            TokenSource(), concurrency=cfg.concurrency, tls=controller_tls_from_env()
+        ) as http,
     ):
         controller = Controller(store, TimedTransport(http, metrics.agent_latency), config)
         worker = Worker(

@@ -5,11 +5,13 @@ One model, two front ends: the aiohttp server (``sim/server.py``) and the in-pro
 simulator cannot disagree about what a device does.
 
 Contract (docs/protocol.md, mirrored from the real agent):
-- ``authenticate`` applies §1's checks in order (wrong device 403, bad token 401, no device
-  header 401).
+- ``authenticate`` applies §1's checks in order (bad token 401, no device header 401, wrong
+  device 403).
 - ``command`` applies §4's idempotency: one command at a time (``busy``/``in-progress`` do not
   consume a seq), replay of a finished seq with ``"replayed": true``, ``stale-seq``,
-  ``seq-conflict``; only retryable failures are executed again. The record keeps 100 seqs.
+  ``seq-conflict``, ``seq-out-of-range`` (``core.seqwindow``: the seq outside its ``seq_base``
+  window or too far ahead, refused without being recorded); only retryable failures are
+  executed again. The record keeps 100 seqs.
 - What each command does is in ``sim/device_commands.py``; this class holds the state, the
   faults and the reports (ping, facts, health, logs).
 - ``admit`` is the network: it says whether a request is dropped (``unreachable``, ``flaky``)
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
 from fleetgate.core.model import Device
+from fleetgate.core.seqwindow import jump_problem, seq_base_of
 from fleetgate.sim.device_commands import (
     COMMANDS,
     activate,
@@ -168,13 +171,16 @@ class VirtualDevice:
 
     # -- authentication ----------------------------------------------------------------------------
     def authenticate(self, authorization: str | None, claimed: str | None) -> SimReply | None:
-        if claimed is not None and claimed != self.device.id:
-            return refusal(403, "wrong-device", f"this agent is {self.device.id}, not {claimed}")
+        # The token first, as the agent does: an unauthenticated caller gets 401 whatever id.
         scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), self._token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.encode("utf-8", "replace"), self._token
+        ):
             return refusal(401, "unauthorized", "missing or wrong bearer token")
         if claimed is None:
             return refusal(401, "unauthorized", "missing X-Fleetgate-Device header")
+        if claimed != self.device.id:
+            return refusal(403, "wrong-device", f"this agent is {self.device.id}, not {claimed}")
         return None
 
     # -- reports -----------------------------------------------------------------------------------
@@ -334,6 +340,11 @@ class VirtualDevice:
         if rec is None and seq <= self.last_seq:
             msg = f"seq {seq} is older than last_seq {self.last_seq}"
             return self._note(seq, name, deployment_id, release, refusal(409, "stale-seq", msg))
+        jump = jump_problem(seq_base_of(seq), self.last_seq) if rec is None else None
+        if jump is not None:
+            return self._note(
+                seq, name, deployment_id, release, refusal(409, "seq-out-of-range", jump)
+            )
         if rec is not None and not same:
             msg = f"seq {seq} was used for {rec.command} of deployment {rec.deployment_id}"
             return self._note(seq, name, deployment_id, release, refusal(409, "seq-conflict", msg))

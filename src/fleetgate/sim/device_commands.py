@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from fleetgate.core.disk import stage_mb_needed
 from fleetgate.core.manifest import manifest_from_dict
 from fleetgate.core.model import Manifest
+from fleetgate.core.seqwindow import MAX_SEQ, window_problem
 from fleetgate.errors import FleetgateError
 from fleetgate.sim.device_state import Record, Refused, ReleaseInfo, SimReply, refusal
 
@@ -219,6 +220,14 @@ def validate(command: str, body: Any) -> tuple[int, str]:
     seq = body.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise Refused(refusal(400, "bad-request", "seq: expected an integer >= 1"))
+    seq_base = body.get("seq_base")
+    if isinstance(seq_base, bool) or not isinstance(seq_base, int) or seq_base < 0:
+        raise Refused(refusal(400, "bad-request", "seq_base: expected an integer >= 0"))
+    if seq >= MAX_SEQ:
+        raise Refused(refusal(409, "seq-out-of-range", f"seq {seq} is not below 2**53"))
+    problem = window_problem(seq, seq_base)
+    if problem is not None:
+        raise Refused(refusal(400, "bad-request", problem))
     dep = body.get("deployment_id")
     if not isinstance(dep, str) or not dep or len(dep) > 200:
         raise Refused(refusal(400, "bad-request", "deployment_id: expected a non-empty string"))

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from fleetgate.core.model import Device, HealthSample
+from fleetgate.core.seqwindow import seq_base_of
 from fleetgate.transports.errors import (
     PROTOCOL_RETRYABLE,
     UNAVAILABLE_CODES,
@@ -151,6 +152,9 @@ class DeviceTransport(abc.ABC):
         await self.aclose()
 
 
+# Every command body names the deployment's seq block next to the seq (docs/protocol.md §4):
+# the controller numbers seq = seq_base * SEQ_BLOCK + n (engine.context.next_seq), so the block
+# is the seq's quotient, and the device checks the seq against it and against its history.
 def stage_body(
     deployment_id: str,
     seq: int,
@@ -162,6 +166,7 @@ def stage_body(
     body: dict[str, Any] = {
         "deployment_id": deployment_id,
         "seq": seq,
+        "seq_base": seq_base_of(seq),
         "manifest": manifest_json,
         "signature": signature,
         "url": url,
@@ -172,15 +177,29 @@ def stage_body(
 
 
 def activate_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
-    return {"deployment_id": deployment_id, "seq": seq, "release": release}
+    return {
+        "deployment_id": deployment_id,
+        "seq": seq,
+        "seq_base": seq_base_of(seq),
+        "release": release,
+    }
 
 
 def commit_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
-    return {"deployment_id": deployment_id, "seq": seq, "release": release}
+    return {
+        "deployment_id": deployment_id,
+        "seq": seq,
+        "seq_base": seq_base_of(seq),
+        "release": release,
+    }
 
 
 def rollback_body(deployment_id: str, seq: int, to: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"deployment_id": deployment_id, "seq": seq}
+    body: dict[str, Any] = {
+        "deployment_id": deployment_id,
+        "seq": seq,
+        "seq_base": seq_base_of(seq),
+    }
     if to is not None:
         body["to"] = to
     return body

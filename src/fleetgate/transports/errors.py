@@ -28,6 +28,8 @@ PROTOCOL_RETRYABLE: Mapping[str, bool] = {
     "not-found": False,
     "stale-seq": False,
     "seq-conflict": False,
+    "seq-out-of-range": False,
+    "state-lost": False,
     "in-progress": True,
     "busy": True,
     "no-rollback-copy": False,
@@ -37,6 +39,7 @@ PROTOCOL_RETRYABLE: Mapping[str, bool] = {
     "integrity-error": False,
     "download-failed": True,
     "insufficient-disk": False,
+    "too-large": False,
     "internal": False,
 }
 # "Nothing was decided, ask again": transport-level, whatever the status code says.

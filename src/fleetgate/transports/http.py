@@ -16,6 +16,13 @@ Contract (on top of ``DeviceTransport``'s):
 - Mapping of failures: see ``transports/errors.py``. Connection refused →
   ``connection-refused``, reset/closed without an answer → ``connection-reset``, timeout →
   ``timeout``; all retryable.
+- TLS: a device whose ``address`` is ``https://…`` is reached over TLS, verified against the
+  system trust store or ``tls`` (an ``ssl.SSLContext``; ``controller_tls`` builds it from a CA
+  bundle and, for agents that require mutual TLS, the controller's client certificate and key;
+  the CLI reads them from ``FLEETGATE_CA_BUNDLE``, ``FLEETGATE_CLIENT_CERT``,
+  ``FLEETGATE_CLIENT_KEY``). A certificate that does not verify is ``tls-error``, not
+  retryable: it is a misconfiguration or someone in the middle, and asking again changes
+  neither.
 - No retries of its own. (aiohttp itself repeats an idempotent GET once when the server closes
   the connection without answering — the keep-alive race; commands are POSTs and never are.)
 """
@@ -26,12 +33,14 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from fleetgate.core.model import Device, HealthSample
+from fleetgate.errors import InputError
 from fleetgate.transports.base import (
     ActivateResult,
     CallTimeouts,
@@ -53,10 +62,43 @@ from fleetgate.transports.base import (
 )
 from fleetgate.transports.tokens import TokenSource
 
+if TYPE_CHECKING:
+    import ssl
+
 log = logging.getLogger("fleetgate.transport")
 
 T = TypeVar("T")
 DEVICE_HEADER = "X-Fleetgate-Device"
+
+
+def controller_tls(
+    ca_bundle: str | None = None, client_cert: str | None = None, client_key: str | None = None
+) -> ssl.SSLContext | None:
+    """The context for ``https://`` devices: ``ca_bundle`` instead of the system store, and the
+    controller's certificate for agents that require mutual TLS. None: nothing configured."""
+    if ca_bundle is None and client_cert is None:
+        return None
+    import ssl
+
+    try:
+        ctx = ssl.create_default_context(cafile=ca_bundle)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if client_cert is not None:
+            ctx.load_cert_chain(client_cert, client_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(f"controller TLS files unusable: {exc}") from exc
+    return ctx
+
+
+def controller_tls_from_env(env: Mapping[str, str] | None = None) -> ssl.SSLContext | None:
+    """``controller_tls`` from ``FLEETGATE_CA_BUNDLE``, ``FLEETGATE_CLIENT_CERT`` and
+    ``FLEETGATE_CLIENT_KEY`` (the key may live in the certificate file)."""
+    env = os.environ if env is None else env
+    cert = env.get("FLEETGATE_CLIENT_CERT") or None
+    key = env.get("FLEETGATE_CLIENT_KEY") or None
+    if key is not None and cert is None:
+        raise InputError("FLEETGATE_CLIENT_KEY is set without FLEETGATE_CLIENT_CERT")
+    return controller_tls(env.get("FLEETGATE_CA_BUNDLE") or None, cert, key)
 
 
 def device_url(device: Device, path: str) -> str:
@@ -73,6 +115,7 @@ class HttpTransport(DeviceTransport):
         limit_per_host: int = 0,
         connect_timeout: float | None = None,
         timeouts: CallTimeouts | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -83,6 +126,7 @@ class HttpTransport(DeviceTransport):
         if connect_timeout is not None:
             base = dataclasses.replace(base, connect=connect_timeout)
         self.timeouts = base
+        self.tls = tls
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._closed = False
@@ -95,6 +139,7 @@ class HttpTransport(DeviceTransport):
                 limit=self.concurrency,
                 limit_per_host=self.limit_per_host,
                 ttl_dns_cache=300,
+                ssl=self.tls if self.tls is not None else True,
             )
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
@@ -144,6 +189,14 @@ class HttpTransport(DeviceTransport):
                     f"{device.id}: address {device.address!r} is not a valid URL",
                     device_id=device.id,
                     code="bad-address",
+                    status=None,
+                    retryable=False,
+                ) from None
+            except aiohttp.ClientSSLError as exc:
+                raise DeviceRefusal(
+                    f"{device.id}: TLS with {device.address} failed: {exc}",
+                    device_id=device.id,
+                    code="tls-error",
                     status=None,
                     retryable=False,
                 ) from None

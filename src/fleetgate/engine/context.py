@@ -28,7 +28,7 @@ from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.policy import Policy
 from fleetgate.engine.recorder import Recorder
 from fleetgate.errors import FleetgateError
-from fleetgate.transports.base import DeviceTransport
+from fleetgate.transports.client import DeviceClient
 
 T = TypeVar("T")
 
@@ -81,7 +81,7 @@ class Release:
 @dataclass
 class EngineContext:
     deployment_id: str
-    transport: DeviceTransport
+    transport: DeviceClient
     recorder: Recorder
     policy: Policy
     release: Release

@@ -43,7 +43,7 @@ from fleetgate.engine.service import Controller, ControllerConfig
 from fleetgate.sim.fleet import SimFleet
 from fleetgate.sim.fleetspec import FleetSpec
 from fleetgate.store import Store
-from fleetgate.transports.base import DeviceTransport
+from fleetgate.transports.client import DeviceClient
 from fleetgate.transports.http import HttpTransport
 from fleetgate.transports.memory import MemoryTransport
 from fleetgate.transports.tokens import TokenSource
@@ -97,7 +97,7 @@ def registry(db: str) -> dict[str, Device]:
 
 @asynccontextmanager
 async def controller(
-    db: str, transport: DeviceTransport, tmp: Path, pub: Path
+    db: str, transport: DeviceClient, tmp: Path, pub: Path
 ) -> AsyncIterator[Controller]:
     clock = VirtualClock()
     async with Store.open(db) as store:

@@ -19,7 +19,8 @@ from fleetgate.core.model import Arch, ArtifactKind, Manifest, Requirements, Run
 from fleetgate.sim.fleet import SimFleet
 from fleetgate.sim.fleetspec import FleetSpec
 from fleetgate.sim.server import VirtualFleet
-from fleetgate.transports.base import CallTimeouts, DeviceTransport
+from fleetgate.transports.base import CallTimeouts
+from fleetgate.transports.client import DeviceClient
 from fleetgate.transports.http import HttpTransport
 from fleetgate.transports.memory import MemoryTransport
 from fleetgate.transports.tokens import TokenSource
@@ -64,7 +65,7 @@ async def open_channel(
     spec: FleetSpec | None = None,
     timeouts: CallTimeouts | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[tuple[Any, DeviceTransport]]:
+) -> AsyncIterator[tuple[Any, DeviceClient]]:
     """``(fleet, transport)``; the fleet has ``devices``, ``inject``, ``device_state``.
     ``clock`` is the device model's (fault windows, leaks)."""
     spec = spec or FleetSpec(devices=12, seed=3, token=TOKEN)

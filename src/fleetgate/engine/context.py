@@ -29,7 +29,7 @@ from fleetgate.core.policy import Policy
 from fleetgate.core.seqwindow import SEQ_BLOCK
 from fleetgate.engine.recorder import Recorder
 from fleetgate.errors import FleetgateError
-from fleetgate.transports.base import DeviceTransport
+from fleetgate.transports.client import DeviceClient
 
 T = TypeVar("T")
 
@@ -82,7 +82,7 @@ class Release:
 @dataclass
 class EngineContext:
     deployment_id: str
-    transport: DeviceTransport
+    transport: DeviceClient
     recorder: Recorder
     policy: Policy
     release: Release

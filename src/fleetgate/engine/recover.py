@@ -24,11 +24,11 @@ from fleetgate.core.gates import evaluate_health
 from fleetgate.engine.context import sample_from_dict
 from fleetgate.errors import FleetgateError, GuardrailError, InputError
 from fleetgate.registry import device_from_dict
-from fleetgate.transports.base import DeviceTransport
+from fleetgate.transports.client import DeviceClient
 
 
 async def recheck_device(
-    store: Any, transport: DeviceTransport, dep_id: str, device_id: str
+    store: Any, transport: DeviceClient, dep_id: str, device_id: str
 ) -> dict[str, Any]:
     """The three checks, as recorded in ``device.recovered``; GuardrailError if one fails."""
     created = None

@@ -62,7 +62,7 @@ from fleetgate.errors import (
     StoreError,
 )
 from fleetgate.store.leases import Fence, Lease, lease_lost
-from fleetgate.transports.base import DeviceTransport
+from fleetgate.transports.client import DeviceClient
 
 SEQ_COUNTER = "__deployments__"
 # How often one drive re-reads a log that moved under it before giving up (retryable).
@@ -126,7 +126,7 @@ class ControllerConfig:
 @dataclass
 class Controller:
     store: Any  # fleetgate.store.Store (kept untyped here to avoid an import cycle in typing)
-    transport: DeviceTransport
+    transport: DeviceClient
     config: ControllerConfig
     clock: Clock = field(default_factory=Clock)
     holder: str = field(

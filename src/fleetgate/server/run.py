@@ -29,7 +29,6 @@ async def serve(cfg: ServeConfig) -> int:
     from fleetgate.api.context import ApiContext
     from fleetgate.api.metrics import Metrics
     from fleetgate.engine.service import Controller, ControllerConfig
-    from fleetgate.server.timed import TimedTransport
     from fleetgate.server.worker import Worker
     from fleetgate.store import Store
     from fleetgate.transports.http import HttpTransport, controller_tls_from_env
@@ -46,10 +45,13 @@ async def serve(cfg: ServeConfig) -> int:
     async with (
         Store.open(cfg.db) as store,
         HttpTransport(
-            TokenSource(), concurrency=cfg.concurrency, tls=controller_tls_from_env()
+            TokenSource(),
+            concurrency=cfg.concurrency,
+            tls=controller_tls_from_env(),
+            on_call=lambda _command, seconds: metrics.agent_latency.observe(seconds),
         ) as http,
     ):
-        controller = Controller(store, TimedTransport(http, metrics.agent_latency), config)
+        controller = Controller(store, http, config)
         worker = Worker(
             store,
             controller,

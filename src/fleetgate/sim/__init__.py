@@ -9,7 +9,7 @@ server side)::
         fleet.inject("crash-loop:fraction=0.3,version=2.0.0")
         fleet.device_state("orin-a-01").executed
 
-``SimFleet`` is the same model without a server (``MemoryTransport`` drives it directly).
+``SimFleet`` is the same model without a server (a ``MemoryChannel`` drives it directly).
 """
 
 from __future__ import annotations

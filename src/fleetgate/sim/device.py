@@ -1,8 +1,8 @@
 """``VirtualDevice``: one simulated agent — the protocol's semantics without a disk or an app.
 
 One model, two front ends: the aiohttp server (``sim/server.py``) and the in-process
-``MemoryTransport`` both call the same methods, so the engine's unit tests and the HTTP
-simulator cannot disagree about what a device does.
+``MemoryChannel`` (via sim/dispatch.py) both call the same methods, so the engine's unit tests
+and the HTTP simulator cannot disagree about what a device does.
 
 Contract (docs/protocol.md, mirrored from the real agent):
 - ``authenticate`` applies §1's checks in order (bad token 401, no device header 401, wrong

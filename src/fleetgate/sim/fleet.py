@@ -1,7 +1,7 @@
 """``SimFleet``: the virtual fleet's model — devices by id, fault injection, inventory output.
 
-No network here: ``VirtualFleet`` (sim/server.py) puts it behind aiohttp, ``MemoryTransport``
-calls it directly. Contract:
+No network here: ``VirtualFleet`` (sim/server.py) puts it behind aiohttp, a ``MemoryChannel``
+calls ``dispatch`` (sim/dispatch.py) directly. Contract:
 - Built from a ``FleetSpec`` and an address function; deterministic in the spec.
 - ``inject(fault)`` selects devices with ``select_devices`` (seeded by the fleet seed and the
   injection's ordinal) and returns their ids; a ``device=``/``hardware=``/``group=`` selector
@@ -20,15 +20,18 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from fleetgate.core.model import Device
 from fleetgate.errors import InputError
 from fleetgate.sim.device import VirtualDevice
 from fleetgate.sim.device_state import DeviceSnapshot
+from fleetgate.sim.dispatch import dispatch
 from fleetgate.sim.faults import FaultSpec, parse_fault, select_devices
 from fleetgate.sim.fleetspec import PROFILES, FleetSpec, build_inventory
+from fleetgate.transports.channel import Reply
 
 MEMORY_BASE = "http://sim.invalid"
 
@@ -61,6 +64,12 @@ class SimFleet:
             return self.by_id[device_id]
         except KeyError:
             raise InputError(f"no virtual device {device_id!r}") from None
+
+    def dispatch(
+        self, device: Device, command: str, body: dict[str, Any] | None, token: str | None
+    ) -> Awaitable[Reply]:
+        """One protocol message to one device: what a ``MemoryChannel`` calls."""
+        return dispatch(self.by_id, self.token, device, command, body, token)
 
     def device_state(self, device_id: str) -> DeviceSnapshot:
         return self.device(device_id).snapshot()

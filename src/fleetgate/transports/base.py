@@ -1,34 +1,17 @@
-"""The controller's channel to one device: the abstract ``DeviceTransport`` and its results.
+"""What the device calls exchange: per-call timeouts, command bodies, and (re-exported from
+``errors.py`` and ``results.py``) the typed results and failures.
 
-Contract (docs/protocol.md is the wire contract; this is what the engine codes against):
-- Every call names the target ``Device`` and either returns a typed result parsed from the
-  protocol's JSON or raises. It never returns half-parsed data and never retries by itself:
-  retry policy belongs to the engine, which knows the deployment's ``[retries]``.
-- Every failure is a ``FleetgateError`` with ``device_id`` set:
-  - ``TransportUnavailable`` (a ``TransportError``, ``retryable=True``): connection refused or
-    reset, timeout, a 5xx that carries no protocol error body (a proxy, a crashed handler),
-    ``409 busy`` / ``409 in-progress`` — "ask again later, nothing was decided";
-  - ``DeviceRefusal`` (a ``DeviceError``): the device answered with a protocol error body and
-    means it (401/403/404/409 stale-seq, seq-conflict, no-rollback-copy, incompatible, 422
-    integrity-error, 507 insufficient-disk, 500 internal, 502 download-failed); ``retryable``
-    comes from the protocol table, not from the body, so a confused device cannot talk the
-    engine into retrying a tampered artifact.
-  Both carry ``code`` (the protocol ``error`` code, or a transport code such as ``timeout``)
-  and ``status`` (the HTTP status, ``None`` when there was no answer).
-- A ``200`` is never an exception: ``activate`` answering ``start-failed`` and ``rollback``
-  answering ``app_healthy: false`` are results the engine must judge (``ActivateResult.ok``).
-- Lifecycle: ``async with transport:`` … ``aclose()`` releases pooled connections.
+The seam is ``transports/channel.py`` (``Channel.send``); the typed calls the engine makes live
+once in ``transports/client.py`` (``DeviceClient``), whose docstring states the error contract.
+Everything the engine needs from a call's result is importable from here.
 """
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.seqwindow import seq_base_of
 from fleetgate.transports.errors import (
     PROTOCOL_RETRYABLE,
@@ -58,7 +41,6 @@ __all__ = [
     "CommitResult",
     "DeviceLogs",
     "DeviceRefusal",
-    "DeviceTransport",
     "Facts",
     "PingResult",
     "RollbackResult",
@@ -74,7 +56,7 @@ __all__ = [
 ]
 
 
-# -- the channel ---------------------------------------------------------------------------------
+# -- per-call timeouts ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class CallTimeouts:
     """Seconds each call may take once it has a connection slot (connect time included)."""
@@ -92,64 +74,6 @@ class CallTimeouts:
     def for_call(self, call: str) -> float:
         value: float = getattr(self, call)
         return value
-
-
-class DeviceTransport(abc.ABC):
-    """Async channel to devices. Implementations: ``HttpTransport``, ``MemoryTransport``."""
-
-    @abc.abstractmethod
-    async def ping(self, device: Device) -> PingResult: ...
-
-    @abc.abstractmethod
-    async def facts(self, device: Device) -> Facts: ...
-
-    @abc.abstractmethod
-    async def stage(
-        self,
-        device: Device,
-        *,
-        deployment_id: str,
-        seq: int,
-        manifest_json: str,
-        signature: str,
-        url: str,
-        downgrade_authorization: Mapping[str, str] | None = None,
-    ) -> StageResult: ...
-
-    @abc.abstractmethod
-    async def activate(
-        self, device: Device, *, deployment_id: str, seq: int, release: str
-    ) -> ActivateResult: ...
-
-    @abc.abstractmethod
-    async def rollback(
-        self, device: Device, *, deployment_id: str, seq: int, to: str | None = None
-    ) -> RollbackResult: ...
-
-    @abc.abstractmethod
-    async def commit(
-        self, device: Device, *, deployment_id: str, seq: int, release: str
-    ) -> CommitResult: ...
-
-    @abc.abstractmethod
-    async def health(self, device: Device) -> HealthSample: ...
-
-    @abc.abstractmethod
-    async def logs(self, device: Device, lines: int = 200) -> DeviceLogs: ...
-
-    async def aclose(self) -> None:  # noqa: B027 - a no-op is right for pool-less transports
-        """Release pooled resources. Idempotent."""
-
-    async def __aenter__(self) -> DeviceTransport:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # Every command body names the deployment's seq block next to the seq (docs/protocol.md §4):

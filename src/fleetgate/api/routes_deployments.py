@@ -130,7 +130,7 @@ async def dry_run(body: NewDeployment, ctx: Ctx, _who: Reader) -> dict[str, Any]
     from fleetgate.artifacts.keys import load_public_key
     from fleetgate.artifacts.signing import verify_manifest
     from fleetgate.core.plan import plan_deployment
-    from fleetgate.report.prepare import plan_to_dict
+    from fleetgate.core.plan_doc import plan_to_dict
 
     policy, _doc = policy_input(body.policy, body.policy_toml)
     if await ctx.store.get_release(body.release) is None:

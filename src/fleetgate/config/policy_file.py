@@ -51,15 +51,6 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"{value!r} is not a duration like '15m', '90s' or '1h30m'")
 
 
-def format_duration(seconds: float) -> str:
-    s = round(seconds)
-    if s % 3600 == 0 and s:
-        return f"{s // 3600}h"
-    if s % 60 == 0 and s:
-        return f"{s // 60}m"
-    return f"{seconds:g}s"
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 

@@ -214,8 +214,8 @@ class Controller:
         """Record ``deployment.created`` (everything a later controller needs: plan, stages,
         policy, the signed release, a device snapshot) after the admission check."""
         from fleetgate.artifacts.distribution import load_published
+        from fleetgate.core.plan_doc import plan_to_dict
         from fleetgate.registry import device_to_dict
-        from fleetgate.report.prepare import plan_to_dict
 
         manifest = plan.manifest
         manifest_json, signature = await asyncio.to_thread(

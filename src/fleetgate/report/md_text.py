@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fleetgate.config.policy_file import format_duration
+from fleetgate.core.plan_doc import format_duration
 
 ID_LIMIT = 12  # a rollback of 10,000 devices lists a few ids and a count, not all of them
 TEXT_LIMIT = 200

@@ -220,7 +220,8 @@ def dump_config(config: AgentConfig) -> str:
             "agent": {
                 "listen": f"{config.host}:{config.port}",
                 "data_dir": str(config.data_dir),
-                "public_key": str(config.public_key),
+                "root": str(config.root) if config.root else None,
+                "public_key": str(config.public_key) if config.public_key else None,
                 "trial_s": config.trial_s,
                 "trial_max_starts": config.trial_max_starts,
                 "on_commit": None if config.on_commit is None else str(config.on_commit),

@@ -64,10 +64,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fleetgate.agent.server import dump_config
-    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.agent.trust import TrustStore
 
     config = _load_checked(args)
-    load_public_key(config.public_key)  # `run` parses the key lazily; `check` proves it now
+    # `run` loads the root (or key) lazily; `check` proves it now: parsed, self-signed.
+    TrustStore(config.data_dir, config.root, config.public_key).current()
     print(dump_config(config))
     return 0
 

@@ -150,11 +150,17 @@ class Controller:
         """Verify ``bundle``, plan (a blocked plan publishes nothing), publish its payload to the
         blob directory and create the deployment."""
         from fleetgate.artifacts.container import file_sha256
-        from fleetgate.artifacts.distribution import publish_bundle
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.distribution import publish_bundle, publish_roots
+        from fleetgate.artifacts.root import Root, load_trust
         from fleetgate.artifacts.signing import verify_bundle
 
-        pub = load_public_key(self.config.require_public_key())
+        # A PEM key or a root.json: with a root, its chain is published beside the blobs so
+        # devices walk to it at their stage (agent/trust.py).
+        pub = load_trust(self.config.require_public_key())
+        if isinstance(pub, Root):
+            await asyncio.to_thread(
+                publish_roots, self.config.require_public_key(), self.config.blob_dir
+            )
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
         auth = _downgrade_authorization(downgrade_authorization, pub, manifest)
         plan = await self._plan(manifest, policy, select)
@@ -175,14 +181,18 @@ class Controller:
     ) -> str:
         """Create a deployment of a release already uploaded to the service (``POST
         /api/v1/releases``): its stored manifest is verified again before anything else."""
-        from fleetgate.artifacts.distribution import load_published
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.distribution import load_published, publish_roots
+        from fleetgate.artifacts.root import Root, load_trust
         from fleetgate.artifacts.signing import verify_manifest
 
         record = await self.store.get_release(sha256)
         if record is None:
             raise InputError(f"release: no uploaded release {sha256!r}")
-        pub = load_public_key(self.config.require_public_key())
+        pub = load_trust(self.config.require_public_key())  # a PEM key or a root.json
+        if isinstance(pub, Root):
+            await asyncio.to_thread(
+                publish_roots, self.config.require_public_key(), self.config.blob_dir
+            )
         manifest_json, signature = await asyncio.to_thread(
             load_published, self.config.blob_dir, sha256
         )
@@ -480,7 +490,7 @@ class Controller:
     async def _prepare(self, ctx: EngineContext) -> None:
         """PREPARE's online half, in the driving process: re-verify the published manifest's
         signature and check the distribution point serves the exact payload."""
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.root import load_trust
         from fleetgate.artifacts.signing import verify_manifest
 
         key_path = self.config.require_public_key()  # the operator's to give, not a failed check
@@ -489,7 +499,7 @@ class Controller:
             m = verify_manifest(
                 ctx.release.manifest_json.encode(),
                 ctx.release.signature,
-                load_public_key(key_path),
+                load_trust(key_path),
             )
             checks.append({"check": "signature", "ok": True, "detail": m.label})
             async with aiohttp.ClientSession() as s, s.head(ctx.release.url) as r:

@@ -1,0 +1,261 @@
+"""Keys that rotate, on real agent processes (issue 10, script "rotated key then rollback").
+
+Each test has its own keys, roots directory and distribution point (the session's shared blob
+server must not publish roots: every other agent would walk to them). Roots are made with the
+real ``fleetgate keys`` commands; the agent fetches them from ``/v1/roots/`` at each stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import AgentProc, BlobServer, Release, make_app_dir
+
+from fleetgate.artifacts.bundle import build_bundle
+from fleetgate.artifacts.distribution import publish_roots
+from fleetgate.artifacts.keys import generate_keypair, load_private_key
+from fleetgate.cli.main import run
+
+
+@dataclass
+class Site:
+    root: Path
+    server: BlobServer
+    keys: dict[str, tuple[Path, Path]]  # name -> (private, public)
+    roots: Path
+
+    def key(self, name: str) -> Any:
+        return load_private_key(self.keys[name][0])
+
+    def release(self, version: str, *signers: str, valid_until: str | None = None) -> Release:
+        src = make_app_dir(self.root / "-".join(signers), "demo", version)
+        keys = [self.key(s) for s in signers]
+        bundle = build_bundle(src, keys, self.root / "bundles", valid_until=valid_until)
+        return Release(bundle, self.server.publish(bundle))
+
+    def keys_cmd(self, *argv: str) -> None:
+        assert run(["keys", *argv, "--roots", str(self.roots)]) == 0
+
+    def publish_roots(self) -> None:
+        publish_roots(self.roots, self.server.blob_dir)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    keys = {n: generate_keypair(tmp_path / "keys" / n) for n in ("k1", "k2", "k3")}
+    with BlobServer(tmp_path / "blobs") as server:
+        yield Site(tmp_path, server, keys, tmp_path / "roots")
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProc]]:
+    started: list[AgentProc] = []
+    yield started
+    for a in started:
+        a.cleanup()
+
+
+def _agent(site: Site, agents: list[AgentProc], trust: Path) -> AgentProc:
+    a = AgentProc(site.root / f"agent-{len(agents)}", trust)
+    agents.append(a)
+    return a.start()
+
+
+def _stage(a: AgentProc, seq: int, rel: Release) -> tuple[int, Any]:
+    return a.post("stage", deployment_id="d", seq=seq, **rel.stage)
+
+
+def _activate(a: AgentProc, seq: int, rel: Release) -> tuple[int, Any]:
+    return a.post("activate", deployment_id="d", seq=seq, release=rel.id)
+
+
+def test_rotated_key_then_rollback(site: Site, agents: list[AgentProc]) -> None:
+    """A device configured with the old bare public key: k1 signs 1.0.0 (running) and 1.5.0
+    (staged, never run). Then the operator moves to roots and rotates k1 out for k2. The device
+    stages 2.0.0 (k2) after walking v0 → v1 → v2, refuses k1's releases, and still rolls back to
+    1.0.0, which it accepted under the old key."""
+    k1_pub, k2_pub = site.keys["k1"][1], site.keys["k2"][1]
+    a = _agent(site, agents, k1_pub)
+    v1, v15 = site.release("1.0.0", "k1"), site.release("1.5.0", "k1")
+    assert _stage(a, 1, v1)[1]["status"] == "staged"
+    assert _activate(a, 2, v1)[1]["status"] == "active"
+    assert _stage(a, 3, v15)[1]["status"] == "staged"
+
+    v2 = site.release("2.0.0", "k2")
+    status, body = _stage(a, 4, v2)  # k2 is not trusted yet: no root names it
+    assert (status, body["error"]) == (422, "integrity-error"), body
+
+    site.keys_cmd("init-root", "--root-key", str(site.keys["k1"][0]))
+    site.keys_cmd(
+        "rotate",
+        "--sign",
+        str(site.keys["k1"][0]),
+        "--sign",
+        str(site.keys["k2"][0]),
+        "--add-release-key",
+        str(k2_pub),
+        "--remove-release-key",
+        str(k1_pub),
+        "--add-root-key",
+        str(k2_pub),
+        "--remove-root-key",
+        str(k1_pub),
+    )
+    site.publish_roots()
+
+    assert _stage(a, 5, v2)[1]["status"] == "staged"
+    assert sorted(p.name for p in (a.data_dir / "trust" / "roots").iterdir()) == [
+        "1.root.json",
+        "2.root.json",
+    ]
+    assert _activate(a, 6, v2)[1]["status"] == "active"
+    assert a.app_version() == "2.0.0"
+
+    # k1 is revoked: a new k1 release is refused at stage, and the k1 release staged before
+    # the rotation is not switched to by activate either …
+    status, body = _stage(a, 7, site.release("3.0.0", "k1"))
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert "root v2" in body["message"]
+    status, body = _activate(a, 8, v15)
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert a.facts()["current"] == v2.id
+
+    # … but the rollback copy, accepted under the old key, still rolls back (with a warning).
+    status, body = a.post("rollback", deployment_id="d", seq=9)
+    assert status == 200 and body["status"] == "rolled-back" and body["release"] == v1.id, body
+    assert "no longer lists" in body["warning"]
+    assert a.app_version() == "1.0.0"
+
+    # The trusted root survives a restart (persisted, re-verified from the config's key).
+    a.stop()
+    a.start()
+    assert _stage(a, 10, site.release("4.0.0", "k2"))[1]["status"] == "staged"
+
+
+def test_roots_that_do_not_chain_are_refused(site: Site, agents: list[AgentProc]) -> None:
+    """A root signed only by the new key (not the old threshold), and an old root served as
+    the next version (a rollback of the root), are refused at stage; nothing is persisted and
+    the device keeps trusting what it trusted."""
+    k1, k2 = (str(site.keys[n][0]) for n in ("k1", "k2"))
+    site.keys_cmd("init-root", "--root-key", k1)
+    a = _agent(site, agents, site.roots / "1.root.json")
+    v1 = site.release("1.0.0", "k1")
+
+    # v2 signed by k2 alone (it makes k2 the only root and release key): written by hand, the
+    # CLI refuses to write a root that does not chain.
+    assert (
+        run(
+            [
+                "keys",
+                "rotate",
+                "--roots",
+                str(site.roots),
+                "--sign",
+                k2,
+                "--add-root-key",
+                str(site.keys["k2"][1]),
+                "--remove-root-key",
+                k1.replace(".key", ".pub"),
+            ]
+        )
+        == 2
+    )
+    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.artifacts.root import make_root, sign_root
+
+    k2_pub = load_public_key(site.keys["k2"][1])
+    expires = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    forged = sign_root(make_root(2, expires, [k2_pub], 1, [k2_pub], 1), [site.key("k2")])
+    out = site.server.blob_dir / "roots"
+    out.mkdir(parents=True)
+    (out / "2.root.json").write_bytes(forged)
+    status, body = _stage(a, 1, v1)
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert "root v2: signed by 0 of the 1 root keys of trusted v1" in body["message"]
+    assert not (a.data_dir / "trust" / "roots").exists()
+
+    # The real v2 (k1 + k2), then v1's bytes served as "3.root.json": a lower version.
+    (out / "2.root.json").unlink()
+    site.keys_cmd(
+        "rotate", "--sign", k1, "--sign", k2, "--add-release-key", str(site.keys["k2"][1])
+    )
+    site.publish_roots()
+    (out / "3.root.json").write_bytes((site.roots / "1.root.json").read_bytes())
+    status, body = _stage(a, 2, v1)
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert "root v1 does not follow trusted root v2" in body["message"]
+    (out / "3.root.json").unlink()
+    assert _stage(a, 3, v1)[1]["status"] == "staged"  # v2 was kept: k1 still signs releases
+
+
+def test_threshold_two_of_three(site: Site, agents: list[AgentProc]) -> None:
+    site.keys_cmd(
+        "init-root",
+        "--root-key",
+        str(site.keys["k1"][0]),
+        *(arg for n in ("k1", "k2", "k3") for arg in ("--release-key", str(site.keys[n][1]))),
+        "--threshold",
+        "2",
+    )
+    a = _agent(site, agents, site.roots / "root.json")
+    status, body = _stage(a, 1, site.release("1.0.0", "k3"))
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert "signed by 1 of the 2 release keys" in body["message"]
+    # Two signatures by the same key do not make two.
+    rel = site.release("1.1.0", "k3")
+    sig = rel.stage["signature"]
+    doubled = {**rel.stage, "signature": f"{sig}\n{sig}"}
+    status, body = a.post("stage", deployment_id="d", seq=2, **doubled)
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    ok = site.release("1.2.0", "k1", "k3")
+    assert _stage(a, 3, ok)[1]["status"] == "staged"
+    assert _activate(a, 4, ok)[1]["status"] == "active"
+
+
+@pytest.mark.slow
+def test_an_expired_manifest_is_refused_at_stage_but_rolls_back(
+    site: Site, agents: list[AgentProc]
+) -> None:
+    a = _agent(site, agents, site.keys["k1"][1])
+    status, body = _stage(a, 1, site.release("0.9.0", "k1", valid_until="2020-01-01T00:00:00Z"))
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert "expired at 2020-01-01T00:00:00Z" in body["message"]
+
+    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
+    v1 = site.release("1.0.0", "k1", valid_until=soon.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    v2 = site.release("2.0.0", "k1")
+    assert _stage(a, 2, v1)[1]["status"] == "staged"
+    assert _activate(a, 3, v1)[1]["status"] == "active"
+    assert _stage(a, 4, v2)[1]["status"] == "staged"
+    assert _activate(a, 5, v2)[1]["status"] == "active"
+    time.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds()) + 1.0)
+    status, body = a.post("rollback", deployment_id="d", seq=6)
+    assert (status, body["status"], body["release"]) == (200, "rolled-back", v1.id), body
+    assert a.app_version() == "1.0.0"
+
+
+def test_a_manifest_without_a_file_list_is_refused_at_stage(
+    site: Site, agents: list[AgentProc]
+) -> None:
+    """A bundle built before verified slots (no ``files``, no ``valid_until``) is signed and
+    readable, but a device cannot check its slot later: refused with a clear message."""
+    import dataclasses
+
+    from fleetgate.artifacts.signing import sign_manifest
+    from fleetgate.core.manifest import canonical_manifest
+
+    a = _agent(site, agents, site.keys["k1"][1])
+    rel = site.release("1.0.0", "k1")
+    old = dataclasses.replace(rel.bundle.manifest, files=None, valid_until=None)
+    manifest_json, signature = sign_manifest(old, site.key("k1"))
+    assert manifest_json == canonical_manifest(old)
+    body = {**rel.stage, "manifest": manifest_json.decode(), "signature": signature}
+    status, reply = a.post("stage", deployment_id="d", seq=1, **body)
+    assert (status, reply["error"]) == (422, "integrity-error"), reply
+    assert "no signed file list" in reply["message"] and "rebuild" in reply["message"]

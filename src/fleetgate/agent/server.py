@@ -43,7 +43,8 @@ log = logging.getLogger("fleetgate.agent")
 
 SERVICE: web.AppKey[AgentService] = web.AppKey("service", AgentService)
 MAX_LOG_LINES = 1000
-MAX_BODY = 1024 * 1024
+# 4 MiB: a stage body carries the signed manifest, whose file list grows ~130 B a file.
+MAX_BODY = 4 * 1024 * 1024
 
 
 class RingHandler(logging.Handler):

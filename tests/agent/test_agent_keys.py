@@ -259,3 +259,21 @@ def test_a_manifest_without_a_file_list_is_refused_at_stage(
     status, reply = a.post("stage", deployment_id="d", seq=1, **body)
     assert (status, reply["error"]) == (422, "integrity-error"), reply
     assert "no signed file list" in reply["message"] and "rebuild" in reply["message"]
+
+
+def test_the_roots_are_looked_up_beside_the_blob_url() -> None:
+    from fleetgate.agent.trust import roots_url
+
+    sha = "ab" * 32
+    assert roots_url({"url": f"http://h:1/v1/blobs/{sha}"}) == "http://h:1/v1/roots/"
+    assert roots_url({"url": f"https://h/dist/blobs/{sha}"}) == "https://h/dist/roots/"
+    assert roots_url({"url": "http://h/files/app.tgz"}) is None
+    given = {"url": f"http://h/v1/blobs/{sha}", "root_url": "http://other/r"}
+    assert roots_url(given) == "http://other/r/"
+
+
+def test_a_root_url_that_is_not_http_is_a_bad_request(site: Site, agents: list[AgentProc]):
+    a = _agent(site, agents, site.keys["k1"][1])
+    rel = site.release("1.0.0", "k1")
+    status, body = a.post("stage", deployment_id="d", seq=1, **rel.stage, root_url="file:///etc")
+    assert (status, body["error"]) == (400, "bad-request") and "root_url" in body["message"]

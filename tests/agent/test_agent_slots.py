@@ -175,3 +175,24 @@ def test_an_untouched_slot_still_activates_and_the_check_is_logged(make_agent, k
     assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[1]["status"] == "active"
     _status, logs = a.get("/v1/logs?lines=50")
     assert any(kit.v1.id in line and "verified in" in line for line in logs["agent"])
+
+
+def test_a_slot_staged_before_stage_records_starts_and_is_recorded_at_the_next_switch(
+    make_agent, kit
+):
+    """An agent upgraded on a device whose slots were staged by an older agent (no record in
+    ``trust/accepted``): start-up checks the files and starts it; the next activate checks the
+    signature and writes the record, which start-up then holds the manifest to."""
+    a = make_agent()
+    assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[0] == 200
+    assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[0] == 200
+    record = a.data_dir / "trust" / "accepted" / f"{kit.v1.id}.json"
+    assert json.loads(record.read_text())["root_version"] == 0  # the bare key's implicit root
+    a.stop()
+    a.cleanup()
+    record.unlink()
+
+    a.start()
+    assert a.facts()["integrity_error"] is None and a.facts()["app_running"] is True
+    assert a.post("activate", deployment_id="d", seq=3, release=kit.v1.id)[1]["status"] == "active"
+    assert record.is_file()

@@ -66,6 +66,11 @@ def validate_body(command: str, body: dict[str, Any]) -> None:
             or not isinstance(auth.get("signature"), str)
         ):
             raise bad_request("downgrade_authorization: expected {document, signature} strings")
+        root_url = body.get("root_url")
+        if root_url is not None and (
+            not isinstance(root_url, str) or not root_url.startswith(("http://", "https://"))
+        ):
+            raise bad_request("root_url: expected an http(s) URL")
     elif command in ("activate", "commit"):
         if not valid_release_id(body.get("release")):
             raise bad_request("release: expected a release id (name-version-sha8)")
@@ -144,8 +149,10 @@ async def startup_check(
         return await _verify_files(svc, release_id, manifest)  # a slot from before: logged
     rec = await asyncio.to_thread(svc.trust.accepted, release_id)
     if rec is None:
-        return f"{release_id}: no record of the stage that accepted this slot"
-    if rec.get("manifest_sha256") != hashlib.sha256(raw).hexdigest():
+        # Staged by an agent from before stage records (a new-format bundle it did not check):
+        # the files are checked; the next activate or rollback checks the signature and records.
+        log.warning("%s: no stage record: stored manifest not compared", release_id)
+    elif rec.get("manifest_sha256") != hashlib.sha256(raw).hexdigest():
         return f"{release_id}: stored manifest changed since the stage accepted it"
     return await _verify_files(svc, release_id, manifest)
 
@@ -167,20 +174,18 @@ async def _load_verified(
         _m, raw, signature = await asyncio.to_thread(svc.store.load_manifest, release_id)
     except (OSError, ValueError, FleetgateError) as exc:
         raise CommandError(422, "integrity-error", f"{release_id}: stored manifest: {exc}") from exc
+    rec = await asyncio.to_thread(svc.trust.accepted, release_id)
     roots = [current]
     if rollback:
-        rec = await asyncio.to_thread(svc.trust.accepted, release_id)
         chain = list(reversed(svc.trust.chain()))
-        at = (
-            svc.trust.root_at(rec["root_version"])
-            if rec and isinstance(rec.get("root_version"), int)
-            else None
-        )
+        version = rec.get("root_version") if rec else None
+        at = svc.trust.root_at(version) if isinstance(version, int) else None
         roots = [at, *chain] if at is not None else chain
     first: IntegrityError | None = None
     for root in roots:
         try:
             manifest, keyids = verify_manifest_keys(raw, signature, root)
+            used = root
             break
         except IntegrityError as exc:
             first = first or exc
@@ -188,7 +193,7 @@ async def _load_verified(
         raise CommandError(422, "integrity-error", f"{release_id}: stored manifest: {first}")
     warning = None
     revoked = sorted(set(keyids) - set(current.release_keyids))
-    if revoked and len(keyids) - len(revoked) < current.roles["targets"].threshold:
+    if rollback and revoked and len(keyids) - len(revoked) < current.roles["targets"].threshold:
         warning = (
             f"{release_id} is signed by key(s) {', '.join(k[:12] for k in revoked)} that trusted "
             f"root v{current.version} no longer lists; rolled back to it because a rollback "
@@ -199,6 +204,10 @@ async def _load_verified(
     if problem is not None:
         log.error("refusing to switch to %s: %s", release_id, problem)
         raise CommandError(422, "integrity-error", problem)
+    if rec is None and manifest.files is not None:
+        # Staged by an agent from before stage records: record it now that it checked out, so
+        # that start-up compares the stored manifest from now on.
+        await asyncio.to_thread(svc.trust.record, release_id, raw, used.version, keyids)
     return manifest, warning
 
 

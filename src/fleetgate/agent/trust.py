@@ -187,13 +187,14 @@ class TrustStore:
 
 
 def roots_url(body: dict[str, Any]) -> str | None:
-    """Where this stage's roots are: the body's ``root_url`` (a directory URL ending in ``/``),
-    else ``/v1/roots/`` beside a ``/v1/blobs/<sha256>`` URL; ``None`` if neither applies."""
+    """Where this stage's roots are: the body's ``root_url`` (a directory URL), else
+    ``<prefix>/roots/`` beside a ``<prefix>/blobs/<sha256>`` URL (the distribution point serves
+    both); ``None`` if neither applies."""
     given = body.get("root_url")
-    if isinstance(given, str) and given:
+    if isinstance(given, str) and given.startswith(("http://", "https://")):
         return given if given.endswith("/") else given + "/"
     url = body.get("url", "")
-    head, sep, digest = url.rpartition("/v1/blobs/")
+    head, sep, digest = url.rpartition("/blobs/")
     if sep and re.fullmatch(r"[0-9a-f]{64}", digest):
-        return f"{head}/v1/roots/"
+        return f"{head}/roots/"
     return None

@@ -277,3 +277,47 @@ def test_a_root_url_that_is_not_http_is_a_bad_request(site: Site, agents: list[A
     rel = site.release("1.0.0", "k1")
     status, body = a.post("stage", deployment_id="d", seq=1, **rel.stage, root_url="file:///etc")
     assert (status, body["error"]) == (400, "bad-request") and "root_url" in body["message"]
+
+
+def test_an_expired_root_stops_new_stages_not_a_rollback(site: Site, agents: list[AgentProc]):
+    """A device frozen on an old root (or an operator who forgot to re-sign it): once the
+    trusted root has expired nothing new is staged, but the device still rolls back."""
+    from fleetgate.artifacts.root import make_root, sign_root
+
+    a = _agent(site, agents, site.keys["k1"][1])
+    v1, v2 = site.release("1.0.0", "k1"), site.release("2.0.0", "k1")
+    for seq, rel in ((1, v1), (3, v2)):
+        assert _stage(a, seq, rel)[1]["status"] == "staged"
+        assert _activate(a, seq + 1, rel)[1]["status"] == "active"
+    pub = site.key("k1").public_key()
+    expired = make_root(1, "2021-01-01T00:00:00Z", [pub], 1, [pub], 1)
+    site.roots.mkdir()
+    (site.roots / "1.root.json").write_bytes(sign_root(expired, [site.key("k1")]))
+    site.publish_roots()
+    status, body = _stage(a, 5, site.release("3.0.0", "k1"))
+    assert (status, body["error"]) == (422, "integrity-error"), body
+    assert "trusted root v1 expired at 2021-01-01T00:00:00Z" in body["message"]
+    status, body = a.post("rollback", deployment_id="d", seq=6)
+    assert (status, body["status"], body["release"]) == (200, "rolled-back", v1.id), body
+
+
+def test_the_agent_config_takes_a_root_or_a_key_not_both(site: Site, tmp_path: Path) -> None:
+    from fleetgate.agent.config import load_config
+    from fleetgate.errors import ValidationError
+
+    site.keys_cmd("init-root", "--root-key", str(site.keys["k1"][0]))
+    head = '[device]\nid = "d"\nhardware = "h"\n[agent]\ndata_dir = "x"\ntoken_env = "PATH"\n'
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(head + f'root = "{site.roots / "root.json"}"\n')
+    assert load_config(cfg).root == site.roots / "root.json"
+    cfg.write_text(
+        head + f'root = "{site.roots / "root.json"}"\npublic_key = "{site.keys["k1"][1]}"\n'
+    )
+    with pytest.raises(ValidationError, match=r"agent\.root: set one of root or public_key"):
+        load_config(cfg)
+    cfg.write_text(head + f'root = "{site.keys["k1"][1]}"\n')  # a PEM file is not a root
+    with pytest.raises(ValidationError, match=r"agent\.root: .* is not a JSON root document"):
+        load_config(cfg)
+    cfg.write_text(head)
+    with pytest.raises(ValidationError, match=r"agent\.root: missing"):
+        load_config(cfg)

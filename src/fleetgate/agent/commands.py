@@ -2,8 +2,13 @@
 
 Each handler is safe to run again after a crash at any point (docs/protocol.md §3–4): it looks
 at the disk and the state first and only does what is still missing. Invariants:
-- stage: the signature is checked before anything else, the disk before any download; a failed
-  stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every error path);
+- stage: the trusted root is brought up to date and the signatures checked before anything
+  else, the disk before any download; the extracted tree must match the signed file list; a
+  failed stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every
+  error path);
+- activate and rollback (and a self-revert): the target slot is re-verified (signature, then
+  every file against the signed list) before anything is stopped or switched: a slot edited on
+  disk is refused with ``422 integrity-error`` naming the file, and the device stays where it is;
 - activate: the switch is the atomic ``current`` link replacement and puts the release on
   trial (agent/trial.py); a failed start is reported (``start-failed`` with logs), never hidden
   and never silently rolled back (a self-revert of a release on trial is reported too);

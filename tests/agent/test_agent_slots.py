@@ -196,3 +196,32 @@ def test_a_slot_staged_before_stage_records_starts_and_is_recorded_at_the_next_s
     assert a.facts()["integrity_error"] is None and a.facts()["app_running"] is True
     assert a.post("activate", deployment_id="d", seq=3, release=kit.v1.id)[1]["status"] == "active"
     assert record.is_file()
+
+
+def test_a_python_app_importing_its_own_modules_leaves_its_slot_verifiable(make_agent, kit):
+    """Python writes ``__pycache__`` next to the modules it imports; in a release slot that
+    would be an added file and the next switch or start-up would refuse the release. The agent
+    runs apps with PYTHONDONTWRITEBYTECODE=1."""
+    src = kit.root / "src-imports"
+    src.mkdir()
+    shutil.copy(DEMO_APP, src / "app.py")
+    (src / "helper.py").write_text("VALUE = 1\n")
+    (src / "demo.toml").write_text('mode = "ok"\nversion = "1.0.0"\n')
+    (src / "fleetgate.toml").write_text(
+        '[artifact]\nname = "imports"\nversion = "1.0.0"\nkind = "bundle"\n'
+        '[requires]\ndisk_mb = 1\n[run]\ncommand = ["python3", "-c", "import helper, runpy; '
+        'runpy.run_path(\'app.py\', run_name=\'__main__\')", "--port", "${APP_PORT}"]\n'
+        'health_url = "http://127.0.0.1:${APP_PORT}/healthz"\n'
+    )
+    rel = Release(b := build_bundle(src, kit.key, kit.root / "bundles"), kit.server.publish(b))
+    # The agent's own environment allows bytecode (an empty value turns the switch off), as on
+    # a device; the test runner's environment may have it on.
+    allow = {"PYTHONDONTWRITEBYTECODE": ""}
+    a = make_agent(start=False).start(env=allow)
+    assert a.post("stage", deployment_id="d", seq=1, **rel.stage)[0] == 200
+    assert a.post("activate", deployment_id="d", seq=2, release=rel.id)[1]["status"] == "active"
+    assert not (a.data_dir / "releases" / rel.id / "__pycache__").exists()
+    a.stop()
+    a.cleanup()
+    a.start(env=allow)
+    assert a.facts()["integrity_error"] is None and a.facts()["app_running"] is True

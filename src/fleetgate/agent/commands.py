@@ -106,6 +106,9 @@ def make_launch(svc: AgentService, release_id: str, manifest: Manifest) -> Launc
         argv[0] = sys.executable
     cwd = svc.store.release_dir(release_id)
     env = child_env(svc.config)
+    # A slot is immutable content, checked file by file before every switch: a Python app must
+    # not drop __pycache__ into it (a manifest may still say otherwise in run.env).
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update({k: _subst(v, port) for k, v in manifest.run.env.items()})
     env["FLEETGATE_RELEASE_DIR"] = str(cwd)
     env["APP_PORT"] = str(port)

@@ -202,6 +202,10 @@ def test_keys_init_rotate_revoke_and_build_with_two_keys(tmp_path: Path, make_sr
 
     src = make_src({"app.py": "print(1)\n"})
     out = tmp_path / "out"
+    root_json = roots / "root.json"
+    assert _cli("artifact", "build", src, "--key", k["b"][0], "--root", root_json, "-o", out) == 2
+    assert "root v2 needs 2 of its release keys; 1 of the --key" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written
     assert _cli("artifact", "build", src, "--key", k["b"][0], "-o", out, "--json") == 0
     path = json.loads(capsys.readouterr().out)["path"]
     assert _cli("artifact", "verify", path, "--root", roots / "root.json") == 2

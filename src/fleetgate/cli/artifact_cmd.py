@@ -1,7 +1,8 @@
 """``fleetgate artifact build|verify``: make and check signed release bundles.
 
 - ``build SRC_DIR --key KEY [--key KEY …] [--valid-days N | --valid-until DATE] -o OUT_DIR
-  [--json]`` signs with every ``--key`` (a root's release threshold may need several), binds an
+  [--root ROOT.json] [--json]`` signs with every ``--key`` (a root's release threshold may need
+  several; ``--root`` refuses to build when they do not meet it), binds an
   expiry (default 365 days after the build day) and the payload's file list, reads
   ``SRC_DIR/fleetgate.toml``, writes
   ``OUT_DIR/NAME-VERSION.fgb`` and prints ``path: …`` and ``sha256: …`` (of the bundle file);
@@ -44,6 +45,11 @@ def register(sub: Any) -> None:
         type=Path,
         help="Ed25519 private key (PEM); repeat to sign with several keys",
     )
+    build.add_argument(
+        "--root",
+        type=Path,
+        help="root.json: refuse to build unless the keys meet its release threshold",
+    )
     build.add_argument("--valid-days", type=int, default=365, help="expiry (default 365 days)")
     build.add_argument("--valid-until", metavar="YYYY-MM-DDTHH:MM:SSZ", help="expiry (UTC)")
     build.add_argument(
@@ -80,6 +86,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from fleetgate.core.manifest import manifest_to_dict
 
     keys = [load_private_key(p) for p in args.key]
+    if args.root is not None:
+        _check_threshold(args.root, keys)
     if args.valid_days < 1:
         raise InputError(f"--valid-days {args.valid_days}: expected at least 1")
     built = build_bundle(
@@ -96,6 +104,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"path: {built.path}")
         print(f"sha256: {built.sha256}")
     return EXIT_OK
+
+
+def _check_threshold(root_path: Path, keys: list[Any]) -> None:
+    """Before building: do ``keys`` meet the root's release threshold? (What devices check.)"""
+    from fleetgate.artifacts.root import RELEASE_ROLE, key_id, load_root_file
+
+    root = load_root_file(root_path)
+    trusted = set(root.release_keyids)
+    given = {key_id(k.public_key()) for k in keys}
+    need = root.roles[RELEASE_ROLE].threshold
+    if len(given & trusted) < need:
+        raise InputError(
+            f"{root_path}: root v{root.version} needs {need} of its release keys; "
+            f"{len(given & trusted)} of the --key given are among them"
+        )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

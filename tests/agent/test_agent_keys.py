@@ -321,3 +321,23 @@ def test_the_agent_config_takes_a_root_or_a_key_not_both(site: Site, tmp_path: P
     cfg.write_text(head)
     with pytest.raises(ValidationError, match=r"agent\.root: missing"):
         load_config(cfg)
+
+
+def test_agent_check_proves_the_root_and_says_which_file(site: Site, tmp_path: Path, capsys):
+    import json
+
+    site.keys_cmd("init-root", "--root-key", str(site.keys["k1"][0]))
+    capsys.readouterr()
+    doc = json.loads((site.roots / "1.root.json").read_text())
+    doc["signed"]["roles"]["targets"]["threshold"] = 1
+    doc["signed"]["expires"] = "2099-01-01T00:00:00Z"  # edited after signing
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    cfg = tmp_path / "agent.toml"
+    head = '[device]\nid = "d"\nhardware = "h"\n[agent]\ndata_dir = "x"\ntoken_env = "PATH"\n'
+    cfg.write_text(head + f'root = "{site.roots / "root.json"}"\n')
+    assert run(["agent", "check", "--config", str(cfg)]) == 0
+    cfg.write_text(head + f'root = "{forged}"\n')
+    assert run(["agent", "check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"agent.root: {forged}" in err and "signed by 0 of the 1 of its own root keys" in err

@@ -342,18 +342,19 @@ def verify_release_signatures(
 
 # -- files ----------------------------------------------------------------------------------------
 def load_root_file(path: str | os.PathLike[str]) -> Root:
-    """Read a ``root.json`` and check it against its own root keys; ``IntegrityError`` naming
-    the file otherwise (the operator installed it: that is why it is trusted)."""
+    """Read a ``root.json`` an operator named and check it against its own root keys (that it
+    was given is why it is trusted); ``InputError`` naming the file otherwise."""
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    root = parse_root(raw, str(p))
     try:
+        root = parse_root(raw, str(p))
         verify_self(root)
     except IntegrityError as exc:
-        raise IntegrityError(f"{p}: {exc}") from exc
+        msg = str(exc)
+        raise InputError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from exc
     return root
 
 

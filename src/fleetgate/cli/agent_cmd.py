@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleetgate.errors import InputError, IntegrityError
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("agent", help="run the device agent")
@@ -68,7 +70,10 @@ def _check(args: argparse.Namespace) -> int:
 
     config = _load_checked(args)
     # `run` loads the root (or key) lazily; `check` proves it now: parsed, self-signed.
-    TrustStore(config.data_dir, config.root, config.public_key).current()
+    try:
+        TrustStore(config.data_dir, config.root, config.public_key).current()
+    except IntegrityError as exc:  # the file the config names: the operator's to fix
+        raise InputError(f"{config.source}: agent.root: {exc}") from exc
     print(dump_config(config))
     return 0
 

@@ -225,3 +225,18 @@ def test_a_python_app_importing_its_own_modules_leaves_its_slot_verifiable(make_
     a.cleanup()
     a.start(env=allow)
     assert a.facts()["integrity_error"] is None and a.facts()["app_running"] is True
+
+
+def test_a_truncated_stored_manifest_is_reported_at_restart(make_agent, kit):
+    a = make_agent()
+    assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[0] == 200
+    assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[0] == 200
+    a.stop()
+    a.cleanup()
+    meta = a.data_dir / "releases" / kit.v1.id / ".fleetgate" / "manifest.json"
+    meta.write_bytes(meta.read_bytes()[:100])
+    a.start()
+    facts = a.facts()
+    assert (
+        facts["app_running"] is False and "stored manifest unreadable" in facts["integrity_error"]
+    )

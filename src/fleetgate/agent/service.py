@@ -178,7 +178,11 @@ class AgentService:
                 # The slot's files are checked against its signed list, and the stored manifest
                 # against the digest recorded when the stage accepted it: hashlib only, so
                 # start-up stays free of cryptography (activate and rollback verify signatures).
-                manifest, raw, _sig = await asyncio.to_thread(self.store.load_manifest, current)
+                try:
+                    manifest, raw, _sig = await asyncio.to_thread(self.store.load_manifest, current)
+                except (OSError, ValueError, FleetgateError) as exc:
+                    self.integrity_error = f"{current}: stored manifest unreadable: {exc}"
+                    raise
                 slot_problem = await commands.startup_check(self, current, manifest, raw)
                 if slot_problem is None:
                     await trial.count_start(self)  # on disk before the start (off trial: no-op)

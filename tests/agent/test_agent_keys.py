@@ -341,3 +341,30 @@ def test_agent_check_proves_the_root_and_says_which_file(site: Site, tmp_path: P
     assert run(["agent", "check", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"agent.root: {forged}" in err and "signed by 0 of the 1 of its own root keys" in err
+
+
+def test_stored_roots_are_a_cache_re_verified_from_the_configured_root(
+    site: Site, tmp_path: Path
+) -> None:
+    """A root planted in ``trust/roots/`` (not signed by the trusted root keys) is ignored when
+    the chain is loaded: the configured root stays the start of trust."""
+    from fleetgate.agent.trust import TrustStore
+    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.artifacts.root import make_root, sign_root
+
+    k1, k2 = site.keys["k1"], site.keys["k2"]
+    site.keys_cmd("init-root", "--root-key", str(k1[0]))
+    site.keys_cmd("rotate", "--sign", str(k1[0]), "--add-release-key", str(k2[1]))
+    data = tmp_path / "data"
+    store = TrustStore(data, None, k1[1])
+    for v in (1, 2):
+        store.accept((site.roots / f"{v}.root.json").read_bytes(), f"{v}.root.json")
+    assert [r.version for r in TrustStore(data, None, k1[1]).chain()] == [0, 1, 2]
+
+    pub2 = load_public_key(k2[1])
+    expires = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    planted = sign_root(make_root(3, expires, [pub2], 1, [pub2], 1), [site.key("k2")])
+    (data / "trust" / "roots" / "3.root.json").write_bytes(planted)
+    assert [r.version for r in TrustStore(data, None, k1[1]).chain()] == [0, 1, 2]
+    (data / "trust" / "roots" / "2.root.json").write_bytes(b"{}")  # corrupt: the chain ends at 1
+    assert TrustStore(data, None, k1[1]).current().version == 1

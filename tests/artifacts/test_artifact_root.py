@@ -212,8 +212,20 @@ def test_keys_init_rotate_revoke_and_build_with_two_keys(tmp_path: Path, make_sr
     assert "signed by 1 of the 2 release keys" in capsys.readouterr().err
     assert _cli("artifact", "build", src, "--key", k["b"][0], "--key", k["c"][0], "-o", out) == 0
     assert _cli("artifact", "verify", path, "--root", roots / "root.json") == 0
+    assert "valid until: " in capsys.readouterr().out
     assert _cli("artifact", "verify", path, "--pubkey", roots / "root.json") == 0
     capsys.readouterr()
+    expired = tmp_path / "expired"
+    assert (
+        _cli("artifact", "build", src, "--key", k["b"][0], "--key", k["c"][0], "-o", expired,
+             "--valid-until", "2021-01-01T00:00:00Z")
+        == 0
+    )  # fmt: skip
+    capsys.readouterr()
+    assert (
+        _cli("artifact", "verify", expired / "vision-2.4.1.fgb", "--root", roots / "root.json") == 0
+    )
+    assert "valid until: 2021-01-01T00:00:00Z (EXPIRED" in capsys.readouterr().out
 
     # Revoke c: a root needs a's signature (the root key); without it nothing is written.
     assert _cli("keys", "revoke", "--roots", roots, "--sign", k["c"][0], k["c"][1]) == 2

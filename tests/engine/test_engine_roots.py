@@ -51,3 +51,17 @@ async def test_a_bundle_the_root_does_not_authorise_is_refused_at_start(tmp_path
         with pytest.raises(IntegrityError, match="signed by 0 of the 1 release keys"):
             await h.start()
         assert await h.store.list_deployments() == []
+
+
+async def test_an_expired_release_is_refused_before_anything_is_published(tmp_path: Path) -> None:
+    from fleetgate.artifacts.bundle import build_bundle
+    from fleetgate.errors import GuardrailError
+
+    async with harness(tmp_path, devices=6) as h:
+        key = load_private_key(tmp_path / "keys" / "fleetgate-signing.key")
+        src = tmp_path / "app-2.0.0"  # the harness's source tree
+        old = build_bundle(src, key, tmp_path / "old", valid_until="2021-01-01T00:00:00Z")
+        with pytest.raises(GuardrailError, match="expired at 2021-01-01T00:00:00Z"):
+            await h.controller.start(old.path, h.policy, policy_doc=h.policy_doc)
+        assert await h.store.list_deployments() == []
+        assert not (h.controller.config.blob_dir / old.manifest.sha256).exists()

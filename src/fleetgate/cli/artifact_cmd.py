@@ -106,6 +106,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _validity(manifest: Any) -> str:
+    """The manifest's expiry as a human reads it (devices refuse to stage it once past)."""
+    from datetime import datetime, timezone
+
+    from fleetgate.core.manifest import parse_utc
+
+    if manifest.valid_until is None:
+        return "no expiry and no file list (built before verified slots: agents refuse it)"
+    until = parse_utc(manifest.valid_until)
+    expired = until is not None and datetime.now(timezone.utc) >= until
+    return f"{manifest.valid_until}{' (EXPIRED: devices refuse to stage it)' if expired else ''}"
+
+
 def _check_threshold(root_path: Path, keys: list[Any]) -> None:
     """Before building: do ``keys`` meet the root's release threshold? (What devices check.)"""
     from fleetgate.artifacts.root import RELEASE_ROLE, key_id, load_root_file
@@ -151,6 +164,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"OK {manifest.name} {manifest.version} ({manifest.kind.value})")
         print(f"payload sha256: {manifest.sha256} ({manifest.size} bytes, signed)")
         print(f"bundle sha256: {bundle_sha}")
+        print(f"valid until: {_validity(manifest)}")
     return EXIT_OK
 
 

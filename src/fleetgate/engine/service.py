@@ -203,6 +203,17 @@ class Controller:
     async def _plan(
         self, manifest: Manifest, policy: Policy, select: Callable[[Device], bool] | None
     ) -> Plan:
+        from fleetgate.clock import utc_now
+        from fleetgate.core.manifest import parse_utc
+
+        # Devices check the expiry at stage against their own (real) clocks: refuse a release
+        # every device would refuse, before anything is published.
+        until = parse_utc(manifest.valid_until) if manifest.valid_until else None
+        if until is not None and utc_now() >= until:
+            raise GuardrailError(
+                f"cannot deploy: {manifest.label} expired at {manifest.valid_until} (devices "
+                "refuse to stage it): rebuild it with a later --valid-until"
+            )
         fleet = await self.store.list_devices()
         if not fleet:
             raise InputError("the inventory is empty: run `fleetgate registry import FILE` first")

@@ -227,9 +227,10 @@ def test_an_expired_manifest_is_refused_at_stage_but_rolls_back(
     assert (status, body["error"]) == (422, "integrity-error"), body
     assert "expired at 2020-01-01T00:00:00Z" in body["message"]
 
-    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
-    v1 = site.release("1.0.0", "k1", valid_until=soon.strftime("%Y-%m-%dT%H:%M:%SZ"))
     v2 = site.release("2.0.0", "k1")
+    # v1 expires a few seconds from now: staged just before, rolled back to just after.
+    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=5)
+    v1 = site.release("1.0.0", "k1", valid_until=soon.strftime("%Y-%m-%dT%H:%M:%SZ"))
     assert _stage(a, 2, v1)[1]["status"] == "staged"
     assert _activate(a, 3, v1)[1]["status"] == "active"
     assert _stage(a, 4, v2)[1]["status"] == "staged"

@@ -369,3 +369,42 @@ def test_stored_roots_are_a_cache_re_verified_from_the_configured_root(
     assert [r.version for r in TrustStore(data, None, k1[1]).chain()] == [0, 1, 2]
     (data / "trust" / "roots" / "2.root.json").write_bytes(b"{}")  # corrupt: the chain ends at 1
     assert TrustStore(data, None, k1[1]).current().version == 1
+
+
+def test_a_downgrade_authorisation_needs_the_keys_the_current_root_trusts(
+    site: Site, agents: list[AgentProc]
+) -> None:
+    """The signed downgrade authorisation (issue 10, part 3) is checked against the root like a
+    manifest: after k1 is rotated out, an authorisation signed by k1 is refused and one signed
+    by k2 is accepted."""
+    from fleetgate.artifacts.downgrade_auth import make_authorization
+
+    a = _agent(site, agents, site.keys["k1"][1])
+    v1, v2 = site.release("1.0.0", "k1"), site.release("2.0.0", "k1")
+    seq = 1
+    for rel in (v1, v2):
+        assert _stage(a, seq, rel)[1]["status"] == "staged"
+        assert _activate(a, seq + 1, rel)[1]["status"] == "active"
+        assert a.post("commit", deployment_id="d", seq=seq + 2, release=rel.id)[0] == 200
+        seq += 3
+    site.keys_cmd("init-root", "--root-key", str(site.keys["k1"][0]))
+    site.keys_cmd(
+        "rotate", "--sign", str(site.keys["k1"][0]),
+        "--add-release-key", str(site.keys["k2"][1]),
+        "--remove-release-key", str(site.keys["k1"][1]),
+    )  # fmt: skip
+    site.publish_roots()
+    until = datetime.now(timezone.utc) + timedelta(hours=1)
+    old_k2 = site.release("0.9.0", "k2")  # k1's releases no longer stage: signed by k2
+
+    def auth(signer: str) -> dict[str, str]:
+        return make_authorization(
+            site.key(signer), name="demo", version="0.9.0", devices=["dev-1"], valid_until=until
+        )
+
+    body = {**old_k2.stage, "downgrade_authorization": auth("k1")}
+    status, reply = a.post("stage", deployment_id="d", seq=seq, **body)
+    assert (status, reply["error"]) == (409, "downgrade-refused"), reply
+    assert "signed by 0 of the 1 release keys root v2" in reply["message"]
+    body = {**old_k2.stage, "downgrade_authorization": auth("k2")}
+    assert a.post("stage", deployment_id="d", seq=seq + 1, **body)[1]["status"] == "staged"

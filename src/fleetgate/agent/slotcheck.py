@@ -30,7 +30,7 @@ from pathlib import Path
 from fleetgate.core.manifest import META_DIR
 from fleetgate.core.model import PayloadFile
 
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024
 _BAD_BITS = stat.S_IWGRP | stat.S_IWOTH | stat.S_ISUID | stat.S_ISGID
 
 
@@ -66,12 +66,11 @@ def _observe(slot: Path) -> dict[str, os.stat_result]:
     return seen
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, buf: bytearray) -> str:
     h = hashlib.sha256()
+    view = memoryview(buf)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb", buffering=0) as fh:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
         while n := fh.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
@@ -111,9 +110,10 @@ def verify_slot(slot: Path, files: Sequence[PayloadFile]) -> int:
         extra = min(seen)
         raise SlotMismatch(f"{extra}: not in the signed file list ({len(seen)} extra)")
     hashed = 0
+    buf = bytearray(CHUNK)  # one buffer for the whole slot: the agent's heap stays as it was
     for f in to_hash:
         try:
-            digest = _sha256(slot / f.path)
+            digest = _sha256(slot / f.path, buf)
         except OSError as exc:
             raise SlotMismatch(f"{f.path}: cannot read: {exc.strerror or exc}") from exc
         if digest != f.sha256:

@@ -240,3 +240,27 @@ def test_a_truncated_stored_manifest_is_reported_at_restart(make_agent, kit):
     assert (
         facts["app_running"] is False and "stored manifest unreadable" in facts["integrity_error"]
     )
+
+
+@pytest.mark.slow
+def test_a_tampered_release_on_trial_is_not_started_and_the_device_reverts_it(make_agent, kit):
+    """Verified slots meet commit-or-revert: a release still on trial whose slot was edited is
+    not started at agent start-up; it fails its trial deadline and the device goes back to the
+    release it came from (checked like a rollback) by itself."""
+    a = make_agent(agent_extra="trial_s = 3")
+    assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[0] == 200
+    assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[0] == 200
+    assert a.post("commit", deployment_id="d", seq=3, release=kit.v1.id)[0] == 200
+    assert a.post("stage", deployment_id="d", seq=4, **kit.v2.stage)[0] == 200
+    assert a.post("activate", deployment_id="d", seq=5, release=kit.v2.id)[1]["status"] == "active"
+    a.stop()
+    a.cleanup()
+    _truncate_app(a.data_dir / "releases" / kit.v2.id)
+    a.start()
+    facts = a.facts()
+    assert facts["current"] == kit.v2.id and facts["app_running"] is False
+    assert "app.py" in facts["integrity_error"]
+    a.wait_for(lambda: a.facts()["current"] == kit.v1.id, timeout=20, what="the self-revert")
+    facts = a.facts()
+    assert facts["reverted"]["from"] == kit.v2.id and facts["integrity_error"] is None
+    a.wait_for(lambda: a.app_version() == "1.0.0", what="1.0.0 running again")

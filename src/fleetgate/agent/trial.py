@@ -279,6 +279,7 @@ async def revert(svc: AgentService, reason: str, message: str) -> bool:
     await pause_point("revert:after-link")
     state.reverted = _report(t, target, t["reverting"])
     state.current, state.previous, state.trial = target, None, None
+    svc.integrity_error = None  # whatever kept the left release from starting is behind us
     await svc.save()
     clear_log(svc)
     await commands.start_release(svc, target, manifest)

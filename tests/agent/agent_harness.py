@@ -143,7 +143,7 @@ class AgentProc:
     def __init__(
         self,
         workdir: Path,
-        public_key: Path,
+        public_key: Path,  # a PEM key, or a root.json (written as ``root = …``)
         *,
         device_id: str = "dev-1",
         data_dir: Path | None = None,
@@ -165,7 +165,7 @@ software = {{ os = "test" }}
 listen = "127.0.0.1:{self.port}"
 data_dir = "{self.data_dir}"
 token_env = "FG_TEST_TOKEN"
-public_key = "{public_key}"
+{"root" if public_key.suffix == ".json" else "public_key"} = "{public_key}"
 health_timeout_s = 6
 probe_interval_s = 0.2
 stop_grace_s = 2

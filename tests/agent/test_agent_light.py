@@ -87,3 +87,27 @@ def test_everything_the_agent_loads_parses_as_python_3_10():
     assert any(f.endswith("agent/commands.py") for f in files)
     for name in files:
         ast.parse(Path(name).read_text(), filename=name, feature_version=(3, 10))
+
+
+def test_restarting_on_a_release_checks_its_slot_without_cryptography(make_agent, kit):
+    """Start-up verifies the current slot's files (hashlib) but never loads ``cryptography``:
+    an agent idle between deployments stays ~10 MiB smaller (docs/agent.md, Light)."""
+    a = make_agent()
+    assert a.post("stage", deployment_id="d", seq=1, **kit.v1.stage)[0] == 200
+    assert a.post("activate", deployment_id="d", seq=2, release=kit.v1.id)[0] == 200
+    a.stop()
+    a.cleanup()
+    for log in a.workdir.glob("*.log"):
+        log.unlink()
+    a.start(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert a.facts()["app_running"] is True and a.facts()["integrity_error"] is None
+    a.stop()
+    text = a.log_text()
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in text.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "hashlib" in imported and "fleetgate" in imported
+    assert "cryptography" not in imported
+    assert "verified in" in text  # the slot was checked

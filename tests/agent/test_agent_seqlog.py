@@ -229,7 +229,7 @@ def test_a_body_that_is_not_json_or_too_deep_is_a_json_400(make_agent):
         assert err.value.code == 400
         assert err.value.headers["Content-Type"].startswith("application/json")
         assert json.loads(err.value.read())["error"] == "bad-request"
-    big = b"[" + b"1," * 600_000 + b"1]"  # over the 1 MiB body limit
+    big = b"[" + b"1," * 2_200_000 + b"1]"  # over the 4 MiB body limit
     req = urllib.request.Request(a.base + "/v1/stage", data=big, headers=headers)
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)

@@ -77,8 +77,14 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def service(tmp: Path, **harness_kw: Any) -> AsyncIterator[Service]:
+async def service(
+    tmp: Path, trust: Path | None = None, **harness_kw: Any
+) -> AsyncIterator[Service]:
+    """``trust``: what the service verifies releases with instead of the harness's public key
+    (a ``root.json``)."""
     async with harness(tmp, **harness_kw) as h:
+        if trust is not None:
+            h.controller.config.public_key = trust
         tokens = {}
         for role in ROLES:
             tokens[role] = new_token()

@@ -2,8 +2,13 @@
 
 Each handler is safe to run again after a crash at any point (docs/protocol.md §3–4): it looks
 at the disk and the state first and only does what is still missing. Invariants:
-- stage: the signature is checked before anything else, the disk before any download; a failed
-  stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every error path);
+- stage: the trusted root is brought up to date and the signatures checked before anything
+  else, the disk before any download; the extracted tree must match the signed file list; a
+  failed stage leaves nothing in ``releases/`` (its ``.staging-*`` work is deleted on every
+  error path);
+- activate and rollback (and a self-revert): the target slot is re-verified (signature, then
+  every file against the signed list) before anything is stopped or switched: a slot edited on
+  disk is refused with ``422 integrity-error`` naming the file, and the device stays where it is;
 - activate: the switch is the atomic ``current`` link replacement and puts the release on
   trial (agent/trial.py); a failed start is reported (``start-failed`` with logs), never hidden
   and never silently rolled back (a self-revert of a release on trial is reported too);
@@ -20,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -33,11 +40,12 @@ from fleetgate.agent.hooks import pause_point
 from fleetgate.agent.probes import ProbeTarget
 from fleetgate.agent.releases import valid_release_id
 from fleetgate.agent.reply import CommandError, Reply, bad_request
+from fleetgate.agent.slotcheck import SlotMismatch, verify_slot
 from fleetgate.agent.state import CommandRecord
 from fleetgate.agent.supervisor import Launch, ProcessSupervisor, run_oneshot
 from fleetgate.core.disk import stage_bytes_needed
 from fleetgate.core.model import ArtifactKind, Manifest
-from fleetgate.errors import FleetgateError, IntegrityError
+from fleetgate.errors import FleetgateError, IntegrityError, TransportError
 
 if TYPE_CHECKING:
     from fleetgate.agent.service import AgentService
@@ -63,6 +71,11 @@ def validate_body(command: str, body: dict[str, Any]) -> None:
             or not isinstance(auth.get("signature"), str)
         ):
             raise bad_request("downgrade_authorization: expected {document, signature} strings")
+        root_url = body.get("root_url")
+        if root_url is not None and (
+            not isinstance(root_url, str) or not root_url.startswith(("http://", "https://"))
+        ):
+            raise bad_request("root_url: expected an http(s) URL")
     elif command in ("activate", "commit"):
         if not valid_release_id(body.get("release")):
             raise bad_request("release: expected a release id (name-version-sha8)")
@@ -93,6 +106,9 @@ def make_launch(svc: AgentService, release_id: str, manifest: Manifest) -> Launc
         argv[0] = sys.executable
     cwd = svc.store.release_dir(release_id)
     env = child_env(svc.config)
+    # A slot is immutable content, checked file by file before every switch: a Python app must
+    # not drop __pycache__ into it (a manifest may still say otherwise in run.env).
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update({k: _subst(v, port) for k, v in manifest.run.env.items()})
     env["FLEETGATE_RELEASE_DIR"] = str(cwd)
     env["APP_PORT"] = str(port)
@@ -106,16 +122,101 @@ def make_launch(svc: AgentService, release_id: str, manifest: Manifest) -> Launc
     )
 
 
-async def _load_verified(svc: AgentService, release_id: str) -> Manifest:
-    """The staged manifest, re-authenticated before a switch: a manifest edited on disk since it
-    was staged must not be run."""
-    from fleetgate.artifacts.signing import verify_manifest
+async def _verify_files(svc: AgentService, release_id: str, manifest: Manifest) -> str | None:
+    """None if the slot holds exactly the signed file list (or has none: a slot staged before
+    verified slots, logged); else the first difference, naming the file. Hashes in a thread."""
+    if manifest.files is None:
+        log.warning(
+            "%s: no signed file list (staged before verified slots): not checked", release_id
+        )
+        return None
+    t0 = time.monotonic()
+    try:
+        hashed = await asyncio.to_thread(
+            verify_slot, svc.store.release_dir(release_id), manifest.files
+        )
+    except SlotMismatch as exc:
+        return f"{release_id}: {exc}"
+    log.info(
+        "%s: %d entries, %.1f MiB verified in %.0f ms",
+        release_id,
+        len(manifest.files),
+        hashed / MIB,
+        (time.monotonic() - t0) * 1000,
+    )
+    return None
 
+
+async def startup_check(
+    svc: AgentService, release_id: str, manifest: Manifest, raw: bytes
+) -> str | None:
+    """Before start-up runs the current release: its stored manifest must be the one the stage
+    accepted (digest in ``trust/accepted``) and the slot must match its file list. Standard
+    library only (no signature check: that needs ``cryptography``, see docs/agent.md)."""
+    if manifest.files is None:
+        return await _verify_files(svc, release_id, manifest)  # a slot from before: logged
+    rec = await asyncio.to_thread(svc.trust.accepted, release_id)
+    if rec is None:
+        # Staged by an agent from before stage records (a new-format bundle it did not check):
+        # the files are checked; the next activate or rollback checks the signature and records.
+        log.warning("%s: no stage record: stored manifest not compared", release_id)
+    elif rec.get("manifest_sha256") != hashlib.sha256(raw).hexdigest():
+        return f"{release_id}: stored manifest changed since the stage accepted it"
+    return await _verify_files(svc, release_id, manifest)
+
+
+async def _load_verified(
+    svc: AgentService, release_id: str, *, rollback: bool
+) -> tuple[Manifest, str | None]:
+    """The staged manifest, re-authenticated, and the slot's files checked, before a switch: a
+    manifest or a file edited on disk since the stage must not be run (422, nothing switched).
+
+    activate: the manifest must satisfy the *current* root (a release signed by a since revoked
+    key is not switched to). rollback: the root the slot was accepted under (``trust/accepted``),
+    or any root of the verified chain, is enough — a rollback must always be possible — and a
+    signing key the current root no longer lists is reported as a warning (second value)."""
+    from fleetgate.artifacts.signing import verify_manifest_keys
+
+    current = svc.trusted_root()
     try:
         _m, raw, signature = await asyncio.to_thread(svc.store.load_manifest, release_id)
-        return verify_manifest(raw, signature, svc.trusted_key())
     except (OSError, ValueError, FleetgateError) as exc:
         raise CommandError(422, "integrity-error", f"{release_id}: stored manifest: {exc}") from exc
+    rec = await asyncio.to_thread(svc.trust.accepted, release_id)
+    roots = [current]
+    if rollback:
+        chain = list(reversed(svc.trust.chain()))
+        version = rec.get("root_version") if rec else None
+        at = svc.trust.root_at(version) if isinstance(version, int) else None
+        roots = [at, *chain] if at is not None else chain
+    first: IntegrityError | None = None
+    for root in roots:
+        try:
+            manifest, keyids = verify_manifest_keys(raw, signature, root)
+            used = root
+            break
+        except IntegrityError as exc:
+            first = first or exc
+    else:
+        raise CommandError(422, "integrity-error", f"{release_id}: stored manifest: {first}")
+    warning = None
+    revoked = sorted(set(keyids) - set(current.release_keyids))
+    if rollback and revoked and len(keyids) - len(revoked) < current.roles["targets"].threshold:
+        warning = (
+            f"{release_id} is signed by key(s) {', '.join(k[:12] for k in revoked)} that trusted "
+            f"root v{current.version} no longer lists; rolled back to it because a rollback "
+            "is always allowed"
+        )
+        log.warning("%s", warning)
+    problem = await _verify_files(svc, release_id, manifest)
+    if problem is not None:
+        log.error("refusing to switch to %s: %s", release_id, problem)
+        raise CommandError(422, "integrity-error", problem)
+    if rec is None and manifest.files is not None:
+        # Staged by an agent from before stage records: record it now that it checked out, so
+        # that start-up compares the stored manifest from now on.
+        await asyncio.to_thread(svc.trust.record, release_id, raw, used.version, keyids)
+    return manifest, warning
 
 
 async def start_release(svc: AgentService, release_id: str, manifest: Manifest) -> Manifest:
@@ -209,12 +310,12 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     svc.activity = "staging"
     from fleetgate.artifacts.extract import safe_extract
     from fleetgate.artifacts.fetch import download_blob
-    from fleetgate.artifacts.signing import verify_manifest
+    from fleetgate.artifacts.signing import verify_manifest_keys
 
+    root = await _refresh_root(svc, body)
+    manifest_raw = body["manifest"].encode("utf-8")
     try:
-        manifest = verify_manifest(
-            body["manifest"].encode("utf-8"), body["signature"], svc.trusted_key()
-        )
+        manifest, keyids = verify_manifest_keys(manifest_raw, body["signature"], root)
     except IntegrityError as exc:
         raise CommandError(422, "integrity-error", str(exc)) from exc
     assert manifest.size is not None and manifest.sha256 is not None
@@ -234,6 +335,7 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     if svc.store.exists(rid):
         first_time = again and rec.params.get("release") == rid
         return Reply(200, {"status": "staged" if first_time else "already-staged", "release": rid})
+    _check_fresh(root, manifest)
     rec.params["release"] = rid
     await svc.save()
     arches = {a.value for a in manifest.requires.arch}
@@ -243,9 +345,7 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
             "incompatible",
             f"{rid} requires arch {sorted(arches)}, device is {svc.config.arch}",
         )
-    await asyncio.to_thread(
-        svc.store.prune, {svc.state.current, svc.state.previous}, _extra_kept(svc, staging=True)
-    )
+    await asyncio.to_thread(_prune, svc, staging=True)
     _check_disk(svc, manifest)
     blob = svc.store.blob_path(rid)
     keep_part = False
@@ -280,9 +380,13 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
         except FleetgateError as exc:
             raise CommandError(422, "integrity-error", f"payload: {exc}") from exc
         await pause_point("stage:after-extract")
-        await asyncio.to_thread(
-            svc.store.commit_staging, rid, body["manifest"].encode("utf-8"), body["signature"]
-        )
+        assert manifest.files is not None
+        try:  # what was unpacked is what the file list signs (a slot that verifies later)
+            await asyncio.to_thread(verify_slot, svc.store.staging_dir(rid), manifest.files)
+        except SlotMismatch as exc:
+            raise CommandError(422, "integrity-error", f"payload: {exc}") from exc
+        await asyncio.to_thread(svc.trust.record, rid, manifest_raw, root.version, keyids)
+        await asyncio.to_thread(svc.store.commit_staging, rid, manifest_raw, body["signature"])
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise CommandError(507, "insufficient-disk", f"disk full while staging: {exc}") from exc
@@ -292,6 +396,64 @@ async def stage(svc: AgentService, body: dict[str, Any], rec: CommandRecord, aga
     await pause_point("stage:after-rename")
     log.info("staged %s", rid)
     return Reply(200, {"status": "staged", "release": rid})
+
+
+async def _refresh_root(svc: AgentService, body: dict[str, Any]) -> Any:
+    """Bring the trusted root up to date from the distribution point (each stage), then return
+    it. A root that does not chain is refused (422); an unreachable distribution point leaves
+    the trusted root as it is."""
+    from fleetgate.agent.trust import roots_url
+
+    root = svc.trusted_root()
+    base = roots_url(body)
+    if base is None:
+        return root
+    try:
+        return await svc.trust.refresh(svc.session, base)
+    except IntegrityError as exc:
+        log.error("root update refused: %s", exc)
+        raise CommandError(422, "integrity-error", f"root update: {exc}") from exc
+    except TransportError as exc:
+        # Like a 404: stage under the root already trusted. Withholding roots (this, or a
+        # hostile 404) is a freeze attack, bounded by the trusted root's expiry (_check_fresh).
+        log.warning("root update skipped: %s", exc)
+        return svc.trusted_root()
+
+
+def _check_fresh(root: Any, manifest: Manifest) -> None:
+    """Expiry is checked here, at stage, only (never at rollback): the trusted root and the
+    manifest must both still be valid, and the manifest must carry the signed file list."""
+    from fleetgate.core.manifest import parse_utc
+
+    now = datetime.now(timezone.utc)
+    if root.expired(now):
+        raise CommandError(
+            422,
+            "integrity-error",
+            f"trusted root v{root.version} expired at {root.expires}: the distribution point "
+            "must publish a newer root",
+        )
+    if manifest.files is None or manifest.valid_until is None:
+        raise CommandError(
+            422,
+            "integrity-error",
+            f"{manifest.release_id}: manifest has no signed file list and expiry "
+            "(built by an older fleetgate): rebuild the bundle",
+        )
+    until = parse_utc(manifest.valid_until)
+    if until is None or now >= until:
+        raise CommandError(
+            422,
+            "integrity-error",
+            f"{manifest.release_id}: manifest expired at {manifest.valid_until}",
+        )
+
+
+def _prune(svc: AgentService, *, staging: bool) -> None:
+    """Prune old releases and the stage records that went with them (blocking)."""
+    keep = {svc.state.current, svc.state.previous}
+    for release_id in svc.store.prune(keep, _extra_kept(svc, staging=staging)):
+        svc.trust.forget(release_id)
 
 
 def _extra_kept(svc: AgentService, *, staging: bool) -> int:
@@ -343,7 +505,8 @@ async def activate(
         )
     svc.activity = "activating"
     old = st.current
-    manifest = await _load_verified(svc, rid)
+    manifest, _warning = await _load_verified(svc, rid, rollback=False)
+    svc.integrity_error = None
     started = True
     if rid == old:
         # Already switched (maybe by the run a crash cut short): make sure it runs.
@@ -377,9 +540,7 @@ async def activate(
     if error is not None:
         log.warning("activate %s: start failed: %s", rid, error)
         return Reply(200, {"status": "start-failed", **base, "error": error, "logs": _tail(svc)})
-    await asyncio.to_thread(
-        svc.store.prune, {st.current, st.previous}, _extra_kept(svc, staging=False)
-    )
+    await asyncio.to_thread(_prune, svc, staging=False)
     return Reply(200, {"status": "active", **base})
 
 
@@ -406,7 +567,8 @@ async def rollback(
         left = current if target != current else None
     svc.activity = "rolling-back"
     assert target is not None
-    manifest = await _load_verified(svc, target)
+    manifest, warning = await _load_verified(svc, target, rollback=True)
+    svc.integrity_error = None
     started = True
     if target != current:
         rec.params.update({"from": left, "to": target})
@@ -441,6 +603,8 @@ async def rollback(
             "message": self_reverted.get("message"),
             "at": self_reverted.get("at"),
         }
+    if warning is not None:
+        reply["warning"] = warning
     if error is not None:
         log.error("rollback to %s: restored release is not healthy: %s", target, error)
         reply.update({"error": error, "logs": _tail(svc)})

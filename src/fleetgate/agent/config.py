@@ -12,6 +12,7 @@ boards.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -52,8 +53,9 @@ class AgentConfig:
     hardware: str
     arch: str
     data_dir: Path
-    public_key: Path
+    public_key: Path | None  # a one-key root (earlier configs); or:
     token: str = field(repr=False)
+    root: Path | None = None  # the initial root.json (TUF-style, agent/trust.py)
     token_env: str | None = None
     software: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -137,6 +139,21 @@ class _Reader:
             self.add(f"{table}.{key}", f"expected an integer >= {lo}")
             return default
         return value
+
+
+def _check_root(r: _Reader, path: Path) -> None:
+    """A cheap shape check; signatures are checked (with ``cryptography``) when first needed."""
+    try:
+        doc = json.loads(path.read_bytes()[: 64 * 1024 + 1])
+    except OSError as exc:
+        r.add("agent.root", f"cannot read {path}: {exc.strerror}")
+        return
+    except ValueError:
+        r.add("agent.root", f"{path} is not a JSON root document")
+        return
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    if not isinstance(signed, dict) or signed.get("_type") != "root":
+        r.add("agent.root", f"{path} is not a root document (signed._type != 'root')")
 
 
 def _check_public_key(r: _Reader, path: Path) -> None:
@@ -274,8 +291,14 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
     if data_dir_s is None and "data_dir" not in agent:
         r.add("agent.data_dir", "missing")
     key_s = r.string(agent, "agent", "public_key", None)
-    if key_s is None and "public_key" not in agent:
-        r.add("agent.public_key", "missing")
+    root_s = r.string(agent, "agent", "root", None)
+    if key_s is None and root_s is None:
+        if "public_key" not in agent and "root" not in agent:
+            r.add("agent.root", "missing (or public_key, for a one-key root)")
+    elif key_s is not None and root_s is not None:
+        r.add("agent.root", "set one of root or public_key (the root names the keys)")
+    elif root_s is not None:
+        _check_root(r, base / root_s)
     elif key_s is not None:
         _check_public_key(r, base / key_s)
     token, token_env, token_file = _token(r, agent, base)
@@ -307,7 +330,8 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         hardware=hardware or "",
         arch=arch,
         data_dir=base / (data_dir_s or "."),
-        public_key=base / (key_s or "."),
+        public_key=base / key_s if key_s is not None else None,
+        root=base / root_s if root_s is not None else None,
         token=token,
         token_env=token_env,
         software={str(k): v for k, v in software.items()},

@@ -14,7 +14,7 @@ A version that PEP 440 cannot order against the floor is refused the same way (f
 the authorisation is the way through.
 
 Every signed document the agent accepts besides manifests is verified by
-``verify_signed_document``, the one place to re-point when the trust root changes
+``verify_signed_document``: a threshold of the trusted root's release keys, like a manifest
 (TUF-style root metadata, issue 10 part 4).
 """
 
@@ -72,21 +72,14 @@ def _unorderable(a: str, b: str) -> bool:
 
 
 def verify_signed_document(svc: AgentService, raw: bytes, signature: str) -> Any:
-    """Authenticate ``raw`` with the trusted release key, then parse it as JSON.
+    """Authenticate ``raw`` with the trusted root's release keys (the same threshold as a
+    manifest, artifacts/root.py), then parse it as JSON.
 
-    The one function through which a signed document other than a manifest is trusted; with
-    TUF-style root metadata it is the place to ask the root for the keys (and threshold)
-    allowed to sign this document type. Raises ``IntegrityError``/``ValueError``."""
-    from cryptography.exceptions import InvalidSignature
+    The one function through which a signed document other than a manifest is trusted.
+    Raises ``IntegrityError``/``ValueError``."""
+    from fleetgate.artifacts.root import verify_release_signatures
 
-    from fleetgate.artifacts.signing import _decode_signature
-    from fleetgate.errors import IntegrityError
-
-    sig = _decode_signature(signature)
-    try:
-        svc.trusted_key().verify(sig, raw)
-    except InvalidSignature as exc:
-        raise IntegrityError("bad signature: not signed by the trusted key") from exc
+    verify_release_signatures(svc.trusted_root(), raw, signature, what="document")
     return json.loads(raw.decode("utf-8"))
 
 

@@ -62,6 +62,7 @@ def hygiene_warnings(config: AgentConfig) -> list[str]:
                 out.append(f"{where}: agent.{key}: {problem}; chmod 600")
     trusted = [
         ("public_key", config.public_key),
+        ("root", config.root),
         ("ca_bundle", config.ca_bundle),
         ("tls_client_ca", config.tls_client_ca),
         ("tls_cert", config.tls_cert),

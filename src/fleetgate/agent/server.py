@@ -43,7 +43,8 @@ log = logging.getLogger("fleetgate.agent")
 
 SERVICE: web.AppKey[AgentService] = web.AppKey("service", AgentService)
 MAX_LOG_LINES = 1000
-MAX_BODY = 1024 * 1024
+# 4 MiB: a stage body carries the signed manifest, whose file list grows ~130 B a file.
+MAX_BODY = 4 * 1024 * 1024
 
 
 class RingHandler(logging.Handler):
@@ -220,7 +221,8 @@ def dump_config(config: AgentConfig) -> str:
             "agent": {
                 "listen": f"{config.host}:{config.port}",
                 "data_dir": str(config.data_dir),
-                "public_key": str(config.public_key),
+                "root": str(config.root) if config.root else None,
+                "public_key": str(config.public_key) if config.public_key else None,
                 "trial_s": config.trial_s,
                 "trial_max_starts": config.trial_max_starts,
                 "on_commit": None if config.on_commit is None else str(config.on_commit),

@@ -61,6 +61,7 @@ from fleetgate.agent.state import (
     save_state,
 )
 from fleetgate.agent.supervisor import ProcessSupervisor, SystemdSupervisor, reap_orphan
+from fleetgate.agent.trust import TrustStore
 from fleetgate.core.model import ArtifactKind
 from fleetgate.core.seqwindow import MAX_SEQ, jump_problem, window_problem
 from fleetgate.errors import FleetgateError
@@ -83,8 +84,11 @@ class AgentService:
         self.state_path = config.data_dir / "state.json"
         self.state = AgentState()
         self.state_lost: str | None = None  # safe mode: why the seq history is unknown
-        self._public_key: Any = None
+        self.trust = TrustStore(config.data_dir, config.root, config.public_key)
         self.activity = "starting"
+        # Why the current release was not started at start-up (a slot that fails its check);
+        # reported in facts until a switch succeeds.
+        self.integrity_error: str | None = None
         self.current_kind: ArtifactKind | None = None
         self.reload_error: str | None = None  # a config release's failed reload command
         self.started_at = time.monotonic()
@@ -102,18 +106,18 @@ class AgentService:
         self._prober: HealthProber | None = None
         self._probe_task: asyncio.Task[None] | None = None
 
-    def trusted_key(self) -> Any:
-        """The Ed25519 public key releases must be signed with (``cryptography`` is imported
-        here, on first use, not at start-up)."""
-        if self._public_key is None:
-            from fleetgate.artifacts.keys import load_public_key
+    def trusted_root(self) -> Any:
+        """The newest verified ``artifacts.root.Root``: releases need a threshold of its release
+        keys (``cryptography`` is imported here, on first use, not at start-up)."""
+        try:
+            return self.trust.current()
+        except FleetgateError as exc:
+            log.error("trusted root unusable: %s", exc)
+            raise CommandError(500, "internal", f"trusted root unusable: {exc}") from exc
 
-            try:
-                self._public_key = load_public_key(self.config.public_key)
-            except FleetgateError as exc:
-                log.error("trusted public key unusable: %s", exc)
-                raise CommandError(500, "internal", f"trusted public key unusable: {exc}") from exc
-        return self._public_key
+    def trusted_key(self) -> Any:
+        """What ``artifacts.signing.verify_manifest`` takes as trust: the current root."""
+        return self.trusted_root()
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -171,11 +175,21 @@ class AgentService:
                 log.exception("self-revert of %s failed", current)
         if current is not None:
             try:
-                # Not re-verified here: it was verified before it was committed to releases/,
-                # and activate/rollback re-verify; start-up stays free of cryptography.
-                manifest, _raw, _sig = await asyncio.to_thread(self.store.load_manifest, current)
-                await trial.count_start(self)  # on disk before the start (a no-op off trial)
-                await commands.start_release(self, current, manifest)
+                # The slot's files are checked against its signed list, and the stored manifest
+                # against the digest recorded when the stage accepted it: hashlib only, so
+                # start-up stays free of cryptography (activate and rollback verify signatures).
+                try:
+                    manifest, raw, _sig = await asyncio.to_thread(self.store.load_manifest, current)
+                except (OSError, ValueError, FleetgateError) as exc:
+                    self.integrity_error = f"{current}: stored manifest unreadable: {exc}"
+                    raise
+                slot_problem = await commands.startup_check(self, current, manifest, raw)
+                if slot_problem is None:
+                    await trial.count_start(self)  # on disk before the start (off trial: no-op)
+                    await commands.start_release(self, current, manifest)
+                else:
+                    self.integrity_error = slot_problem
+                    log.error("not starting %s: integrity error: %s", current, slot_problem)
             except Exception:  # a broken release must not keep the agent from answering
                 log.exception("could not start current release %s", current)
         self.activity = "idle"
@@ -402,6 +416,7 @@ class AgentService:
             "state": self.activity,
             "last_seq": self.state.last_seq,
             "app_running": await self.supervisor.is_running(),
+            "integrity_error": self.integrity_error,
             "interrupted": None
             if rec is None
             else {"seq": rec.seq, "command": rec.command, "deployment_id": rec.deployment_id},

@@ -264,7 +264,8 @@ async def revert(svc: AgentService, reason: str, message: str) -> bool:
         await svc.save()  # the intent, before anything changes: a crash finishes the revert
     svc.activity = "reverting"
     try:
-        manifest = await commands._load_verified(svc, target)
+        # A revert is a rollback: the root the slot was accepted under is enough.
+        manifest, _warning = await commands._load_verified(svc, target, rollback=True)
     except CommandError as exc:
         t["stuck"] = f"cannot revert to {target}: {exc.message}"
         log.error("%s", t["stuck"])
@@ -278,6 +279,7 @@ async def revert(svc: AgentService, reason: str, message: str) -> bool:
     await pause_point("revert:after-link")
     state.reverted = _report(t, target, t["reverting"])
     state.current, state.previous, state.trial = target, None, None
+    svc.integrity_error = None  # whatever kept the left release from starting is behind us
     await svc.save()
     clear_log(svc)
     await commands.start_release(svc, target, manifest)

@@ -127,7 +127,7 @@ def _select(expr: str | None) -> Any:
 async def dry_run(body: NewDeployment, ctx: Ctx, _who: Reader) -> dict[str, Any]:
     """What a deployment of this release under this policy would do; nothing is written."""
     from fleetgate.artifacts.distribution import load_published
-    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.artifacts.root import load_trust
     from fleetgate.artifacts.signing import verify_manifest
     from fleetgate.core.plan import plan_deployment
     from fleetgate.core.plan_doc import plan_to_dict
@@ -138,7 +138,7 @@ async def dry_run(body: NewDeployment, ctx: Ctx, _who: Reader) -> dict[str, Any]
     if ctx.public_key is None:
         raise ApiError(409, "no-key", "the service has no public key to verify releases")
     raw, sig = load_published(ctx.blob_dir, body.release)
-    manifest = verify_manifest(raw, sig, load_public_key(ctx.public_key))
+    manifest = verify_manifest(raw, sig, load_trust(ctx.public_key))
     plan = plan_deployment(await ctx.store.list_devices(), manifest, policy, _select(body.select))
     return {"plan": plan_to_dict(plan, policy, sha256=body.release), "blockers": plan.blockers}
 

@@ -112,12 +112,14 @@ def _receive(ctx: ApiContext, chunks: list[bytes]) -> tuple[Path, str]:
 
 
 def _publish(ctx: ApiContext, path: Path) -> tuple[Any, str, int]:
-    from fleetgate.artifacts.distribution import publish_bundle
-    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.artifacts.distribution import publish_bundle, publish_roots
+    from fleetgate.artifacts.root import Root, load_trust
     from fleetgate.artifacts.signing import verify_bundle
 
     assert ctx.public_key is not None
-    pub = load_public_key(ctx.public_key)
+    pub = load_trust(ctx.public_key)  # a PEM key, or a root.json whose chain devices walk
+    if isinstance(pub, Root):
+        publish_roots(ctx.public_key, ctx.blob_dir)
     manifest = verify_bundle(path, pub)
     sha, size = publish_bundle(path, ctx.blob_dir, public_key=pub)
     return manifest, sha, size
@@ -182,6 +184,18 @@ async def blob(sha256: str, ctx: Ctx) -> Response:
     if not path.is_file():
         raise ApiError(404, "not-found", f"no blob {sha256}")
     return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.get("/roots/{name}", response_model=None)
+async def root_doc(name: str, ctx: Ctx) -> Response:
+    """The root metadata chain (``N.root.json``) devices walk at each stage, beside the blobs
+    (agent/trust.py). Public like the blobs: each root is signed."""
+    from fleetgate.artifacts.distribution import ROOT_NAME_RE, ROOTS_DIR
+
+    path = ctx.blob_dir / ROOTS_DIR / name
+    if not ROOT_NAME_RE.match(name) or not path.is_file():
+        raise ApiError(404, "not-found", f"no root {name}")
+    return FileResponse(path, media_type="application/json")
 
 
 # -- audit and metrics ----------------------------------------------------------------------------

@@ -5,12 +5,17 @@
    field for anything malformed; ``size``/``sha256`` in the file are ignored, they are computed);
 2. packs the payload for the manifest's kind (``payload.py``) into a deterministic tar.gz,
    hashing it as it is written;
-3. binds the manifest to the payload (``size``, ``sha256``), signs the canonical manifest;
+3. binds the manifest to the payload (``size``, ``sha256``, the ``files`` list) and to an expiry
+   (``valid_until``: given, or ``valid_days`` — default 365 — after the build day), signs the
+   canonical manifest with one key or several (``keyid:base64`` lines);
 4. writes the container (``container.py``) to a temporary file in ``OUT_DIR`` and renames it into
    place, so a reader never sees a half-written bundle.
 
-Reproducible: the same source tree and key give a byte-identical bundle (Ed25519 signatures are
-deterministic), regardless of file mtimes, owners, umask or directory listing order.
+Reproducible: the same source tree, keys and expiry give a byte-identical bundle (Ed25519
+signatures are deterministic), regardless of file mtimes, owners, umask or directory listing
+order. The default expiry counts from the start of the build's UTC day — or of
+``SOURCE_DATE_EPOCH`` when set, the reproducible-builds convention — so two builds on the same
+day agree; pass ``valid_until`` to pin it.
 
 ``read_bundle`` and ``BundleContents`` are re-exported from ``container.py`` for callers that
 think of "the bundle module". The device agent imports this module; standard library,
@@ -23,7 +28,9 @@ import dataclasses
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +45,7 @@ from fleetgate.artifacts.container import (
 )
 from fleetgate.artifacts.payload import MANIFEST_FILE, collect_entries, write_payload
 from fleetgate.artifacts.signing import sign_manifest
-from fleetgate.core.manifest import manifest_from_dict
+from fleetgate.core.manifest import manifest_from_dict, parse_utc
 from fleetgate.core.model import Manifest
 from fleetgate.errors import InputError
 
@@ -76,13 +83,37 @@ def load_source_manifest(src_dir: str | os.PathLike[str]) -> Manifest:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{toml_path}: invalid TOML: {exc}") from exc
     manifest = manifest_from_dict(data, where=str(toml_path))
-    return dataclasses.replace(manifest, size=None, sha256=None)
+    return dataclasses.replace(manifest, size=None, sha256=None, files=None, valid_until=None)
+
+
+DEFAULT_VALID_DAYS = 365
+
+
+def default_valid_until(valid_days: int = DEFAULT_VALID_DAYS, now: datetime | None = None) -> str:
+    """``valid_days`` after the start of today (UTC), or of ``SOURCE_DATE_EPOCH``'s day."""
+    if now is None:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+        if epoch.isdigit():
+            now = datetime.fromtimestamp(int(epoch), timezone.utc)
+        else:
+            now = datetime.now(timezone.utc)
+    day = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day + timedelta(days=valid_days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_bundle(
-    src_dir: str | os.PathLike[str], private_key: Ed25519PrivateKey, out_dir: str | os.PathLike[str]
+    src_dir: str | os.PathLike[str],
+    private_key: Ed25519PrivateKey | Sequence[Ed25519PrivateKey],
+    out_dir: str | os.PathLike[str],
+    *,
+    valid_until: str | None = None,
+    valid_days: int = DEFAULT_VALID_DAYS,
 ) -> BuiltBundle:
     """Build, sign and write ``OUT_DIR/NAME-VERSION.fgb``; see the module docstring."""
+    if valid_until is None:
+        valid_until = default_valid_until(valid_days)
+    elif parse_utc(valid_until) is None:
+        raise InputError(f"valid_until {valid_until!r}: expected YYYY-MM-DDTHH:MM:SSZ (UTC)")
     src = Path(src_dir)
     if not src.is_dir():
         raise InputError(f"{src}: not a directory")
@@ -101,8 +132,10 @@ def build_bundle(
     bundle_tmp: Path | None = None
     try:
         with os.fdopen(payload_fd, "wb") as fh:
-            size, sha256 = write_payload(entries, fh)
-        bound = dataclasses.replace(manifest, size=size, sha256=sha256)
+            size, sha256, files = write_payload(entries, fh)
+        bound = dataclasses.replace(
+            manifest, size=size, sha256=sha256, files=files, valid_until=valid_until
+        )
         manifest_json, signature_b64 = sign_manifest(bound, private_key)
         bundle_fd, bundle_name = tempfile.mkstemp(dir=out, prefix=".bundle-", suffix=".tmp")
         bundle_tmp = Path(bundle_name)

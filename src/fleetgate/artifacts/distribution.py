@@ -6,7 +6,8 @@ Store layout (one flat directory, ``blob_dir``)::
 
     <sha256>                 the payload (payload.tar.gz of a bundle), named by its own digest
     <sha256>.manifest.json   the bundle's signed canonical manifest
-    <sha256>.sig             its base64 Ed25519 signature
+    <sha256>.sig             its signature(s)
+    roots/<N>.root.json      the root metadata chain (``publish_roots``)
 
 ``publish_bundle(bundle, blob_dir)`` copies the payload out of a bundle, checking as it copies that
 its length and sha256 are the ones the manifest states (and, given ``public_key``, that the
@@ -21,6 +22,8 @@ default:
   malformed or multi-range header is ignored (whole blob, 200), as RFC 9110 allows.
 - 404 for unknown or malformed digests: the path is built only from 64 hex digits, so no request
   can name a file outside ``blob_dir`` (nor a ``.manifest.json``/``.sig`` side file).
+- ``GET /v1/roots/<N>.root.json``: the root metadata chain (``publish_roots``), 404 past the
+  newest; devices walk it from the version they trust at each stage (agent/trust.py).
 - With ``token=...``, every request needs ``Authorization: Bearer <token>`` (constant-time
   compare), else 401.
 File reads run in a thread, one chunk at a time, so large blobs never block the event loop.
@@ -33,6 +36,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +46,7 @@ from aiohttp.typedefs import Handler, Middleware
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fleetgate.artifacts.container import iter_payload, read_bundle
+from fleetgate.artifacts.root import Root
 from fleetgate.artifacts.signing import verify_manifest
 from fleetgate.core.model import SHA256_RE
 from fleetgate.errors import InputError, IntegrityError
@@ -80,7 +85,7 @@ def publish_bundle(
     bundle_path: str | os.PathLike[str],
     store_dir: str | os.PathLike[str],
     *,
-    public_key: Ed25519PublicKey | None = None,
+    public_key: Ed25519PublicKey | Root | None = None,
 ) -> tuple[str, int]:
     """Store a bundle's payload (and signed manifest) under its digest; return (sha256, size)."""
     contents = read_bundle(bundle_path)
@@ -122,6 +127,40 @@ def publish_bundle(
     _write_atomic(store, f"{sha256}.manifest.json", [contents.manifest_json])
     _write_atomic(store, f"{sha256}.sig", [contents.signature.strip()])
     return sha256, size
+
+
+ROOTS_DIR = "roots"
+ROOT_NAME_RE = re.compile(r"^[1-9][0-9]{0,8}\.root\.json$")
+
+
+def publish_roots(roots: str | os.PathLike[str], store_dir: str | os.PathLike[str]) -> list[int]:
+    """Copy the root chain into the store: ``roots`` is a root file (every ``N.root.json``
+    beside it is copied) or a directory of them. Each must parse and the versions must run
+    1..N without a gap (a device walks them one by one). Returns the versions published."""
+    from fleetgate.artifacts.root import parse_root
+
+    src = Path(roots)
+    folder = src if src.is_dir() else src.parent
+    files = sorted(
+        (p for p in folder.iterdir() if ROOT_NAME_RE.match(p.name)),
+        key=lambda p: int(p.name.split(".")[0]),
+    )
+    versions: list[int] = []
+    docs: list[tuple[str, bytes]] = []
+    for path in files:
+        raw = path.read_bytes()
+        root = parse_root(raw, str(path))
+        if f"{root.version}.root.json" != path.name:
+            raise IntegrityError(f"{path}: holds root v{root.version}")
+        versions.append(root.version)
+        docs.append((path.name, raw))
+    if not versions or versions != list(range(versions[0], versions[0] + len(versions))):
+        raise InputError(f"{folder}: expected N.root.json files without gaps, found {versions}")
+    out = Path(store_dir) / ROOTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name, raw in docs:
+        _write_atomic(out, name, [raw])
+    return versions
 
 
 def load_published(store_dir: str | os.PathLike[str], sha256: str) -> tuple[bytes, str]:
@@ -229,9 +268,20 @@ def create_app(blob_dir: str | os.PathLike[str], *, token: str | None = None) ->
         finally:
             fh.close()
 
+    async def root_doc(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if not ROOT_NAME_RE.match(name):
+            raise web.HTTPNotFound()
+        try:
+            raw = await asyncio.to_thread((root / ROOTS_DIR / name).read_bytes)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise web.HTTPNotFound() from None
+        return web.Response(body=raw, content_type="application/json")
+
     middlewares = [_auth_middleware(token)] if token is not None else []
     app = web.Application(middlewares=middlewares)
     app.router.add_get("/v1/blobs/{sha256}", blob)  # HEAD is registered along with GET
+    app.router.add_get("/v1/roots/{name}", root_doc)
     return app
 
 
@@ -255,6 +305,10 @@ class DistributionServer:
 
     def blob_url(self, sha256: str) -> str:
         return f"{self.url}/v1/blobs/{sha256}"
+
+    @property
+    def roots_url(self) -> str:
+        return f"{self.url}/v1/roots/"
 
     async def __aenter__(self) -> DistributionServer:
         runner = web.AppRunner(create_app(self.blob_dir, token=self.token), access_log=None)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
-from fleetgate.core.model import ArtifactKind
+from fleetgate.core.manifest import META_DIR
+from fleetgate.core.model import ArtifactKind, PayloadFile
 from fleetgate.errors import InputError
 
 MANIFEST_FILE = "fleetgate.toml"
@@ -80,6 +81,8 @@ def _walk(src_root: Path) -> Iterator[Entry]:
                 arcname.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise InputError(f"{path}: file name is not valid UTF-8") from exc
+            if arcname == META_DIR:
+                raise InputError(f"{path}: the name {META_DIR} is reserved for the device agent")
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 yield Entry(arcname, "link", path, 0o777, _check_link(src_root, path, arcname))
@@ -128,6 +131,20 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     return info
 
 
+class _HashingReader:
+    """A read-only file wrapper that hashes what ``tarfile`` copies out of it: the digest in
+    the file list is of the very bytes packed, even if the source changes meanwhile."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha256.update(data)
+        return data
+
+
 class _HashingWriter:
     """A write-only file wrapper that counts and hashes what passes through."""
 
@@ -146,10 +163,12 @@ class _HashingWriter:
         self.raw.flush()
 
 
-def write_payload(entries: list[Entry], out: BinaryIO) -> tuple[int, str]:
-    """Write the deterministic tar.gz of ``entries`` to ``out``; return (size, sha256 hex)."""
+def write_payload(entries: list[Entry], out: BinaryIO) -> tuple[int, str, tuple[PayloadFile, ...]]:
+    """Write the deterministic tar.gz of ``entries`` to ``out``; return (size, sha256 hex, the
+    file list the manifest signs: each member's size and sha256, or link target)."""
     sink = _HashingWriter(out)
     gz_target = cast(BinaryIO, sink)
+    files: list[PayloadFile] = []
     # filename="" keeps the source path out of the gzip header; mtime=0 keeps the clock out.
     with (
         gzip.GzipFile(
@@ -159,13 +178,27 @@ def write_payload(entries: list[Entry], out: BinaryIO) -> tuple[int, str]:
     ):
         for entry in entries:
             info = _tarinfo(entry)
+            if entry.kind == "dir":
+                files.append(PayloadFile(entry.arcname, "dir"))
+            elif entry.kind == "link":
+                files.append(PayloadFile(entry.arcname, "link", target=entry.linkname))
             if entry.kind != "file":
                 tf.addfile(info)
                 continue
             try:
                 with entry.source.open("rb") as fh:
                     info.size = os.fstat(fh.fileno()).st_size
-                    tf.addfile(info, fh)
+                    reader = _HashingReader(cast(BinaryIO, fh))
+                    tf.addfile(info, cast(BinaryIO, reader))
             except OSError as exc:
                 raise InputError(f"{entry.source}: cannot read: {exc.strerror or exc}") from exc
-    return sink.size, sink.sha256.hexdigest()
+            files.append(
+                PayloadFile(
+                    entry.arcname,
+                    "file",
+                    size=info.size,
+                    sha256=reader.sha256.hexdigest(),
+                    executable=entry.mode == 0o755,
+                )
+            )
+    return sink.size, sink.sha256.hexdigest(), tuple(files)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleetgate.errors import InputError, IntegrityError
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("agent", help="run the device agent")
@@ -64,10 +66,14 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fleetgate.agent.server import dump_config
-    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.agent.trust import TrustStore
 
     config = _load_checked(args)
-    load_public_key(config.public_key)  # `run` parses the key lazily; `check` proves it now
+    # `run` loads the root (or key) lazily; `check` proves it now: parsed, self-signed.
+    try:
+        TrustStore(config.data_dir, config.root, config.public_key).current()
+    except IntegrityError as exc:  # the file the config names: the operator's to fix
+        raise InputError(f"{config.source}: agent.root: {exc}") from exc
     print(dump_config(config))
     return 0
 

@@ -1,11 +1,16 @@
 """``fleetgate artifact build|verify``: make and check signed release bundles.
 
-- ``build SRC_DIR --key KEY -o OUT_DIR [--json]`` reads ``SRC_DIR/fleetgate.toml``, writes
+- ``build SRC_DIR --key KEY [--key KEY …] [--valid-days N | --valid-until DATE] -o OUT_DIR
+  [--root ROOT.json] [--json]`` signs with every ``--key`` (a root's release threshold may need
+  several; ``--root`` refuses to build when they do not meet it), binds an
+  expiry (default 365 days after the build day) and the payload's file list, reads
+  ``SRC_DIR/fleetgate.toml``, writes
   ``OUT_DIR/NAME-VERSION.fgb`` and prints ``path: …`` and ``sha256: …`` (of the bundle file);
   ``--json`` prints ``{"path", "sha256", "manifest": {…}}``. The same input always gives the same
   bytes, so the sha256 can be compared between build machines.
-- ``verify FILE --pubkey PUB [--json]`` checks the container, the signature, then the payload's
-  length and sha256. Success: ``OK name version`` plus the payload and bundle digests (exit 0).
+- ``verify FILE (--pubkey PUB | --root ROOT.json) [--json]`` checks the container, the
+  signature(s) — with a root, a threshold of its release keys — then the payload's length and
+  sha256. Success: ``OK name version`` plus the payload and bundle digests (exit 0).
   Failure is an input problem from the operator's point of view — the file they named is not a
   good bundle — so it exits 2 with one line ``fleetgate: error: FILE: reason`` (bad signature,
   digest mismatch, truncated, not a bundle); ``--json`` prints ``{"ok": false, "error"}`` too.
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetgate.cli.main import EXIT_INPUT, EXIT_OK
-from fleetgate.errors import IntegrityError
+from fleetgate.errors import InputError, IntegrityError
 
 
 def register(sub: Any) -> None:
@@ -33,7 +38,20 @@ def register(sub: Any) -> None:
     build.add_argument(
         "src_dir", type=Path, metavar="SRC_DIR", help="directory with fleetgate.toml"
     )
-    build.add_argument("--key", required=True, type=Path, help="Ed25519 private key (PEM)")
+    build.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        type=Path,
+        help="Ed25519 private key (PEM); repeat to sign with several keys",
+    )
+    build.add_argument(
+        "--root",
+        type=Path,
+        help="root.json: refuse to build unless the keys meet its release threshold",
+    )
+    build.add_argument("--valid-days", type=int, default=365, help="expiry (default 365 days)")
+    build.add_argument("--valid-until", metavar="YYYY-MM-DDTHH:MM:SSZ", help="expiry (UTC)")
     build.add_argument(
         "-o", "--out", required=True, type=Path, metavar="OUT_DIR", help="output directory"
     )
@@ -41,7 +59,9 @@ def register(sub: Any) -> None:
     build.set_defaults(handler=cmd_build)
     verify = asub.add_parser("verify", help="check a bundle's signature and payload digest")
     verify.add_argument("file", type=Path, metavar="FILE", help="the .fgb bundle")
-    verify.add_argument("--pubkey", required=True, type=Path, help="Ed25519 public key (PEM)")
+    trust = verify.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--pubkey", type=Path, help="Ed25519 public key (PEM) or a root.json")
+    trust.add_argument("--root", type=Path, help="root.json naming the release keys")
     verify.add_argument("--json", action="store_true", help="one JSON document on stdout")
     verify.set_defaults(handler=cmd_verify)
     auth = asub.add_parser(
@@ -65,8 +85,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from fleetgate.artifacts.keys import load_private_key
     from fleetgate.core.manifest import manifest_to_dict
 
-    key = load_private_key(args.key)
-    built = build_bundle(args.src_dir, key, args.out)
+    keys = [load_private_key(p) for p in args.key]
+    if args.root is not None:
+        _check_threshold(args.root, keys)
+    if args.valid_days < 1:
+        raise InputError(f"--valid-days {args.valid_days}: expected at least 1")
+    built = build_bundle(
+        args.src_dir, keys, args.out, valid_until=args.valid_until, valid_days=args.valid_days
+    )
     if args.json:
         doc: dict[str, Any] = {
             "path": str(built.path),
@@ -80,13 +106,41 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _validity(manifest: Any) -> str:
+    """The manifest's expiry as a human reads it (devices refuse to stage it once past)."""
+    from datetime import datetime, timezone
+
+    from fleetgate.core.manifest import parse_utc
+
+    if manifest.valid_until is None:
+        return "no expiry and no file list (built before verified slots: agents refuse it)"
+    until = parse_utc(manifest.valid_until)
+    expired = until is not None and datetime.now(timezone.utc) >= until
+    return f"{manifest.valid_until}{' (EXPIRED: devices refuse to stage it)' if expired else ''}"
+
+
+def _check_threshold(root_path: Path, keys: list[Any]) -> None:
+    """Before building: do ``keys`` meet the root's release threshold? (What devices check.)"""
+    from fleetgate.artifacts.root import RELEASE_ROLE, key_id, load_root_file
+
+    root = load_root_file(root_path)
+    trusted = set(root.release_keyids)
+    given = {key_id(k.public_key()) for k in keys}
+    need = root.roles[RELEASE_ROLE].threshold
+    if len(given & trusted) < need:
+        raise InputError(
+            f"{root_path}: root v{root.version} needs {need} of its release keys; "
+            f"{len(given & trusted)} of the --key given are among them"
+        )
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from fleetgate.artifacts.container import file_sha256
-    from fleetgate.artifacts.keys import load_public_key
+    from fleetgate.artifacts.root import load_trust
     from fleetgate.artifacts.signing import verify_bundle
     from fleetgate.core.manifest import manifest_to_dict
 
-    public_key = load_public_key(args.pubkey)
+    public_key = load_trust(args.root or args.pubkey)
     try:
         manifest = verify_bundle(args.file, public_key)
     except IntegrityError as exc:
@@ -110,6 +164,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"OK {manifest.name} {manifest.version} ({manifest.kind.value})")
         print(f"payload sha256: {manifest.sha256} ({manifest.size} bytes, signed)")
         print(f"bundle sha256: {bundle_sha}")
+        print(f"valid until: {_validity(manifest)}")
     return EXIT_OK
 
 

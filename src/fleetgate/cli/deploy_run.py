@@ -5,10 +5,12 @@ approval or for a human decision after a 5-20 % wave pause (HALTED with failed d
 quarantine), 2 bad input (a missing, truncated or wrongly signed bundle too), 3 for a refusal by a
 guardrail, 5 internal error.
 
-The release's public key (``--pubkey``, ``FLEETGATE_PUBKEY`` or ``.fleetgate/keys/``) is needed
-only to verify a release: by ``start``, and by a decision whose drive still has PREPARE to run.
-Approving, rejecting, resuming or rolling back a deployment past PREPARE works without it. A
-human's name (``--as``) is stripped; a blank one is refused.
+The release's public key (``--pubkey``, ``FLEETGATE_PUBKEY`` or ``.fleetgate/keys/``) — or a
+``root.json`` naming the release keys and threshold, whose chain ``start`` then publishes beside
+the blobs for devices to walk — is needed only to verify a release: by ``start``, and by a
+decision whose drive still has PREPARE to run. Approving, rejecting, resuming or rolling back a
+deployment past PREPARE works without it. A human's name (``--as``) is stripped; a blank one is
+refused.
 
 ``start`` runs until the deployment needs a human; with ``--follow`` it then waits, showing the
 state, for the decision to be recorded (``deploy approve`` from another terminal) and drives on
@@ -150,7 +152,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--pubkey",
         type=Path,
         default=None,
-        help="release signing public key (env FLEETGATE_PUBKEY; default "
+        help="release signing public key, or a root.json (env FLEETGATE_PUBKEY; default "
         ".fleetgate/keys/fleetgate-signing.pub)",
     )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")

@@ -55,7 +55,12 @@ def register(sub: Any) -> None:
     run.add_argument("--initial-release", default=DEFAULT_INITIAL_RELEASE, metavar="ID")
     run.add_argument("--link-kbps", type=float, default=100_000.0, help="stage transfer speed")
     run.add_argument("--activate-s", type=float, default=0.0, help="simulated app start time")
-    run.add_argument("--public-key", type=Path, default=None, help="verify stage signatures")
+    run.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="verify stage signatures (PEM key or root.json)",
+    )
     run.set_defaults(handler=run_sim)
     sim.set_defaults(handler=lambda _a: _usage(sim))
 
@@ -81,9 +86,9 @@ def _absolute(path: Path) -> Path:
 def spec_from_args(args: argparse.Namespace) -> FleetSpec:
     public_key = None
     if args.public_key is not None:
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.root import load_trust
 
-        public_key = load_public_key(args.public_key)
+        public_key = load_trust(args.public_key)  # a PEM key or a root.json
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     return FleetSpec(
         devices=args.devices,

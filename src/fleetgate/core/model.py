@@ -150,6 +150,21 @@ class RunSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PayloadFile:
+    """One member of a built payload, as the signed manifest lists it (``files``): what a
+    device's release slot must hold, byte for byte. ``kind`` is ``file`` (``size``, ``sha256``,
+    ``executable``: mode 0755, else 0644), ``dir`` (mode 0755) or ``link`` (``target``, the
+    symlink's text)."""
+
+    path: str
+    kind: str
+    size: int = 0
+    sha256: str = ""
+    executable: bool = False
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """An artifact's manifest (``fleetgate.toml``). ``size``/``sha256`` are set once built:
     they describe the payload and are covered by the bundle's signature."""
@@ -161,6 +176,10 @@ class Manifest:
     run: RunSpec = field(default_factory=RunSpec)
     size: int | None = None
     sha256: str | None = None
+    # Set once built, signed with the rest: every payload member (sorted by path), and the date
+    # (ISO 8601 UTC, ``YYYY-MM-DDTHH:MM:SSZ``) after which no device stages the release.
+    files: tuple[PayloadFile, ...] | None = None
+    valid_until: str | None = None
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):

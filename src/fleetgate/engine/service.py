@@ -172,7 +172,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
     async def _prepare(self, ctx: EngineContext) -> None:
         """PREPARE's online half, in the driving process: re-verify the published manifest's
         signature and check the distribution point serves the exact payload."""
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.root import load_trust
         from fleetgate.artifacts.signing import verify_manifest
 
         key_path = self.config.require_public_key()  # the operator's to give, not a failed check
@@ -181,7 +181,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
             m = verify_manifest(
                 ctx.release.manifest_json.encode(),
                 ctx.release.signature,
-                load_public_key(key_path),
+                load_trust(key_path),
             )
             checks.append({"check": "signature", "ok": True, "detail": m.label})
             async with aiohttp.ClientSession() as s, s.head(ctx.release.url) as r:

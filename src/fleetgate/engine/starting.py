@@ -66,11 +66,17 @@ class StartMixin(ControllerBase):
         """Verify ``bundle``, plan (a blocked plan publishes nothing), publish its payload to the
         blob directory and create the deployment."""
         from fleetgate.artifacts.container import file_sha256
-        from fleetgate.artifacts.distribution import publish_bundle
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.distribution import publish_bundle, publish_roots
+        from fleetgate.artifacts.root import Root, load_trust
         from fleetgate.artifacts.signing import verify_bundle
 
-        pub = load_public_key(self.config.require_public_key())
+        # A PEM key or a root.json: with a root, its chain is published beside the blobs so
+        # devices walk to it at their stage (agent/trust.py).
+        pub = load_trust(self.config.require_public_key())
+        if isinstance(pub, Root):
+            await asyncio.to_thread(
+                publish_roots, self.config.require_public_key(), self.config.blob_dir
+            )
         manifest = await asyncio.to_thread(verify_bundle, bundle, pub)
         auth = _downgrade_authorization(downgrade_authorization, pub, manifest)
         plan = await self._plan(manifest, policy, select)
@@ -91,14 +97,18 @@ class StartMixin(ControllerBase):
     ) -> str:
         """Create a deployment of a release already uploaded to the service (``POST
         /api/v1/releases``): its stored manifest is verified again before anything else."""
-        from fleetgate.artifacts.distribution import load_published
-        from fleetgate.artifacts.keys import load_public_key
+        from fleetgate.artifacts.distribution import load_published, publish_roots
+        from fleetgate.artifacts.root import Root, load_trust
         from fleetgate.artifacts.signing import verify_manifest
 
         record = await self.store.get_release(sha256)
         if record is None:
             raise InputError(f"release: no uploaded release {sha256!r}")
-        pub = load_public_key(self.config.require_public_key())
+        pub = load_trust(self.config.require_public_key())  # a PEM key or a root.json
+        if isinstance(pub, Root):
+            await asyncio.to_thread(
+                publish_roots, self.config.require_public_key(), self.config.blob_dir
+            )
         manifest_json, signature = await asyncio.to_thread(
             load_published, self.config.blob_dir, sha256
         )
@@ -109,6 +119,17 @@ class StartMixin(ControllerBase):
     async def _plan(
         self, manifest: Manifest, policy: Policy, select: Callable[[Device], bool] | None
     ) -> Plan:
+        from fleetgate.clock import utc_now
+        from fleetgate.core.manifest import parse_utc
+
+        # Devices check the expiry at stage against their own (real) clocks: refuse a release
+        # every device would refuse, before anything is published.
+        until = parse_utc(manifest.valid_until) if manifest.valid_until else None
+        if until is not None and utc_now() >= until:
+            raise GuardrailError(
+                f"cannot deploy: {manifest.label} expired at {manifest.valid_until} (devices "
+                "refuse to stage it): rebuild it with a later --valid-until"
+            )
         fleet = await self.store.list_devices()
         if not fleet:
             raise InputError("the inventory is empty: run `fleetgate registry import FILE` first")

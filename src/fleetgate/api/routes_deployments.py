@@ -213,7 +213,8 @@ async def events(
     from fleetgate.core.events import event_to_dict
 
     await known(ctx, dep_id)
-    found = await ctx.store.events(dep_id, after_seq=after)
+    # One page (and one more event, to tell whether there is more): never the whole tail.
+    found = await ctx.store.events_page(dep_id, after, limit + 1)
     page = found[:limit]
     return {
         "events": [event_to_dict(e) for e in page],

@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -99,16 +99,34 @@ async def import_devices(
 
 
 # -- releases and the distribution point ----------------------------------------------------------
-def _receive(ctx: ApiContext, chunks: list[bytes]) -> tuple[Path, str]:
-    """Spool the upload to a file beside the blobs (same filesystem), return it and its sha256."""
+def _spool_file(ctx: ApiContext) -> tuple[Path, BinaryIO]:
     ctx.blob_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=ctx.blob_dir, prefix=".upload-", suffix=".fgb")
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "wb") as fh:
-        for c in chunks:
-            digest.update(c)
-            fh.write(c)
-    return Path(name), digest.hexdigest()
+    return Path(name), os.fdopen(fd, "wb")
+
+
+async def _receive(request: Request, ctx: ApiContext) -> tuple[Path, str, int]:
+    """Stream the upload to a file beside the blobs (same filesystem), chunk by chunk: a
+    2 GiB bundle never sits in memory. Refused (413) past the limit, the file removed."""
+    limit = ctx.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too-large", f"bundle: larger than {limit} bytes", "body")
+    path, fh = await asyncio.to_thread(_spool_file, ctx)
+    digest, size = hashlib.sha256(), 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too-large", f"bundle: larger than {limit} bytes", "body")
+            digest.update(chunk)
+            await asyncio.to_thread(fh.write, chunk)
+    except BaseException:
+        fh.close()
+        path.unlink(missing_ok=True)
+        raise
+    fh.close()
+    return path, digest.hexdigest(), size
 
 
 def _publish(ctx: ApiContext, path: Path) -> tuple[Any, str, int]:
@@ -130,11 +148,10 @@ async def upload(request: Request, ctx: Ctx, who: Operator) -> dict[str, Any]:
     """A signed ``.fgb`` bundle as the body: verified, its payload stored by sha256."""
     if ctx.public_key is None:
         raise ApiError(409, "no-key", "the service has no public key (FLEETGATE_PUBKEY)")
-    raw = await _body(request, ctx.max_upload_bytes, "bundle")
-    if not raw:
-        raise ApiError(400, "invalid", "body: empty; send the .fgb bundle", "body")
-    path, bundle_sha = await asyncio.to_thread(_receive, ctx, [raw])
+    path, bundle_sha, size = await _receive(request, ctx)
     try:
+        if size == 0:
+            raise ApiError(400, "invalid", "body: empty; send the .fgb bundle", "body")
         manifest, sha, size = await asyncio.to_thread(_publish, ctx, path)
     except IntegrityError as exc:
         msg = str(exc).replace(str(path), "bundle")

@@ -30,7 +30,7 @@ async def _local(args: argparse.Namespace, dep: str) -> AsyncIterator[StoredEven
     async with Store.open(args.db) as store:
         after = 0
         while True:
-            page = await store.events(dep, after_seq=after)
+            page = await store.events_page(dep, after)
             for ev in page:
                 yield ev
                 after = ev.seq

@@ -24,7 +24,7 @@ answers it from its record instead of executing it twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -120,7 +120,7 @@ class Recorder:
             self.ledger.observe(ev)
             if isinstance(ev, StoredEvent):
                 self.last_seq = max(self.last_seq, ev.seq)
-        self._queue: list[tuple[Event, asyncio.Future[None]]] = []
+        self._queue: list[tuple[tuple[Event, ...], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._batch_max = batch_max
         self._task: asyncio.Task[None] | None = None
@@ -182,14 +182,28 @@ class Recorder:
         await self.record_event(ev)
 
     async def record_event(self, ev: Event) -> None:
+        await self.record_together([ev])
+
+    async def record_together(self, events: Sequence[Event]) -> None:
+        """Write ``events`` in one append: a reader never sees the first without the rest.
+
+        (A verdict and the approval request it opens are one fact; a watcher that sees the
+        phase change must already find the request in the log.)
+        """
         if self._failure is not None:
             raise self._failure  # a batch was refused: nothing after it may be written
         if self._closed or self._task is None:
             raise RuntimeError("recorder is not running")
-        self.state = apply(self.state, ev)  # raises IllegalTransition: nothing written
-        self.ledger.observe(ev)
+        if len(events) > self._batch_max:
+            raise ValueError(f"at most {self._batch_max} events can be written together")
+        state = self.state
+        for ev in events:
+            state = apply(state, ev)  # raises IllegalTransition: nothing written
+        self.state = state
+        for ev in events:
+            self.ledger.observe(ev)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((ev, fut))
+        self._queue.append((tuple(events), fut))
         self._wake.set()
         await fut
 
@@ -198,11 +212,17 @@ class Recorder:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch = self._queue[: self._batch_max]
-                del self._queue[: len(batch)]
+                # Whole groups only: events recorded together are appended together.
+                taken, size = 0, 0
+                for group, _ in self._queue:
+                    if taken and size + len(group) > self._batch_max:
+                        break
+                    taken, size = taken + 1, size + len(group)
+                batch = self._queue[:taken]
+                del self._queue[:taken]
                 try:
                     stored = await self._sink.append_many(
-                        [ev for ev, _ in batch],
+                        [ev for group, _ in batch for ev in group],
                         fence=self._fence,
                         expect_last=self.last_seq if self._fence is not None else None,
                     )
@@ -223,7 +243,7 @@ class Recorder:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     return
-                self.written += len(batch)
+                self.written += size
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)

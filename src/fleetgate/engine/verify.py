@@ -314,28 +314,38 @@ async def verify_canary(ctx: EngineContext, ids: tuple[str, ...]) -> None:
         )
     elif not controls:
         notes.append("no control device answered healthy: canaries judged against their baselines")
-    await rec.record(
+    verdict_ev = rec.make(
         "canary.verdict",
         outcome="ok" if verdict == "PASS" else "failed",
-        verdict=verdict,
-        failed=failed,
-        all_failed=bool(judged) and len(failed) == len(judged),
-        inconclusive=inconclusive,
-        reasons=reasons,
-        notes=notes,
-        judge="analysis" if analysed else "threshold",
-        analysis={c: judgement_doc(j, controls[c]) for c, j in sorted(judgements.items())},
-        soak_s=soak_s,
-        round=n,
+        details={
+            "verdict": verdict,
+            "failed": failed,
+            "all_failed": bool(judged) and len(failed) == len(judged),
+            "inconclusive": inconclusive,
+            "reasons": reasons,
+            "notes": notes,
+            "judge": "analysis" if analysed else "threshold",
+            "analysis": {c: judgement_doc(j, controls[c]) for c, j in sorted(judgements.items())},
+            "soak_s": soak_s,
+            "round": n,
+        },
     )
+    # The verdict and the approval request it opens are written in one append: whoever sees
+    # AWAITING_APPROVAL finds the request (and its evidence) beside it, even after a crash.
     if verdict == "PASS":
-        await rec.record("approval.requested", verdict="PASS")
+        request = rec.make("approval.requested", details={"verdict": "PASS"})
+        await rec.record_together([verdict_ev, request])
     elif verdict == "INCONCLUSIVE":
-        await rec.record(
+        request = rec.make(
             "approval.requested",
-            verdict="INCONCLUSIVE",
-            evidence={c: judgement_doc(judgements[c], controls[c]) for c in inconclusive},
+            details={
+                "verdict": "INCONCLUSIVE",
+                "evidence": {c: judgement_doc(judgements[c], controls[c]) for c in inconclusive},
+            },
         )
+        await rec.record_together([verdict_ev, request])
+    else:
+        await rec.record_event(verdict_ev)
 
 
 async def evaluate_wave(ctx: EngineContext, stage: int) -> None:

@@ -277,8 +277,6 @@ async def test_one_host_port_serves_a_large_fleet_without_per_host_throttling():
     spec = FleetSpec(devices=2000, seed=9, token=TOKEN)
     async with VirtualFleet.start(spec) as fleet, HttpTransport(sim_tokens(fleet)) as t:
         samples = await asyncio.gather(*(t.health(d) for d in fleet.devices))
-        assert t.http._session is not None and t.http._session.connector is not None
-        assert t.http._session.connector.limit == 256
-        assert t.http._session.connector.limit_per_host == 0
+        assert t.http.pool == 256 and t.http.limit_per_host == 0
     assert [s.device_id for s in samples] == [d.id for d in fleet.devices]
     assert all(s.app_up for s in samples)

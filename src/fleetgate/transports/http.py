@@ -1,5 +1,7 @@
-"""``HttpChannel``: the agent protocol over HTTP/JSON with aiohttp; ``HttpTransport`` is the
-client over it that the CLI, the server and the benchmarks open.
+"""``HttpTransport``: the client the CLI, the server and the benchmarks open, over
+``LeanHttpChannel`` (transports/lean.py); ``HttpChannel``: the same protocol over aiohttp, the
+baseline ``bench/client_bench.py`` measures the lean channel against (docs/adr/0012) and a
+drop-in ``Channel`` should the lean one ever need to be set aside.
 
 Contract (on top of ``Channel``'s, transports/channel.py):
 - ONE pooled ``aiohttp.ClientSession`` for all devices, created on first use inside the running
@@ -44,13 +46,14 @@ from fleetgate.errors import InputError
 from fleetgate.transports.base import CallTimeouts, DeviceRefusal
 from fleetgate.transports.channel import READS, ChannelDown, Reply
 from fleetgate.transports.client import DeviceClient, OnCall
+from fleetgate.transports.lean import DEVICE_HEADER, LeanHttpChannel
 from fleetgate.transports.router import Router
 from fleetgate.transports.tokens import TokenSource
 
 if TYPE_CHECKING:
     import ssl
 
-DEVICE_HEADER = "X-Fleetgate-Device"
+__all__ = ["DEVICE_HEADER", "HttpChannel", "HttpTransport", "LeanHttpChannel", "controller_tls"]
 HTTP_SCHEMES = ("http", "https")
 
 
@@ -172,7 +175,7 @@ class HttpChannel:
 
 
 class HttpTransport(DeviceClient):
-    """``DeviceClient`` over a ``Router`` whose ``http``/``https`` go to one ``HttpChannel``
+    """``DeviceClient`` over a ``Router`` whose ``http``/``https`` go to one ``LeanHttpChannel``
     (``self.http``); ``self.router.register("mqtt", …)`` adds devices reached another way.
     ``concurrency`` bounds calls in flight and the connection pool alike."""
 
@@ -193,7 +196,7 @@ class HttpTransport(DeviceClient):
         if connect_timeout is not None:
             base = dataclasses.replace(base, connect=connect_timeout)
         self.tokens = tokens
-        self.http = HttpChannel(
+        self.http = LeanHttpChannel(
             tokens,
             pool=concurrency,
             limit_per_host=limit_per_host,

@@ -407,13 +407,9 @@ async def run_shard2(
             await conns.put((r, w))
 
         server = await asyncio.start_unix_server(accepted, path)
+        argv = [sys.executable, __file__, "--shard-worker", path, str(port), str(hosts)]
         procs = [
-            subprocess.Popen(
-                [sys.executable, __file__, "--shard-worker", path, str(port), str(hosts)]
-                + ["--pool", str(pool)],
-                start_new_session=True,
-            )
-            for _ in range(2)
+            subprocess.Popen([*argv, "--pool", str(pool)], start_new_session=True) for _ in range(2)
         ]
         try:
             links = [await asyncio.wait_for(conns.get(), 30) for _ in procs]

@@ -5,9 +5,9 @@ Contract (on top of ``Channel``'s, transports/channel.py; the wire is transports
 - Same requests as ``HttpChannel`` (http.py): URL = the device's ``address`` (a path prefix is
   kept) + ``/v1/<command>``; reads are GETs whose body becomes the query string, commands POST
   the JSON body; headers ``Authorization: Bearer <token>`` and ``X-Fleetgate-Device``. An
-  address that is not an ``http(s)://host[:port][/prefix]`` URL, or a device id or token that
-  would break a header line, is ``DeviceRefusal`` ``bad-address`` / ``bad-header`` before any
-  byte is sent.
+  address that is not an ``http(s)://host[:port][/prefix]`` URL, or a token that would break
+  a header line, is ``DeviceRefusal`` ``bad-address`` / ``bad-header`` before any byte is sent
+  (device ids are ``[A-Za-z0-9._-]`` by the model).
 - A pool of keep-alive connections keyed by (scheme, host, port): at most ``pool`` open in total
   (idle ones are closed, least recently used first, to make room) and ``limit_per_host`` per
   key (0 = no cap: the simulator serves a whole fleet on one port). An idle connection is
@@ -100,10 +100,6 @@ def parse_address(address: str) -> Target | str:
     return Target((scheme, host, port), host, port, tls, numeric, host_header, prefix)
 
 
-def _header_safe(value: str) -> bool:
-    return value.isprintable() and value.isascii()
-
-
 class LeanHttpChannel:
     def __init__(
         self,
@@ -149,9 +145,10 @@ class LeanHttpChannel:
                 retryable=False,
             )
         token = self.tokens.token_for(device)
-        if not (_header_safe(token) and _header_safe(device.id)):
+        if not (token.isascii() and token.isprintable()):  # ids: the model's [A-Za-z0-9._-]
             raise DeviceRefusal(
-                f"{device.id!r}: the device id or its token cannot be sent in a header",
+                f"{device.id}: its token cannot be sent in a header (control or non-ASCII "
+                "characters)",
                 device_id=device.id,
                 code="bad-header",
                 status=None,

@@ -1,7 +1,7 @@
 """Controller CPU per agent call of candidate HTTP clients, many hosts, keep-alive (issue 12).
 
     .venv/bin/python bench/client_bench.py [--hosts 1000] [--requests 20000] [--concurrency 200]
-                                           [--repeat 2] [--httpx-requests 2000]
+                                           [--repeat 2] [--httpx-requests 500]
 
 A small HTTP/1.1 server runs in ANOTHER process (its CPU never counts) and listens on ``--hosts``
 distinct loopback addresses (127.0.x.y, one port): each is one device's host, the way a real fleet
@@ -25,7 +25,7 @@ spends (``time.process_time()``, not wall time) is divided by the number of call
   the response parsed by ``h11`` instead of the built-in reader: is a parser of our own worth it;
 - ``shard2``: the calls handed to 2 worker processes (each running ``LeanHttpChannel``) over a Unix
   socket, pickled: this process's CPU per call is what sharding device calls would leave on the
-  controller's core (issue 12 item 5). The workers' CPU is printed too.
+  controller's core (issue 12 item 5). The workers' CPU (after their start-up) is printed too.
 
 Every candidate keeps one connection per host (pool = hosts), so after the first call to a host
 everything is keep-alive; ``--churn`` instead caps the pool at the concurrency (200) with hosts >
@@ -368,6 +368,7 @@ async def _shard_worker(path: str, port: int, hosts: int, pool: int) -> None:
     devs = devices(port, hosts)
     channel = LeanHttpChannel(tokens(), pool=pool)
     reader, writer = await asyncio.open_unix_connection(path)
+    start = resource.getrusage(resource.RUSAGE_SELF)  # after start-up and imports
 
     async def one(req: tuple[int, int, str, Any]) -> None:
         rid, idx, command, body = req
@@ -388,7 +389,8 @@ async def _shard_worker(path: str, port: int, hosts: int, pool: int) -> None:
     if tasks:
         await asyncio.gather(*tasks)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    writer.write(_frame(("cpu", usage.ru_utime + usage.ru_stime)))
+    cpu = usage.ru_utime + usage.ru_stime - start.ru_utime - start.ru_stime
+    writer.write(_frame(("cpu", cpu)))
     await writer.drain()
     writer.close()
     await channel.aclose()
@@ -500,7 +502,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--httpx-requests", type=int, default=2_000)
+    ap.add_argument("--httpx-requests", type=int, default=500)
     ap.add_argument("--churn", action="store_true", help="pool = concurrency < hosts")
     ap.add_argument("--only", help="comma-separated candidates")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -84,6 +84,7 @@ class Server:
     open: int = 0
     max_open: int = 0
     requests: list[Request] = field(default_factory=list)
+    spans: list[tuple[float, int]] = field(default_factory=list)  # (time, +1 start / -1 end)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
@@ -106,9 +107,14 @@ class Server:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 req = Request(conn, nth, method, target, headers, body)
                 self.requests.append(req)
-                if not await self.script(self, req, writer):
-                    return
-                await writer.drain()
+                loop = asyncio.get_running_loop()
+                self.spans.append((loop.time(), 1))
+                try:
+                    if not await self.script(self, req, writer):
+                        return
+                    await writer.drain()
+                finally:
+                    self.spans.append((loop.time(), -1))
         finally:
             self.open -= 1
             writer.close()
@@ -412,24 +418,50 @@ async def test_addresses_and_tokens_that_would_break_the_request_are_refused_uns
     assert info.value.code == code and not info.value.retryable and server.accepted == 0
 
 
-async def test_the_pool_never_holds_more_connections_than_allowed():
-    servers = []
-    async with serving() as (a, url_a), serving() as (b, url_b), serving() as (c, url_c):
+async def test_the_pool_bounds_connections_in_use_and_idle():
+    async def slow(server: Server, req: Request, w: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.02)
+        return await ok(server, req, w)
+
+    async with (
+        serving(slow) as (a, url_a),
+        serving(slow) as (b, url_b),
+        serving(slow) as (c, url_c),
+    ):
         servers = [a, b, c]
-        ch = LeanHttpChannel(tokens(), pool=2)
+        ch = LeanHttpChannel(tokens(), pool=2, max_idle=1)
         try:
             for _ in range(3):
                 for url in (url_a, url_b, url_c):
                     assert (await ch.send(device(url), "health", None)).status == 200
                     await asyncio.sleep(0.01)  # let closes land server-side
-                    assert sum(s.open for s in servers) <= 2
+                    assert sum(s.open for s in servers) <= 1  # only the idle one stays
             replies = await asyncio.gather(
                 *(ch.send(device(u), "health", None) for u in (url_a, url_b, url_c) * 4)
             )
         finally:
             await ch.aclose()
     assert all(r.status == 200 for r in replies)
-    assert sum(s.max_open for s in servers) <= 6 and max(s.max_open for s in servers) <= 2
+    in_flight = [0]
+    peak = 0
+    for event in sorted(e for s in servers for e in s.spans):
+        in_flight[0] += event[1]
+        peak = max(peak, in_flight[0])
+    assert peak <= 2  # never more than ``pool`` requests open at once, across hosts
+
+
+async def test_one_connection_per_host_when_capped():
+    async def slow(server: Server, req: Request, w: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.01)
+        return await ok(server, req, w)
+
+    async with serving(slow) as (server, url):
+        ch = LeanHttpChannel(tokens(), limit_per_host=1)
+        try:
+            replies = await asyncio.gather(*(ch.send(device(url), "ping", None) for _ in range(10)))
+        finally:
+            await ch.aclose()
+    assert all(r.status == 200 for r in replies) and server.accepted == 1
 
 
 # -- TLS ---------------------------------------------------------------------------------------

@@ -8,11 +8,14 @@ Contract (on top of ``Channel``'s, transports/channel.py; the wire is transports
   address that is not an ``http(s)://host[:port][/prefix]`` URL, or a token that would break
   a header line, is ``DeviceRefusal`` ``bad-address`` / ``bad-header`` before any byte is sent
   (device ids are ``[A-Za-z0-9._-]`` by the model).
-- A pool of keep-alive connections keyed by (scheme, host, port): at most ``pool`` open in total
-  (idle ones are closed, least recently used first, to make room) and ``limit_per_host`` per
-  key (0 = no cap: the simulator serves a whole fleet on one port). An idle connection is
-  reused only while younger than ``keepalive`` seconds and not closed by the server (checked
-  with a non-blocking peek before anything is written).
+- A pool of keep-alive connections keyed by (scheme, host, port): at most ``pool`` carrying a
+  request or connecting (more callers wait), at most ``max_idle`` idle (beyond it the least
+  recently used is closed; default: half the process's file-descriptor limit, at most 10,000 —
+  a real fleet is one host per device, and a deployment's next call to a device comes after a
+  call to every other device of its wave), and ``limit_per_host`` open per key (0 = no cap: the
+  simulator serves a whole fleet on one port). An idle connection is reused only while younger
+  than ``keepalive`` seconds and not closed by the server (checked with a non-blocking peek
+  before anything is written).
 - Connecting (TCP and TLS) is bounded by ``connect`` seconds → ``ChannelDown("timeout")``;
   refused or unreachable → ``connection-refused``. The call's own deadline is the client's: a
   cancelled ``send`` closes its connection (its state is unknown), never returns it to the pool.
@@ -106,6 +109,7 @@ class LeanHttpChannel:
         tokens: TokenSource,
         *,
         pool: int = 256,
+        max_idle: int | None = None,
         limit_per_host: int = 0,
         connect: float = 3.0,
         keepalive: float = 15.0,
@@ -116,14 +120,15 @@ class LeanHttpChannel:
             raise ValueError("pool must be at least 1")
         self.tokens = tokens
         self.pool = pool
+        self.max_idle = default_max_idle(pool) if max_idle is None else max_idle
         self.limit_per_host = limit_per_host
         self.connect = connect
         self.keepalive = keepalive
         self.max_body = max_body
         self.tls = tls
         self.opened = 0  # connections ever opened (tests and benchmarks read it)
-        self._open = 0  # connections open or opening, counted against ``pool``
-        self._per_key: dict[object, int] = {}
+        self._active = 0  # connections carrying a request or connecting: at most ``pool``
+        self._per_key: dict[object, int] = {}  # open connections per key (busy and idle)
         self._free: dict[object, list[Http1Connection]] = {}  # idle, most recent last
         self._idle: OrderedDict[Http1Connection, None] = OrderedDict()  # idle, oldest first
         self._busy: set[Http1Connection] = set()
@@ -210,33 +215,35 @@ class LeanHttpChannel:
         key = target.key
         cap = self.limit_per_host
         while True:
-            free = None if fresh else self._free.get(key)
-            while free:
-                conn = free.pop()
-                del self._idle[conn]
-                if conn.stale() or self._now() - conn.idle_since > self.keepalive:
-                    self._drop(conn)
-                    continue
-                self._busy.add(conn)
-                return conn, True
-            host_ok = not cap or self._per_key.get(key, 0) < cap
-            if host_ok and self._open >= self.pool and self._idle:
-                oldest = next(iter(self._idle))
-                self._drop(oldest)  # make room: the least recently used idle connection
-            if host_ok and self._open < self.pool:
-                break
+            if self._active < self.pool:
+                free = None if fresh else self._free.get(key)
+                while free:
+                    conn = free.pop()
+                    del self._idle[conn]
+                    if conn.stale() or self._now() - conn.idle_since > self.keepalive:
+                        self._drop(conn)
+                        continue
+                    self._busy.add(conn)
+                    self._active += 1
+                    return conn, True
+                if not cap or self._per_key.get(key, 0) < cap:
+                    break
             if self._closed:
                 raise RuntimeError("LeanHttpChannel is closed")
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter
-        self._open += 1
+        self._active += 1
         self._per_key[key] = self._per_key.get(key, 0) + 1
         try:
             conn = await self._connect(device, target)
         except BaseException:
-            self._open -= 1
-            self._per_key[key] -= 1
+            self._active -= 1
+            left = self._per_key[key] - 1
+            if left:
+                self._per_key[key] = left
+            else:
+                del self._per_key[key]
             self._wake()
             raise
         self._busy.add(conn)
@@ -244,12 +251,15 @@ class LeanHttpChannel:
 
     def _release(self, conn: Http1Connection, reusable: bool) -> None:
         self._busy.discard(conn)
-        if not reusable or conn.closed or self._closed:
+        self._active -= 1
+        if not reusable or conn.closed or self._closed or not self.max_idle:
             self._drop(conn)
-            return
-        conn.idle_since = self._now()
-        self._free.setdefault(conn.key, []).append(conn)
-        self._idle[conn] = None
+        else:
+            conn.idle_since = self._now()
+            self._free.setdefault(conn.key, []).append(conn)
+            self._idle[conn] = None
+            if len(self._idle) > self.max_idle:
+                self._drop(next(iter(self._idle)))  # the least recently used idle connection
         self._wake()
 
     def _drop(self, conn: Http1Connection) -> None:
@@ -261,7 +271,6 @@ class LeanHttpChannel:
         conn.close()
         if conn.counted:
             conn.counted = False
-            self._open -= 1
             left = self._per_key[conn.key] - 1
             if left:
                 self._per_key[conn.key] = left
@@ -271,7 +280,7 @@ class LeanHttpChannel:
             self._wake()
 
     def _lost(self, conn: Http1Connection) -> None:
-        if conn not in self._busy:  # an idle connection the server closed
+        if conn in self._idle:  # an idle connection the server closed
             self._drop(conn)
 
     def _wake(self) -> None:
@@ -351,6 +360,21 @@ class LeanHttpChannel:
         if self._default_tls is None:
             self._default_tls = ssl.create_default_context()
         return self._default_tls
+
+
+def default_max_idle(pool: int) -> int:
+    """Idle connections worth keeping: one per device of a wave is what lets a deployment's
+    later calls reuse them, but each is a file descriptor: half the soft limit, at most
+    10,000, at least ``pool``."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 20_000
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(pool, min(soft // 2, 10_000))
 
 
 def _decode(raw: bytes) -> Any:

@@ -27,9 +27,11 @@ spends (``time.process_time()``, not wall time) is divided by the number of call
   socket, pickled: this process's CPU per call is what sharding device calls would leave on the
   controller's core (issue 12 item 5). The workers' CPU (after their start-up) is printed too.
 
-Every candidate keeps one connection per host (pool = hosts), so after the first call to a host
-everything is keep-alive; ``--churn`` instead caps the pool at the concurrency (200) with hosts >
-pool, so most calls open a connection (the lean and aiohttp channels only).
+The channels are configured as ``HttpTransport`` configures them (connections in use capped at
+the concurrency; idle ones kept: aiohttp's ``limit`` counts only connections in use, the lean
+channel keeps up to ``max_idle``, default 10,000 here), so each host's first call connects and
+the rest reuse its connection: ``--requests`` / ``--hosts`` calls per host (20 by default; with
+``--hosts 5000``, 4 — about a rollback's calls per device — so connecting weighs more).
 
 Each candidate runs ``--repeat`` times, interleaved; the figure is the minimum. Output, one per
 line (scripts grep them): ``client=<name> us_per_call=<µs>``, then ``floor_us_per_call=<µs>``.
@@ -311,6 +313,7 @@ class _H11Protocol(asyncio.Protocol):
 
 
 async def run_h11(devs: list[Device], n: int, concurrency: int, pool: int) -> int:
+    """Connections in use are bounded by ``concurrency``; idle ones are all kept."""
     loop = asyncio.get_running_loop()
     free: dict[str, list[_H11Protocol]] = {}
     port = int(devs[0].address.rsplit(":", 1)[1])
@@ -479,7 +482,7 @@ def measure(name: str, port: int, hosts: int, n: int, concurrency: int, pool: in
     elif name == "aiohttp_tuned":
         done = asyncio.run(run_aiohttp_tuned(devs, n, concurrency, pool))
     elif name == "httpx":
-        done = asyncio.run(run_httpx(devs, n, min(concurrency, HTTPX_CONCURRENCY), pool))
+        done = asyncio.run(run_httpx(devs, n, min(concurrency, HTTPX_CONCURRENCY), hosts))
     elif name == "h11_protocol":
         done = asyncio.run(run_h11(devs, n, concurrency, pool))
     elif name == "shard2":
@@ -503,7 +506,6 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--httpx-requests", type=int, default=500)
-    ap.add_argument("--churn", action="store_true", help="pool = concurrency < hosts")
     ap.add_argument("--only", help="comma-separated candidates")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--shard-worker", nargs=3, help=argparse.SUPPRESS)
@@ -516,27 +518,23 @@ def main() -> None:
         path, port, hosts = args.shard_worker
         asyncio.run(_shard_worker(path, int(port), int(hosts), args.pool))
         return
-    if args.churn:
-        names = ["floor", "channel_aiohttp", "channel_lean"]
-        pool = args.concurrency
+    names = [
+        "floor",
+        "channel_lean",
+        "client_lean",
+        "channel_aiohttp",
+        "client_aiohttp",
+        "aiohttp_tuned",
+        "h11_protocol",
+        "shard2",
+    ]
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        print("httpx: not installed, skipped (pip install httpx into the venv to measure it)")
     else:
-        names = [
-            "floor",
-            "channel_lean",
-            "client_lean",
-            "channel_aiohttp",
-            "client_aiohttp",
-            "aiohttp_tuned",
-            "h11_protocol",
-            "shard2",
-        ]
-        try:
-            import httpx  # noqa: F401
-        except ImportError:
-            print("httpx: not installed, skipped (pip install httpx into the venv to measure it)")
-        else:
-            names.append("httpx")
-        pool = args.hosts
+        names.append("httpx")
+    pool = args.concurrency
     if args.only:
         names = ["floor", *(n for n in args.only.split(",") if n != "floor")]
     server = subprocess.Popen(
@@ -549,7 +547,7 @@ def main() -> None:
         port = int(server.stdout.readline())
         print(
             f"client bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
-            f"{os.getloadavg()[0]:.2f}; {args.hosts} hosts, pool {pool}, {args.requests:,} calls "
+            f"{os.getloadavg()[0]:.2f}; {args.hosts} hosts, {args.requests:,} calls "
             f"per run (1 POST in {POST_EVERY}), concurrency {args.concurrency}, server pid "
             f"{server.pid} (its CPU not counted)",
             flush=True,

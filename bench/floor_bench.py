@@ -16,6 +16,8 @@ process spends (``time.process_time()``) is divided by the number of requests:
   are one host each, so a deployment's ~12 calls to a device share at most one connection, while
   the sim serves every device on one port and the engine reuses 200 connections throughout;
   connection set-up is part of the real per-call cost (not of the floor line);
+- ``lean``: fleetgate's ``LeanHttpChannel.send`` (issue 12; bench/client_bench.py compares it
+  with the other clients against many hosts, POSTs included, and through ``DeviceClient``);
 - ``aiohttp``: one ``aiohttp.ClientSession`` with a reused ``TCPConnector(limit=concurrency)``;
 - ``httpx``: one ``httpx.AsyncClient`` (limits = concurrency), if httpx is installed (it is not a
   fleetgate dependency: ``pip install httpx`` into the venv to measure it); skipped with a note
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -40,6 +43,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+from fleetgate.core.model import Arch, Device, Resources
+from fleetgate.transports.lean import LeanHttpChannel
+from fleetgate.transports.tokens import TokenSource
 
 BODY = json.dumps(
     {"device_id": "dev-00000", "status": "ok", "app_up": True, "cpu": 0.12, "mem_mb": 41.5}
@@ -210,6 +217,38 @@ async def run_httpx(port: int, requests: int, concurrency: int) -> int:
         return await _bounded(requests, concurrency, one)
 
 
+@functools.cache
+def lean_devices(port: int) -> list[Device]:
+    """Built once, before any client is timed."""
+    return [
+        Device(
+            id=f"dev-{i:05d}",
+            hardware="rpi4",
+            arch=Arch.ARM64,
+            group="bench",
+            address=f"http://127.0.0.1:{port}/d/dev-{i:05d}",
+            resources=Resources(4096, 32000),
+            token_env="FG_BENCH_TOKEN",
+        )
+        for i in range(10_000)
+    ]
+
+
+async def run_lean(port: int, requests: int, concurrency: int) -> int:
+    """fleetgate's own channel (transports/lean.py), ``send`` alone: the same GETs."""
+    devices = lean_devices(port)
+    channel = LeanHttpChannel(TokenSource(environ={"FG_BENCH_TOKEN": TOKEN}), pool=concurrency)
+
+    async def one(i: int) -> bool:
+        reply = await channel.send(devices[i % 10_000], "health", None)
+        return reply.status == 200 and reply.body["status"] == "ok"
+
+    try:
+        return await _bounded(requests, concurrency, one)
+    finally:
+        await channel.aclose()
+
+
 async def run_raw_reconnect(port: int, requests: int, concurrency: int) -> int:
     return await run_raw(port, requests, concurrency, RECONNECT_EVERY)
 
@@ -218,6 +257,7 @@ RECONNECT_EVERY = 12  # ≈ a deployment's calls to one device today (12.5)
 CLIENTS: dict[str, Callable[[int, int, int], Coroutine[Any, Any, int]]] = {
     "raw": run_raw,
     "raw_reconnect12": run_raw_reconnect,
+    "lean": run_lean,
     "aiohttp": run_aiohttp,
     "httpx": run_httpx,
 }
@@ -244,7 +284,7 @@ def main() -> None:
     if args.serve:
         asyncio.run(_serve())
         return
-    clients = ["raw", "raw_reconnect12", "aiohttp"]
+    clients = ["raw", "raw_reconnect12", "lean", "aiohttp"]
     try:
         import httpx  # noqa: F401
     except ImportError:
@@ -262,6 +302,7 @@ def main() -> None:
             f"{os.getloadavg()[0]:.2f}; {args.requests:,} GETs per run, concurrency "
             f"{args.concurrency}, server pid {server.pid} (its CPU not counted)"
         )
+        lean_devices(port)
         results: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
         for _ in range(args.repeat):
             for name in clients:

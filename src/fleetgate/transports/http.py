@@ -177,7 +177,8 @@ class HttpChannel:
 class HttpTransport(DeviceClient):
     """``DeviceClient`` over a ``Router`` whose ``http``/``https`` go to one ``LeanHttpChannel``
     (``self.http``); ``self.router.register("mqtt", …)`` adds devices reached another way.
-    ``concurrency`` bounds calls in flight and the connection pool alike."""
+    ``concurrency`` bounds calls in flight and connections in use alike (idle connections:
+    ``LeanHttpChannel.max_idle``)."""
 
     def __init__(
         self,

@@ -195,8 +195,8 @@ def test_ini_errors_are_all_reported(tmp_path: Path) -> None:
         f"{path}: device 'h1' (line 2): fleetgate_token: inline credentials are not allowed (they"
         " leak into logs and version control); use fleetgate_token_env (an environment variable"
         " name) or fleetgate_token_file (a file path)",
-        f"{path}: device 'h2' (line 3): fleetgate_address: 'ftp://h2' must be an http:// or"
-        " https:// URL with a host",
+        f"{path}: device 'h2' (line 3): fleetgate_address: 'ftp://h2' must be an http://,"
+        " https://, mqtt:// or mqtts:// URL with a host",
         f"{path}: device 'h2' (line 3): fleetgate_ram_mb: expected a whole number of MB"
         " (0 or more), got 'lots'",
         f"{path}: device 'h1' (line 4): fleetgate_id: duplicate id, already used by line 2",
@@ -266,8 +266,8 @@ def test_ini_detected_without_extension_and_yaml_detected_by_content(tmp_path: P
     ini = write(tmp_path, f"[g]\nh {COMMON}\n", name="hosts")
     yml = write(tmp_path, "all:\n  children:\n    g:\n      hosts:\n        h:\n", name="inv")
     assert load_inventory(ini)[0].group == "g"
-    problems = problems_of(yml)  # parsed as Ansible YAML: fields are missing
-    assert problems[0].startswith(f"{yml}: device 'h' (host 'h'): fleetgate_hardware: missing")
+    problems = problems_of(yml)  # parsed as Ansible YAML: the credential is missing
+    assert problems[0].startswith(f"{yml}: device 'h' (host 'h'): fleetgate_token_env: missing")
 
 
 def test_expand_hosts() -> None:

@@ -113,8 +113,8 @@ async def cmd_list(args: argparse.Namespace) -> int:
     for d in chosen:
         table.add_row(
             d.id,
-            d.hardware,
-            d.arch.value,
+            d.hardware or "?",
+            d.arch.value if d.arch else "?",
             d.group,
             d.state.value,
             d.monitoring.value,

@@ -38,6 +38,9 @@ _Profile = tuple[Arch, int, int, bool, tuple[tuple[str, str], ...]]
 
 
 def _profile(d: Device) -> _Profile:
+    # The planner excludes facts-unknown devices before it asks; nothing is guessed here.
+    if d.arch is None or d.resources is None:
+        raise ValueError(f"device {d.id}: facts unknown ({', '.join(d.unknown_facts)})")
     return (
         d.arch,
         d.resources.ram_mb,

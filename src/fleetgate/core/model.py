@@ -35,6 +35,8 @@ class DeviceState(str, Enum):
     ACTIVE = "active"
     MAINTENANCE = "maintenance"
     QUARANTINE = "quarantine"
+    # Self-enrolled, waiting for an operator's ``registry accept`` (docs/enrolment.md).
+    PENDING = "pending"
 
 
 class Monitoring(str, Enum):
@@ -69,16 +71,27 @@ class Resources:
             raise ValueError("resources must not be negative")
 
 
+# The facts a plan needs from every device (compatibility, canary cover, strata).
+FACT_FIELDS = ("hardware", "arch", "ram_mb", "disk_mb")
+
+
 @dataclass(frozen=True, slots=True)
 class Device:
-    """One device of the inventory. ``address`` is the agent's base URL."""
+    """One device of the inventory. ``address`` is the agent's base URL (``http(s)://``,
+    ``mqtt(s)://``).
+
+    ``hardware``, ``arch`` and ``resources`` are the device's *facts*: ``None`` until the device
+    reported them (an Ansible entry with only id, address, group and credential; filled by
+    ``registry refresh`` or enrolment). A device whose facts are unknown is never planned
+    (``core.plan`` excludes it with that reason): nothing here guesses them.
+    """
 
     id: str
-    hardware: str
-    arch: Arch
+    hardware: str | None
+    arch: Arch | None
     group: str
     address: str
-    resources: Resources
+    resources: Resources | None
     token_env: str | None = None
     token_file: str | None = None
     software: Mapping[str, str] = field(default_factory=dict)
@@ -92,20 +105,40 @@ class Device:
     def __post_init__(self) -> None:
         if not DEVICE_ID_RE.match(self.id):
             raise ValueError(f"device id {self.id!r} must match [A-Za-z0-9._-]")
-        if not self.hardware or not self.group:
+        if self.hardware == "" or not self.group:
             raise ValueError("hardware and group must not be empty")
         object.__setattr__(self, "software", _frozen_map(self.software))
+
+    @property
+    def unknown_facts(self) -> tuple[str, ...]:
+        """The facts this device has not reported yet (empty: all known)."""
+        out = []
+        if self.hardware is None:
+            out.append("hardware")
+        if self.arch is None:
+            out.append("arch")
+        if self.resources is None:
+            out.extend(("ram_mb", "disk_mb"))
+        return tuple(out)
+
+    @property
+    def facts_known(self) -> bool:
+        return self.hardware is not None and self.arch is not None and self.resources is not None
 
     def attribute(self, name: str) -> str:
         """The device's value for a selector/cover attribute, as text."""
         value: object
         if name in ("id", "hardware", "group", "address"):
-            value = getattr(self, name)
-        elif name in ("arch", "monitoring", "state"):
+            value = getattr(self, name) or ""  # unknown hardware: absent, never matched
+        elif name == "arch":
+            value = self.arch.value if self.arch is not None else ""
+        elif name in ("monitoring", "state"):
             value = getattr(self, name).value
         elif name == "critical":
             value = "true" if self.critical else "false"
         elif name == "gpu":
+            if self.resources is None:
+                return ""
             value = "true" if self.resources.gpu else "false"
         elif name in self.software:
             value = self.software[name]

@@ -119,11 +119,19 @@ def plan_deployment(
     targeted: list[Device] = []
     excluded: list[Exclusion] = []
     not_targeted: list[Device] = []
+    unjudged: list[str] = []  # not selected, but their facts are unknown
     cells: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     cell_reasons: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for d in sorted(fleet, key=lambda d: d.id):
         if select is not None and not select(d):
             not_targeted.append(d)
+            if not d.facts_known:
+                unjudged.append(d.id)
+            continue
+        if d.hardware is None or d.arch is None or d.resources is None:
+            # Never guessed: the device has not reported them (registry refresh does).
+            missing = ", ".join(d.unknown_facts)
+            excluded.append(Exclusion(d, f"facts unknown ({missing}): fleetgate registry refresh"))
             continue
         key = (d.group, d.hardware, d.arch.value)
         cells[key][0] += 1
@@ -145,6 +153,14 @@ def plan_deployment(
         for (g, h, a), (n, ok) in sorted(cells.items())
     )
     canaries, uncovered, notes = select_canaries(targeted, policy)
+    if unjudged:
+        # A selection on a fact (hardware=…, arch=…) cannot match an unknown one: say so.
+        shown = ", ".join(unjudged[:10]) + (" …" if len(unjudged) > 10 else "")
+        notes = [
+            *notes,
+            f"{len(unjudged)} device(s) not selected whose facts are unknown (a selection on "
+            f"hardware, arch, gpu or software never matches them): {shown}",
+        ]
     canary_ids = {c.device.id for c in canaries}
     rest = [d for d in targeted if d.id not in canary_ids]
     waves = cut_waves(rest, len(canaries), len(targeted), policy.waves)
@@ -255,8 +271,8 @@ def select_canaries(
 
 def _stratified_order(devices: Iterable[Device]) -> list[Device]:
     strata: dict[tuple[str, str], list[Device]] = defaultdict(list)
-    for d in devices:
-        strata[(d.hardware, d.group)].append(d)
+    for d in devices:  # targeted devices: their facts are known
+        strata[(d.hardware or "", d.group)].append(d)
     rank = {name: r for r, name in enumerate(_balanced_strata(strata))}
     keyed: list[tuple[bool, float, int, str, Device]] = []
     for name, members in strata.items():

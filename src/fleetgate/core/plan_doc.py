@@ -32,7 +32,9 @@ def plan_to_dict(
     """``sha256`` is the payload's digest (what the signed manifest binds, what devices fetch);
     ``bundle_sha256`` the ``.fgb`` file's, the one ``fleetgate artifact build`` prints."""
     m = plan.manifest
-    groups = Counter((d.group, d.hardware, d.arch.value) for d in plan.targeted)
+    groups = Counter(
+        (d.group, d.hardware or "", d.arch.value if d.arch else "") for d in plan.targeted
+    )
     return {
         "artifact": {
             "name": m.name,

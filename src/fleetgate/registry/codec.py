@@ -4,6 +4,7 @@ The store keeps devices as JSON and other tools (the simulator's ``--registry-ou
 fleet.yaml files, so both directions use the one documented shape::
 
     {"id": …, "hardware": …, "arch": "arm64", "group": …, "address": …,
+     (hardware, arch and resources are absent while the device's facts are unknown)
      "token_env": …  (and/or "token_file"; a key is present only when set),
      "resources": {"ram_mb": int, "disk_mb": int, "gpu": bool},
      "software": {name: str}, "monitoring": …, "critical": bool, "state": …,
@@ -31,22 +32,24 @@ from fleetgate.registry.fleet_yaml import entry_from_mapping
 
 def device_to_dict(d: Device) -> dict[str, Any]:
     """The device as plain JSON types; keys in the fleet.yaml order."""
-    out: dict[str, Any] = {
-        "id": d.id,
-        "hardware": d.hardware,
-        "arch": d.arch.value,
-        "group": d.group,
-        "address": d.address,
-    }
+    # Unknown facts are left out (not written as null): the shape stays fleet.yaml's.
+    out: dict[str, Any] = {"id": d.id}
+    if d.hardware is not None:
+        out["hardware"] = d.hardware
+    if d.arch is not None:
+        out["arch"] = d.arch.value
+    out["group"] = d.group
+    out["address"] = d.address
     if d.token_env is not None:
         out["token_env"] = d.token_env
     if d.token_file is not None:
         out["token_file"] = d.token_file
-    out["resources"] = {
-        "ram_mb": d.resources.ram_mb,
-        "disk_mb": d.resources.disk_mb,
-        "gpu": d.resources.gpu,
-    }
+    if d.resources is not None:
+        out["resources"] = {
+            "ram_mb": d.resources.ram_mb,
+            "disk_mb": d.resources.disk_mb,
+            "gpu": d.resources.gpu,
+        }
     out["software"] = dict(sorted(d.software.items()))
     out["monitoring"] = d.monitoring.value
     out["critical"] = d.critical

@@ -17,7 +17,8 @@ Contract:
 - ``None``/absent means "not given": required fields report ``missing``, optional ones take the
   defaults (monitoring=medium, critical=false, state=active, gpu=false, software={}).
 - ``inventory_rules`` adds the rules for files a human edits: exactly one of token_env /
-  token_file, an http(s) address with a host, selector-friendly software names.
+  token_file, an http(s):// or mqtt(s):// address with a host, selector-friendly software
+  names. The facts (hardware, arch, ram_mb, disk_mb) may be absent: see ``Device``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 # Keys that would put a credential into the inventory itself.
 INLINE_TOKEN_KEYS = frozenset({"token", "password", "secret", "api_key"})
+# How the controller reaches a device (transports/router.py picks the channel by scheme).
+ADDRESS_SCHEMES = ("http", "https", "mqtt", "mqtts")
+ADDRESS_HINT = "http://, https://, mqtt:// or mqtts://"
 _ARCH_HINTS = {"aarch64": "arm64", "armv7l": "armv7", "armhf": "armv7", "amd64": "x86_64"}
 
 E = TypeVar("E", bound=Enum)
@@ -153,10 +157,11 @@ class _Checker:
             return None
         return value
 
-    def number(self, name: str) -> int | None:
+    def number(self, name: str, *, required: bool = True) -> int | None:
         value = self.entry.values.get(name)
         if value is None:
-            self.missing(name)
+            if required:
+                self.missing(name)
             return None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
@@ -176,11 +181,13 @@ class _Checker:
         self.bad(name, f"expected true or false, got {describe(value)}")
         return default
 
-    def choice(self, name: str, enum: type[E], default: E | None) -> E | None:
+    def choice(
+        self, name: str, enum: type[E], default: E | None, *, required: bool = True
+    ) -> E | None:
         value = self.entry.values.get(name)
         allowed = ", ".join(str(m.value) for m in enum)
         if value is None:
-            if default is None:
+            if default is None and required:
                 self.missing(name, f"missing (one of {allowed})")
             return default
         if isinstance(value, str):
@@ -204,8 +211,8 @@ def _check_address(c: _Checker, address: str | None) -> None:
     except ValueError as exc:
         c.bad("address", f"{address!r} is not a valid URL ({exc})")
         return
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        c.bad("address", f"{address!r} must be an http:// or https:// URL with a host")
+    if parsed.scheme not in ADDRESS_SCHEMES or not parsed.hostname:
+        c.bad("address", f"{address!r} must be an {ADDRESS_HINT} URL with a host")
 
 
 def _check_tokens(c: _Checker, token_env: str | None, token_file: str | None) -> None:
@@ -255,8 +262,10 @@ def build_device(
     ident = c.text("id", required=True)
     if ident is not None and not DEVICE_ID_RE.match(ident):
         c.bad("id", f"{ident!r} must be 1-128 characters of A-Z a-z 0-9 . _ -")
-    hardware = c.text("hardware", required=True)
-    arch = c.choice("arch", Arch, None)
+    # Facts (hardware, arch, ram_mb, disk_mb) may be left out: the device reports them at
+    # first contact (``registry refresh``); until then it is never planned.
+    hardware = c.text("hardware", required=False)
+    arch = c.choice("arch", Arch, None, required=False)
     group = c.text("group", required=True)
     address = c.text("address", required=True)
     token_env = c.text("token_env", required=False)
@@ -264,9 +273,17 @@ def build_device(
     if inventory_rules:
         _check_address(c, address)
         _check_tokens(c, token_env, token_file)
-    ram = c.number("ram_mb")
-    disk = c.number("disk_mb")
+    ram = c.number("ram_mb", required=False)
+    disk = c.number("disk_mb", required=False)
     gpu = c.flag("gpu", False)
+    given = [n for n in ("ram_mb", "disk_mb") if entry.values.get(n) is not None]
+    if len(given) == 1:
+        other = "disk_mb" if given[0] == "ram_mb" else "ram_mb"
+        c.missing(
+            other,
+            f"missing: give both {c.entry.label('ram_mb')} and "
+            f"{c.entry.label('disk_mb')}, or neither (the device reports them)",
+        )
     monitoring = c.choice("monitoring", Monitoring, Monitoring.MEDIUM)
     critical = c.flag("critical", False)
     state = c.choice("state", DeviceState, DeviceState.ACTIVE)
@@ -274,15 +291,14 @@ def build_device(
     software = _software(c, inventory_rules)
     if c.problems:
         return None, c.problems
-    assert ident and hardware and arch and group and address and monitoring and state
-    assert ram is not None and disk is not None
+    assert ident and group and address and monitoring and state
     device = Device(
         id=ident,
         hardware=hardware,
         arch=arch,
         group=group,
         address=address,
-        resources=Resources(ram_mb=ram, disk_mb=disk, gpu=gpu),
+        resources=None if ram is None or disk is None else Resources(ram, disk, gpu),
         token_env=token_env,
         token_file=token_file,
         software=software,

@@ -2,9 +2,10 @@
 
 Columns: ``id,hardware,arch,group,address,token_env,token_file,ram_mb,disk_mb,gpu,monitoring,
 critical,state`` in any order, plus one ``software.NAME`` column per software entry
-(``software.jetpack``, ``software.os``). Only ``id, hardware, arch, group, address, ram_mb,
-disk_mb`` must be present as columns; an empty cell means "not given" (the default applies, or
-the field is reported missing). Rows whose first cell starts with ``#`` are comments, so a file
+(``software.jetpack``, ``software.os``). Only ``id, group, address`` must be present as
+columns (the facts, hardware/arch/ram_mb/disk_mb, may be left for the device to report); an
+empty cell means "not given" (the default applies, or the field is reported missing).
+Rows whose first cell starts with ``#`` are comments, so a file
 can carry a comment header; blank rows are skipped.
 
 Rows are located by their *file line number* (``line 7``), which is what an editor shows. A
@@ -25,7 +26,7 @@ from fleetgate.registry.fields import (
     unknown_key_message,
 )
 
-REQUIRED_COLUMNS = ("id", "hardware", "arch", "group", "address", "ram_mb", "disk_mb")
+REQUIRED_COLUMNS = ("id", "group", "address")
 SOFTWARE_PREFIX = "software."
 
 

@@ -207,9 +207,12 @@ class VirtualDevice:
         return {
             "id": self.device.id,
             "hardware": self.device.hardware,
-            "arch": self.device.arch.value,
+            "arch": self.device.arch.value if self.device.arch else None,
             "ram_mb": self.profile.ram_usable_mb,
             "disk_free_mb": self.disk_free_mb(),
+            # What enrolment and `registry refresh` read into the inventory.
+            "disk_mb": self.device.resources.disk_mb if self.device.resources else None,
+            "gpu": self.device.resources.gpu if self.device.resources else False,
             "reserve_mb": self.spec.reserve_mb,
             "software": dict(self.device.software),
             "agent_version": AGENT_VERSION,

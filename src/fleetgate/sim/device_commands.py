@@ -82,8 +82,9 @@ async def stage(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bo
         return SimReply(200, {"status": status, "release": rid})
     rec.params["release"] = rid
     arches = {a.value for a in manifest.requires.arch}
-    if arches and dev.device.arch.value not in arches:
-        msg = f"{rid} requires arch {sorted(arches)}, device is {dev.device.arch.value}"
+    arch = dev.device.arch.value if dev.device.arch else "?"
+    if arches and arch not in arches:
+        msg = f"{rid} requires arch {sorted(arches)}, device is {arch}"
         raise Refused(refusal(409, "incompatible", msg))
     prune(dev, KEEP_RELEASES - 2)
     unpacked = max(manifest.requires.disk_mb * MIB, manifest.size)

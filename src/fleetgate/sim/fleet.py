@@ -49,7 +49,7 @@ class SimFleet:
         addr = address_for or (lambda _i, dev_id: f"{MEMORY_BASE}/d/{dev_id}")
         self.devices: list[Device] = build_inventory(spec, addr)
         self.by_id: dict[str, VirtualDevice] = {
-            d.id: VirtualDevice(d, PROFILES[d.hardware], spec, self.token, clock)
+            d.id: VirtualDevice(d, PROFILES[d.hardware or ""], spec, self.token, clock)
             for d in self.devices
         }
         self.injected: list[tuple[FaultSpec, list[str]]] = []  # (fault, device ids hit)
@@ -95,7 +95,7 @@ class SimFleet:
     def _check_selectors(self, spec: FaultSpec) -> None:
         known = {
             "device": set(self.by_id),
-            "hardware": {d.hardware for d in self.devices},
+            "hardware": {d.hardware or "" for d in self.devices},
             "group": {d.group for d in self.devices},
         }
         for name, have in known.items():

@@ -24,7 +24,6 @@ import asyncio
 import errno
 import logging
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +35,7 @@ from fleetgate.agent import commands, trial
 from fleetgate.agent.cgroup import Cgroups
 from fleetgate.agent.cgroup import choose as choose_containment
 from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.facts import inventory_facts
 from fleetgate.agent.probes import (
     HealthProber,
     ProbeTarget,
@@ -398,16 +398,13 @@ class AgentService:
         return round(time.monotonic() - self.started_at, 3)
 
     async def facts(self) -> dict[str, Any]:
-        _used, total = memory_mb()
         rec = self.state.interrupted()
+        cfg = self.config
         return {
-            "id": self.config.device_id,
-            "hardware": self.config.hardware,
-            "arch": self.config.arch,
-            "ram_mb": total,
-            "disk_free_mb": disk_free_mb(self.config.data_dir),
-            "reserve_mb": self.config.reserve_mb,
-            "software": {"python": sys.version.split()[0], **self.config.software},
+            "id": cfg.device_id,
+            # hardware, arch, ram_mb, disk_mb, disk_free_mb, gpu, software (agent/facts.py)
+            **inventory_facts(cfg.hardware, cfg.arch, cfg.data_dir, cfg.software),
+            "reserve_mb": cfg.reserve_mb,
             "agent_version": __version__,
             "current": self.state.current,
             "previous": self.state.previous,

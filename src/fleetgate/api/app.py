@@ -13,6 +13,7 @@ from fleetgate.api import errors
 from fleetgate.api.context import ApiContext
 from fleetgate.api.routes_deployments import StateCache
 from fleetgate.api.routes_deployments import router as deployments
+from fleetgate.api.routes_enrol import router as enrolment
 from fleetgate.api.routes_fleet import router as fleet
 from fleetgate.api.stream import Feeds, HeadWatch
 from fleetgate.api.stream import router as stream
@@ -40,4 +41,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(fleet)
     app.include_router(deployments)
     app.include_router(stream)
+    app.include_router(enrolment)
     return app

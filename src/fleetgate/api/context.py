@@ -31,6 +31,13 @@ class ApiContext:
     metrics: Metrics
     # Set by the worker: wakes it at once when a decision was recorded.
     poke: Callable[[], None] = lambda: None
+    # Where self-enrolled devices' credentials are kept (0600 files); default beside the blobs.
+    credentials_dir: Path | None = None
+
+    @property
+    def credentials(self) -> Path:
+        base = self.credentials_dir or self.blob_dir.parent / "credentials"
+        return base.absolute()
 
 
 def api(request: Request) -> ApiContext:
@@ -38,7 +45,7 @@ def api(request: Request) -> ApiContext:
     return ctx
 
 
-async def _refuse(
+async def refuse(
     ctx: ApiContext, request: Request, status: int, code: str, message: str, actor: str
 ) -> ApiError:
     """Write the refusal to the audit log (best effort: a store outage must not turn a 401
@@ -73,7 +80,7 @@ def caller(permission: Permission) -> Callable[[Request], Awaitable[ApiUser]]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise await _refuse(
+            raise await refuse(
                 ctx,
                 request,
                 401,
@@ -83,11 +90,11 @@ def caller(permission: Permission) -> Callable[[Request], Awaitable[ApiUser]]:
             )
         user: ApiUser | None = await ctx.store.user_by_token_hash(hash_token(token.strip()))
         if user is None:
-            raise await _refuse(
+            raise await refuse(
                 ctx, request, 401, "unauthorized", "unknown or revoked token", "anonymous"
             )
         if not allowed(user.role, permission):
-            raise await _refuse(
+            raise await refuse(
                 ctx,
                 request,
                 403,

@@ -213,5 +213,10 @@ GLOBAL_EVENTS: frozenset[str] = frozenset(
         "user.token_rotated",
         "user.revoked",
         "api.refused",
+        "enrolment.token_created",
+        "enrolment.token_revoked",
+        "device.enrolled",
+        "registry.accepted",
+        "registry.refreshed",
     }
 )

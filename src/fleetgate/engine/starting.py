@@ -133,6 +133,14 @@ class StartMixin(ControllerBase):
         fleet = await self.store.list_devices()
         if not fleet:
             raise InputError("the inventory is empty: run `fleetgate registry import FILE` first")
+        if any(not d.facts_known for d in fleet):
+            from fleetgate.engine.facts_refresh import refresh_unknown
+
+            # First contact: facts the inventory lacks come from the devices; a device that
+            # does not answer stays unknown and the plan excludes it, saying why.
+            fleet = await refresh_unknown(
+                self.store, self.transport, fleet, now=self.clock.now_iso(), actor="fleetgate"
+            )
         plan = plan_deployment(fleet, manifest, policy, select)
         if plan.blockers:
             raise GuardrailError("cannot deploy: " + "; ".join(plan.blockers))

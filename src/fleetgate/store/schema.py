@@ -26,6 +26,14 @@ database JSON type, so what is hashed is exactly what is stored.
 - ``api_users``: who may call the service's API, with which role; only the SHA-256 of each
   bearer token is kept (tokens are 256 random bits, so a plain hash is enough), and a revoked
   user keeps its row (``revoked_at``) so its name stays in the audit history.
+- ``enrol_tokens``: one-time enrolment tokens (``fleetgate enroll create``): only the SHA-256 of
+  each token, the group it admits to, whether it admits at once (``auto_accept``), its expiry
+  (store clock) and, once used, when and by which device; a token is consumed by one atomic
+  ``UPDATE … WHERE used_at IS NULL`` so it cannot be used twice, even concurrently.
+- ``device_keys``: the Ed25519 public key each self-enrolled device proved it holds; a later
+  enrolment under the same id must come from the same key.
+- ``devices.last_seen``: when the device last answered (enrolment, facts refresh, a facts call
+  during a deployment), store clock; NULL: never.
 - ``releases``: bundles uploaded to the service (``POST /api/v1/releases``); the payload itself
   lives content-addressed in the blob directory under ``sha256``.
 """
@@ -62,6 +70,7 @@ devices = Table(
     Column("id", ID, primary_key=True),
     Column("data", Text, nullable=False),
     Column("updated_at", TS, nullable=False),
+    Column("last_seen", TS, nullable=True),
 )
 
 deployments = Table(
@@ -142,6 +151,29 @@ releases = Table(
     Column("bundle_sha256", HASH, nullable=False),
     Column("uploaded_by", Text, nullable=False),
     Column("uploaded_at", TS, nullable=False),
+)
+
+enrol_tokens = Table(
+    "enrol_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", HASH, nullable=False, unique=True),
+    Column("group_name", ID, nullable=False),
+    Column("auto_accept", Integer, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Column("used_at", TS, nullable=True),
+    Column("used_by", ID, nullable=True),
+    Column("revoked_at", TS, nullable=True),
+)
+
+device_keys = Table(
+    "device_keys",
+    metadata,
+    Column("device_id", ID, primary_key=True),
+    Column("public_key", Text, nullable=False),
+    Column("enrolled_at", TS, nullable=False),
 )
 
 device_seq = Table(

@@ -46,6 +46,7 @@ from fleetgate.registry.codec import device_from_dict, device_to_dict
 from fleetgate.store import audit_log, leases, migrate
 from fleetgate.store.catalog import CatalogMixin
 from fleetgate.store.engine import WRITE_OPTION, StoreTarget, create_store_engine, parse_store_url
+from fleetgate.store.enrolment import EnrolmentMixin
 from fleetgate.store.leases import Fence, Lease
 from fleetgate.store.schema import deployments, devices, quarantine, upsert
 
@@ -100,7 +101,7 @@ class StoreOpener:
             await self._store.close()
 
 
-class Store(CatalogMixin):
+class Store(CatalogMixin, EnrolmentMixin):
     def __init__(self, target: StoreTarget, engine: AsyncEngine) -> None:
         self.target = target
         self._engine = engine

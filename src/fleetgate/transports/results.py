@@ -160,6 +160,10 @@ class Facts:
     trial: Mapping[str, Any] | None = None
     reverted: Mapping[str, Any] | None = None
     committed: Mapping[str, str] | None = None
+    # Issue 9: the size of the agent's filesystem and whether it has a GPU, for the inventory
+    # (``registry refresh``); None from an agent that does not report them.
+    disk_mb: float | None = None
+    gpu: bool | None = None
 
     @classmethod
     def parse(cls, device_id: str, data: Any) -> Facts:
@@ -190,6 +194,8 @@ class Facts:
             trial=data.get("trial"),
             reverted=data.get("reverted"),
             committed=r.str_map("committed") if data.get("committed") is not None else None,
+            disk_mb=r.opt_number("disk_mb"),
+            gpu=r.flag("gpu") if data.get("gpu") is not None else None,
         )
 
 

@@ -93,12 +93,30 @@ async def enroll(request: Request, ctx: Ctx) -> dict[str, Any]:
         err = await refuse(ctx, request, exc.status, exc.code, str(exc), actor)
         err.field = exc.field
         raise err from None
-    return {
+    out: dict[str, Any] = {
         "id": done.device.id,
         "group": done.device.group,
         "state": done.device.state.value,
         "again": done.again,
     }
+    trust = _trust(ctx)
+    if trust is not None:
+        out["trust"] = trust
+    return out
+
+
+def _trust(ctx: ApiContext) -> dict[str, str] | None:
+    """What the service verifies releases with (a PEM key or a root.json), for a new device's
+    agent.toml: the device already trusts this server (TLS) and holds a token it issued."""
+    path = ctx.public_key
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    kind = "root" if text.lstrip().startswith("{") else "public_key"
+    return {"kind": kind, "text": text}
 
 
 @router.post("/enroll/tokens", status_code=201)

@@ -39,6 +39,24 @@ def register(subparsers: Any) -> None:
         help="at least the highest seq any controller sent this device (older ones are refused)",
     )
     reset.set_defaults(handler=_reset_state)
+    enr = sub.add_parser(
+        "enroll",
+        help="introduce this device to the controller with a one-time enrolment token",
+    )
+    enr.add_argument("--server", required=True, help="the controller, https://HOST:PORT")
+    enr.add_argument("--token", required=True, help="from `fleetgate enroll create` (one use)")
+    enr.add_argument("--id", dest="device_id", default=None, help="device id (default: hostname)")
+    enr.add_argument(
+        "--address",
+        default=None,
+        help="how the controller reaches this agent: http(s)://HOST:PORT or mqtt(s)://… "
+        "(default: http://HOSTNAME:7601)",
+    )
+    enr.add_argument("--config", default="agent.toml", help="agent.toml to write or update")
+    enr.add_argument("--hardware", default=None, help="hardware name (default: the board's model)")
+    enr.add_argument("--group", default=None, help="check the token admits to this group")
+    enr.add_argument("--ca-file", default=None, help="CA bundle that signed the server's cert")
+    enr.set_defaults(handler=_enroll)
 
 
 def _load_checked(args: argparse.Namespace) -> Any:
@@ -75,6 +93,38 @@ def _check(args: argparse.Namespace) -> int:
     except IntegrityError as exc:  # the file the config names: the operator's to fix
         raise InputError(f"{config.source}: agent.root: {exc}") from exc
     print(dump_config(config))
+    return 0
+
+
+async def _enroll(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from fleetgate.agent.enroll import EnrolOptions, enroll
+
+    answer = await enroll(
+        EnrolOptions(
+            server=args.server,
+            token=args.token,
+            config=Path(args.config),
+            device_id=args.device_id,
+            address=args.address,
+            hardware=args.hardware,
+            group=args.group,
+            ca_file=Path(args.ca_file) if args.ca_file else None,
+        )
+    )
+    state = answer.get("state")
+    print(f"enrolled {answer.get('id')} in group {answer.get('group')}: {state}")
+    if state == "pending":
+        print(
+            f"an operator admits it with: fleetgate registry accept {answer.get('id')}",
+            file=sys.stderr,
+        )
+    print(
+        f"{args.config}: written; (re)start the agent: fleetgate agent run --config {args.config}",
+        file=sys.stderr,
+    )
     return 0
 
 

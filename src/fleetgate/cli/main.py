@@ -45,6 +45,7 @@ TOPICS: dict[str, str] = {
     "demo": "fleetgate.cli.demo_cmd",
     "serve": "fleetgate.cli.serve_cmd",
     "users": "fleetgate.cli.users_cmd",
+    "enroll": "fleetgate.cli.enroll_cmd",
 }
 
 DEFAULT_DB = "sqlite+aiosqlite:///.fleetgate/fleetgate.db"

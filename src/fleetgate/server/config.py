@@ -18,6 +18,8 @@ concurrency = 200                      # device calls in flight per deployment
 parallel_deployments = 4               # deployments this process drives at once
 poll_s = 1.0                           # how often the worker looks for runnable deployments
 park_after_s = 5.0                     # a soak wait this long parks the deployment (wake_at)
+# FLEETGATE_CREDENTIALS_DIR; self-enrolled devices' credentials (0600 files)
+credentials_dir = ".fleetgate/credentials"
 ```
 """
 
@@ -36,7 +38,14 @@ DEFAULT_LISTEN = "127.0.0.1:8420"
 _KEYS = {
     "server": {"listen", "public_url", "blob_dir", "max_upload_mb"},
     "store": {"db"},
-    "controller": {"pubkey", "concurrency", "parallel_deployments", "poll_s", "park_after_s"},
+    "controller": {
+        "pubkey",
+        "concurrency",
+        "parallel_deployments",
+        "poll_s",
+        "park_after_s",
+        "credentials_dir",
+    },
 }
 
 
@@ -53,6 +62,7 @@ class ServeConfig:
     parallel_deployments: int
     poll_s: float
     park_after_s: float
+    credentials_dir: Path = Path(".fleetgate/credentials")
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -115,6 +125,9 @@ def load_serve_config(
     base = path.parent if path is not None else Path()
     db_v, _ = pick("store", "db", "FLEETGATE_DB", db, default_db)
     key_v, _ = pick("controller", "pubkey", "FLEETGATE_PUBKEY", None, None)
+    creds_v, _ = pick(
+        "controller", "credentials_dir", "FLEETGATE_CREDENTIALS_DIR", None, ".fleetgate/credentials"
+    )
     cfg = ServeConfig(
         host=host,
         port=port,
@@ -127,6 +140,7 @@ def load_serve_config(
         parallel_deployments=number("controller", "parallel_deployments", 4, 1, True),
         poll_s=number("controller", "poll_s", 1.0, 0.05, False),
         park_after_s=number("controller", "park_after_s", 5.0, 0.0, False),
+        credentials_dir=(base / str(creds_v)).absolute(),
     )
     if problems:
         raise ValidationError(problems)

@@ -67,6 +67,7 @@ async def serve(cfg: ServeConfig) -> int:
             max_upload_bytes=cfg.max_upload_mb * 1024 * 1024,
             metrics=metrics,
             poke=worker.poke,
+            credentials_dir=cfg.credentials_dir,
         )
         app = create_app(ctx)
         server = uvicorn.Server(

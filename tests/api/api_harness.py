@@ -78,10 +78,10 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def service(
-    tmp: Path, trust: Path | None = None, **harness_kw: Any
+    tmp: Path, trust: Path | None = None, tls: tuple[Path, Path] | None = None, **harness_kw: Any
 ) -> AsyncIterator[Service]:
     """``trust``: what the service verifies releases with instead of the harness's public key
-    (a ``root.json``)."""
+    (a ``root.json``); ``tls``: (certificate, key) to serve HTTPS with."""
     async with harness(tmp, **harness_kw) as h:
         if trust is not None:
             h.controller.config.public_key = trust
@@ -102,7 +102,14 @@ async def service(
             poke=worker.poke,
         )
         server = uvicorn.Server(
-            uvicorn.Config(create_app(ctx), host="127.0.0.1", port=0, log_level="warning")
+            uvicorn.Config(
+                create_app(ctx),
+                host="127.0.0.1",
+                port=0,
+                log_level="warning",
+                ssl_certfile=str(tls[0]) if tls else None,
+                ssl_keyfile=str(tls[1]) if tls else None,
+            )
         )
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve())
@@ -112,7 +119,9 @@ async def service(
         working = asyncio.create_task(worker.run())
         try:
             async with aiohttp.ClientSession() as session:
-                yield Service(f"http://127.0.0.1:{port}", h, worker, tokens, session, blob_dir)
+                scheme = "https" if tls else "http"
+                url = f"{scheme}://127.0.0.1:{port}"
+                yield Service(url, h, worker, tokens, session, blob_dir)
         finally:
             working.cancel()
             with contextlib.suppress(asyncio.CancelledError):

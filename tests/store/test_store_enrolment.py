@@ -197,3 +197,35 @@ async def test_two_enrolments_racing_with_one_token_one_wins(store: Any, creds: 
     assert len(won) == 1 and len(lost) == 1 and lost[0].status == 403
     assert [d.id for d in await store.list_devices()] == [won[0].device.id]
     assert len(list(creds.iterdir())) == 1
+
+
+async def test_facts_seen_during_a_deployment_update_the_current_record(
+    store: Any, creds: Path
+) -> None:
+    """FactsRecorder: a facts answer refreshes facts and last_seen on the record as it is now,
+    so a quarantine written meanwhile by the deployment is kept."""
+    from dataclasses import replace
+
+    from fleetgate.engine.facts_refresh import FactsRecorder
+    from fleetgate.registry.codec import device_from_dict
+    from fleetgate.transports.results import Facts
+
+    dev = device_from_dict({"id": "gw-1", "group": "g", "address": "http://h:1", "token_env": "T"})
+    await store.replace_devices([dev])
+    answer = Facts.parse(
+        "gw-1",
+        {"id": "gw-1", "hardware": "gateway", "arch": "x86_64", "ram_mb": 15870.0,
+         "disk_mb": 256000.0, "disk_free_mb": 1.0, "gpu": False, "software": {"os": "debian-12"},
+         "rollback_available": False, "releases": [], "state": "idle", "last_seq": 0},
+    )
+    recorder = FactsRecorder(store, interval_s=3600)
+    recorder.note(dev, answer)
+    recorder.note(replace(dev, id="stranger"), answer)  # answered as another id: ignored
+    await store.upsert_devices(
+        [replace(dev, state=DeviceState.QUARANTINE, state_reason="d-1: failed")]
+    )
+    await recorder.aclose()
+    (now,) = await store.list_devices()
+    assert now.state is DeviceState.QUARANTINE and now.hardware == "gateway"
+    assert now.resources is not None and now.resources.disk_mb == 256000
+    assert (await store.last_seen())["gw-1"] is not None

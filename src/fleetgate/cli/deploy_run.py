@@ -191,9 +191,15 @@ async def controller(args: argparse.Namespace, *, need_pubkey: bool = False) -> 
             TokenSource(), concurrency=config.concurrency, tls=controller_tls_from_env()
         ) as transport,
     ):
+        from fleetgate.engine.facts_refresh import FactsRecorder
+
+        recorder = FactsRecorder(store).attach(transport)
         ctl = Controller(store, transport, config, on_progress=progress.update)
-        with progress:
-            yield ctl
+        try:
+            with progress:
+                yield ctl
+        finally:
+            await recorder.aclose()
 
 
 async def _latest(store: Any) -> str:

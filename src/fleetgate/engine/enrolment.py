@@ -261,7 +261,8 @@ async def enrol(
         async with store.transaction():
             existing: Device | None = await store.get_device(req.device_id)
             known_key: str | None = await store.device_key(req.device_id)
-            if existing is not None and known_key != req.public_key:
+            # An id belongs to its key, even after an import removed the device.
+            if (existing is not None or known_key is not None) and known_key != req.public_key:
                 whose = "another device's key" if known_key else "a device of the inventory"
                 raise EnrolRefused(
                     409, "conflict", f"id: {req.device_id!r} already belongs to {whose}", "id"
@@ -281,7 +282,7 @@ async def enrol(
                 )
             device = _device(existing, req, tok, path)
             await store.upsert_devices([device], now=now)
-            await store.record_seen([device], now)
+            await store.record_facts({device.id: req.facts}, now)  # last_seen
             await store.set_device_key(req.device_id, req.public_key, now)
             await store.append(
                 Event(

@@ -51,6 +51,9 @@ async def serve(cfg: ServeConfig) -> int:
             on_call=lambda _command, seconds: metrics.agent_latency.observe(seconds),
         ) as http,
     ):
+        from fleetgate.engine.facts_refresh import FactsRecorder
+
+        recorder = FactsRecorder(store).attach(http)
         controller = Controller(store, http, config)
         worker = Worker(
             store,
@@ -90,4 +93,5 @@ async def serve(cfg: ServeConfig) -> int:
                 await worker_task
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            await recorder.aclose()
     return 0 if server.started else 5

@@ -7,7 +7,7 @@ expiry is judged on one clock the caller chose (the API passes the store's clock
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +16,10 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetgate.clock import normalise_iso
+from fleetgate.core.manifest import canonical_json
 from fleetgate.core.model import Device
+from fleetgate.registry.codec import device_to_dict
+from fleetgate.registry.facts import ReportedFacts, apply_facts
 from fleetgate.store.schema import device_keys, devices, enrol_tokens, upsert
 
 
@@ -83,7 +86,7 @@ class EnrolmentMixin:
         raise NotImplementedError  # provided by Store
 
     @staticmethod
-    def _device_rows(items: Sequence[Device], now: str | None) -> list[dict[str, Any]]:
+    def _device(device_id: str, data: str) -> Device:
         raise NotImplementedError  # provided by Store
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -180,21 +183,34 @@ class EnrolmentMixin:
                 )
             )
 
-    async def record_seen(self, seen: Sequence[Device], now: str) -> None:
-        """Write these devices (their refreshed facts) and set their ``last_seen`` to ``now``;
-        a device no longer in the inventory (an import removed it meanwhile) stays removed."""
-        rows = self._device_rows(seen, now)
-        if not rows:
-            return
+    async def record_facts(self, reported: Mapping[str, ReportedFacts], now: str) -> list[Device]:
+        """Apply each device's reported facts to its *current* record and set ``last_seen``,
+        in one transaction: what else changed meanwhile (a deployment quarantined it, an
+        operator accepted it) is kept. A device no longer in the inventory stays removed.
+        Returns the devices as written."""
+        if not reported:
+            return []
+        stamp = normalise_iso(now)
+        out: list[Device] = []
         async with self._tx(write=True) as conn:
-            for row in rows:
+            rows = (
+                await conn.execute(
+                    select(devices.c.id, devices.c.data).where(devices.c.id.in_(list(reported)))
+                )
+            ).all()
+            for row in sorted(rows, key=lambda r: r.id):
+                device = apply_facts(self._device(row.id, row.data), reported[row.id])
                 await conn.execute(
                     update(devices)
-                    .where(devices.c.id == row["id"])
+                    .where(devices.c.id == row.id)
                     .values(
-                        data=row["data"], updated_at=row["updated_at"], last_seen=row["updated_at"]
+                        data=canonical_json(device_to_dict(device)).decode(),
+                        updated_at=stamp,
+                        last_seen=stamp,
                     )
                 )
+                out.append(device)
+        return out
 
     async def last_seen(self) -> dict[str, str | None]:
         async with self._tx(write=False) as conn:

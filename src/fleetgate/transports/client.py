@@ -18,6 +18,8 @@ Contract (docs/protocol.md is the wire contract, docs/transports.md the seam):
 - Timeouts: ``CallTimeouts`` per call, counted once the call holds a slot of the
   ``concurrency`` bound (``None``: unbounded), so a burst of 10,000 health checks queues
   instead of timing out. A timeout cancels the wait, not the device's work.
+- ``on_facts(device, facts)``, if set, is called after every successful ``facts`` call (the
+  controller records the facts and ``last_seen`` in the inventory); it must not block.
 - ``on_call(command, seconds)``, if given, is called after every call, answered or not, with
   the wall time including the wait for a slot (the API's agent-latency histogram).
 - Lifecycle: ``async with client:`` … ``aclose()`` closes the channel. Idempotent.
@@ -75,6 +77,8 @@ class DeviceClient:
         self.concurrency = concurrency
         self.on_call = on_call
         self._slots = asyncio.Semaphore(concurrency) if concurrency is not None else None
+        # Told of every successful facts answer (engine/facts_refresh.py FactsRecorder).
+        self.on_facts: Callable[[Device, Facts], None] | None = None
 
     async def aclose(self) -> None:
         await self.channel.aclose()
@@ -146,7 +150,10 @@ class DeviceClient:
         return await self.call(device, "ping", None, PingResult.parse)
 
     async def facts(self, device: Device) -> Facts:
-        return await self.call(device, "facts", None, Facts.parse)
+        facts = await self.call(device, "facts", None, Facts.parse)
+        if self.on_facts is not None:  # the inventory keeps what devices report (issue 9)
+            self.on_facts(device, facts)
+        return facts
 
     async def health(self, device: Device) -> HealthSample:
         return await self.call(device, "health", None, parse_health)

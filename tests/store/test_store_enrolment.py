@@ -214,9 +214,20 @@ async def test_facts_seen_during_a_deployment_update_the_current_record(
     await store.replace_devices([dev])
     answer = Facts.parse(
         "gw-1",
-        {"id": "gw-1", "hardware": "gateway", "arch": "x86_64", "ram_mb": 15870.0,
-         "disk_mb": 256000.0, "disk_free_mb": 1.0, "gpu": False, "software": {"os": "debian-12"},
-         "rollback_available": False, "releases": [], "state": "idle", "last_seq": 0},
+        {
+            "id": "gw-1",
+            "hardware": "gateway",
+            "arch": "x86_64",
+            "ram_mb": 15870.0,
+            "disk_mb": 256000.0,
+            "disk_free_mb": 1.0,
+            "gpu": False,
+            "software": {"os": "debian-12"},
+            "rollback_available": False,
+            "releases": [],
+            "state": "idle",
+            "last_seq": 0,
+        },
     )
     recorder = FactsRecorder(store, interval_s=3600)
     recorder.note(dev, answer)

@@ -42,6 +42,16 @@ def test_importing_the_agent_loads_nothing_controller_only():
     assert _loaded_after("import fleetgate.agent.server, fleetgate.agent.service") == []
 
 
+def test_agent_enroll_loads_nothing_controller_only():
+    code = (
+        "from fleetgate.cli import main\n"
+        "parser = main.build_parser('agent')\n"
+        "parser.parse_args(['agent', 'enroll', '--server', 'https://x', '--token', 't'])\n"
+        "import fleetgate.agent.enroll\n"
+    )
+    assert _loaded_after(code) == []
+
+
 def test_the_cli_path_of_agent_run_loads_nothing_controller_only():
     code = (
         "from fleetgate.cli import main\n"
@@ -74,7 +84,8 @@ def test_everything_the_agent_loads_parses_as_python_3_10():
         [
             sys.executable,
             "-c",
-            "import sys, json, fleetgate.agent.server, fleetgate.sim.demo_app\n"
+            "import sys, json, fleetgate.agent.server, fleetgate.agent.enroll\n"
+            "import fleetgate.sim.demo_app\n"
             "print(json.dumps([m.__file__ for n, m in sys.modules.items()\n"
             "                  if n.startswith('fleetgate') and getattr(m, '__file__', None)]))",
         ],

@@ -11,12 +11,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
+import pytest
 from api_harness import Service, service
 from enrol_kit import FACTS, body
 
 from fleetgate.agent.config import load_config
 from fleetgate.agent.enroll import EnrolOptions, enroll
+from fleetgate.clock import to_iso, utc_now
 from fleetgate.errors import InputError
+
+
+def NOW_ISO() -> str:
+    return to_iso(utc_now())
+
 
 FAST_TOML = 'allow_short_soak = true\n[soak]\ncanary = "10m"\nbetween_waves = "5m"\n'
 
@@ -289,3 +296,79 @@ async def test_the_cli_against_the_service(tmp_path: Path, capsys, monkeypatch) 
         assert code == 0 and "accepted 1 device(s): cli-1" in out, err
         code, out, err = await cli("enroll", "list", "--server", svc.url)
         assert "used by cli-1" in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_enrolled_agent_answers_the_controller_with_its_own_credential(
+    tmp_path: Path,
+) -> None:
+    """The whole loop with real processes: `fleetgate agent enroll` (CLI) writes the config,
+    `fleetgate agent run` starts from it, and the controller reaches it with the credential
+    the device chose, refreshing its facts; a wrong credential is refused by the agent."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+
+    from fleetgate.engine.facts_refresh import refresh_facts
+    from fleetgate.transports.http import HttpTransport
+    from fleetgate.transports.tokens import TokenSource
+
+    port = _free_port()
+    cfg = tmp_path / "device" / "agent.toml"
+    async with service(tmp_path) as svc:
+        _, doc = await _token(svc)
+        enrol_cmd = [
+            sys.executable,
+            "-m",
+            "fleetgate",
+            "agent",
+            "enroll",
+            "--server",
+            svc.url,
+            "--token",
+            doc["token"],
+            "--id",
+            "real-1",
+            "--hardware",
+            "rpi4",
+            "--address",
+            f"http://127.0.0.1:{port}",
+            "--config",
+            str(cfg),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *enrol_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert out.decode() == "enrolled real-1 in group plant-a: pending\n"
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "fleetgate", "agent", "run", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            dev = await svc.h.store.get_device("real-1")
+            assert dev is not None
+            async with HttpTransport(TokenSource()) as client:
+                for _ in range(200):  # until the agent listens
+                    done = await refresh_facts(svc.h.store, client, [dev], now=NOW_ISO(), actor="t")
+                    if done.updated:
+                        break
+                    await asyncio.sleep(0.05)
+                assert [d.id for d in done.updated] == ["real-1"], done.failed
+            async with HttpTransport(TokenSource(overrides={"real-1": "fgd_wrong"})) as client:
+                done = await refresh_facts(svc.h.store, client, [dev], now=NOW_ISO(), actor="t")
+                assert "real-1" in done.failed
+        finally:
+            os.kill(agent.pid, signal.SIGTERM)
+            agent.wait(15)

@@ -372,3 +372,71 @@ async def test_enrolled_agent_answers_the_controller_with_its_own_credential(
         finally:
             os.kill(agent.pid, signal.SIGTERM)
             agent.wait(15)
+
+
+async def test_an_enrolled_device_re_sends_its_facts_signed_with_its_key(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from fleetgate.agent.enroll import _signed_facts, send_facts
+
+    async with service(tmp_path) as svc:
+        _, doc = await _token(svc)
+        cfg = tmp_path / "device" / "agent.toml"
+        opts = EnrolOptions(
+            server=svc.url,
+            token=doc["token"],
+            config=cfg,
+            device_id="pi-9",
+            address="http://127.0.0.1:7999",
+            hardware="rpi4",
+        )
+        await enroll(opts)
+        before = (await svc.h.store.last_seen())["pi-9"]
+        answer = await send_facts(svc.url, cfg)
+        assert answer == {"id": "pi-9", "facts_known": True}
+        assert (await svc.h.store.last_seen())["pi-9"] > before
+
+        raw, headers = _signed_facts(cfg)
+        tampered = json.loads(raw)
+        tampered["facts"]["ram_mb"] = 1.0  # changed after signing
+        status, err = await svc.call(
+            "POST", "/api/v1/enroll/facts", None, data=json.dumps(tampered), headers=headers
+        )
+        assert status == 401 and err["error"]["field"] == "signature", err
+        stale = json.loads(raw)
+        stale["ts"] = "2020-01-01T00:00:00+00:00"
+        # Signed by the device's key, but old: a replay of a captured request.
+        from cryptography.hazmat.primitives import serialization
+
+        from fleetgate.core.enrolment import facts_message
+
+        key = serialization.load_pem_private_key((cfg.parent / "device.key").read_bytes(), None)
+        body_raw = json.dumps(stale).encode()
+        import hashlib
+
+        sig = key.sign(  # type: ignore[call-arg,union-attr]
+            facts_message(
+                device_id="pi-9", ts=stale["ts"], body_sha256=hashlib.sha256(body_raw).hexdigest()
+            )
+        )
+        status, err = await svc.call(
+            "POST",
+            "/api/v1/enroll/facts",
+            None,
+            data=body_raw,
+            headers={"X-Fleetgate-Signature": base64.b64encode(sig).decode()},
+        )
+        assert status == 401 and err["error"]["field"] == "ts", err
+        status, err = await svc.call(
+            "POST",
+            "/api/v1/enroll/facts",
+            None,
+            data=raw.replace(b'"pi-9"', b'"nobody"'),
+            headers=headers,
+        )
+        assert status == 401 and err["error"]["field"] == "id", err
+        refused = [r for r in await _refusals(svc) if r["path"] == "/api/v1/enroll/facts"]
+        assert len(refused) == 3
+        dev = await svc.h.store.get_device("pi-9")
+        assert dev is not None and dev.resources is not None and dev.resources.ram_mb > 1

@@ -151,39 +151,49 @@ def _default_id() -> str:
 
 
 async def _post(opts: EnrolOptions, server: str, body: dict[str, Any]) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {opts.token}"}
+    raw = json.dumps(body).encode()
+    return await _send(server, "/api/v1/enroll", raw, headers, opts.ca_file, 201, "enrolment")
+
+
+async def _send(
+    server: str,
+    path: str,
+    raw: bytes,
+    headers: dict[str, str],
+    ca_file: Path | None,
+    ok: int,
+    what: str,
+) -> dict[str, Any]:
     import ssl
 
     import aiohttp
 
     tls: ssl.SSLContext | bool = True
-    if opts.ca_file is not None:
+    if ca_file is not None:
         try:
-            tls = ssl.create_default_context(cafile=str(opts.ca_file))
+            tls = ssl.create_default_context(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise InputError(f"--ca-file: {opts.ca_file}: {exc}") from None
+            raise InputError(f"--ca-file: {ca_file}: {exc}") from None
     timeout = aiohttp.ClientTimeout(total=60, connect=10)
+    headers = {**headers, "Content-Type": "application/json"}
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(
-                f"{server}/api/v1/enroll",
-                json=body,
-                headers={"Authorization": f"Bearer {opts.token}"},
-                ssl=tls,
-            ) as resp,
+            session.post(f"{server}{path}", data=raw, headers=headers, ssl=tls) as resp,
         ):
-            raw = await resp.read()
+            body = await resp.read()
             status = resp.status
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise FleetgateError(f"{server}: cannot enrol: {exc}", retryable=True) from None
+        raise FleetgateError(f"{server}: cannot reach it: {exc}", retryable=True) from None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(body)
     except ValueError:
         doc = None
-    if status != 201 or not isinstance(doc, dict):
+    if status != ok or not isinstance(doc, dict):
         err = doc.get("error", {}) if isinstance(doc, dict) else {}
         msg = err.get("message") if isinstance(err, dict) else None
-        raise InputError(f"{server}: enrolment refused (HTTP {status}): {msg or raw[:200]!r}")
+        raise InputError(f"{server}: {what} refused (HTTP {status}): {msg or body[:200]!r}")
     return doc
 
 
@@ -287,3 +297,33 @@ def _finish(opts: EnrolOptions, prep: _Prepared, answer: dict[str, Any]) -> None
             config_path.read_bytes()
         )
     _write_private(config_path, dump_toml(new_doc).encode())
+
+
+async def send_facts(server: str, config: Path, ca_file: Path | None = None) -> dict[str, Any]:
+    """Re-send this enrolled device's facts (``POST /api/v1/enroll/facts``), signed with
+    ``device.key``: no token needed; run it when the device changed (a new disk, an OS
+    upgrade) or at boot."""
+    server = _check_server(server)
+    raw, headers = _signed_facts(config)
+    return await _send(server, "/api/v1/enroll/facts", raw, headers, ca_file, 200, "facts")
+
+
+def _signed_facts(config: Path) -> tuple[bytes, dict[str, str]]:
+    import hashlib
+    from datetime import datetime, timezone
+
+    from fleetgate.agent.config import load_config
+    from fleetgate.core.enrolment import facts_message
+
+    cfg = load_config(config)
+    key_path = config.absolute().parent / KEY_FILE
+    if not key_path.exists():
+        raise InputError(f"{key_path}: no device key: enrol first (fleetgate agent enroll)")
+    key = load_or_make_key(key_path)
+    ts = datetime.now(timezone.utc).isoformat()
+    facts = inventory_facts(cfg.hardware, cfg.arch, cfg.data_dir, dict(cfg.software))
+    raw = json.dumps({"id": cfg.device_id, "ts": ts, "facts": facts}).encode()
+    message = facts_message(
+        device_id=cfg.device_id, ts=ts, body_sha256=hashlib.sha256(raw).hexdigest()
+    )
+    return raw, {"X-Fleetgate-Signature": base64.b64encode(key.sign(message)).decode()}

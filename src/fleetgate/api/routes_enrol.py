@@ -119,6 +119,34 @@ def _trust(ctx: ApiContext) -> dict[str, str] | None:
     return {"kind": kind, "text": text}
 
 
+@router.post("/enroll/facts")
+async def enrolled_facts(request: Request, ctx: Ctx) -> dict[str, Any]:
+    """An enrolled device re-sends its facts, signed with its own key
+    (``X-Fleetgate-Signature``): no token, the key it enrolled with is its credential here."""
+    from fleetgate.engine.enrolment import EnrolRefused, receive_facts
+
+    declared = request.headers.get("content-length", "")
+    try:
+        if declared.isdigit() and int(declared) > ENROL_BODY_MAX:
+            raise EnrolRefused(
+                413, "too-large", f"body: larger than {ENROL_BODY_MAX} bytes", "body"
+            )
+        raw = await request.body()
+        if len(raw) > ENROL_BODY_MAX:
+            raise EnrolRefused(
+                413, "too-large", f"body: larger than {ENROL_BODY_MAX} bytes", "body"
+            )
+        signature = request.headers.get("x-fleetgate-signature", "")
+        if not signature:
+            raise EnrolRefused(401, "unauthorized", "signature: missing", "signature")
+        device = await receive_facts(ctx.store, raw, signature, now=await ctx.store.now())
+    except EnrolRefused as exc:
+        err = await refuse(ctx, request, exc.status, exc.code, str(exc), "anonymous")
+        err.field = exc.field
+        raise err from None
+    return {"id": device.id, "facts_known": device.facts_known}
+
+
 @router.post("/enroll/tokens", status_code=201)
 async def create_enrol_token(
     request: Request, ctx: Ctx, who: Operator, body: TokenRequest

@@ -57,6 +57,13 @@ def register(subparsers: Any) -> None:
     enr.add_argument("--group", default=None, help="check the token admits to this group")
     enr.add_argument("--ca-file", default=None, help="CA bundle that signed the server's cert")
     enr.set_defaults(handler=_enroll)
+    sf = sub.add_parser(
+        "send-facts", help="re-send this enrolled device's facts, signed with its key"
+    )
+    sf.add_argument("--server", required=True, help="the controller, https://HOST:PORT")
+    sf.add_argument("--config", default="agent.toml", help="the enrolled agent.toml")
+    sf.add_argument("--ca-file", default=None, help="CA bundle that signed the server's cert")
+    sf.set_defaults(handler=_send_facts)
 
 
 def _load_checked(args: argparse.Namespace) -> Any:
@@ -125,6 +132,18 @@ async def _enroll(args: argparse.Namespace) -> int:
         f"{args.config}: written; (re)start the agent: fleetgate agent run --config {args.config}",
         file=sys.stderr,
     )
+    return 0
+
+
+async def _send_facts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetgate.agent.enroll import send_facts
+
+    answer = await send_facts(
+        args.server, Path(args.config), Path(args.ca_file) if args.ca_file else None
+    )
+    print(f"facts of {answer.get('id')} sent")
     return 0
 
 

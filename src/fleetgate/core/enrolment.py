@@ -30,3 +30,16 @@ def proof_message(*, token: str, device_id: str, address: str, credential: str) 
             sha256_text(credential).encode(),
         ]
     )
+
+
+FACTS_DOMAIN = b"fleetgate-facts-v1"
+FACTS_MAX_SKEW_S = 300.0
+
+
+def facts_message(*, device_id: str, ts: str, body_sha256: str) -> bytes:
+    """What an enrolled device signs to re-send its facts (``POST /api/v1/enroll/facts``):
+    its id, the time it claims (the controller refuses one off by more than
+    ``FACTS_MAX_SKEW_S`` from its store clock) and the body's SHA-256."""
+    return b"\n".join(
+        [FACTS_DOMAIN, device_id.encode("utf-8"), ts.encode("utf-8"), body_sha256.encode()]
+    )

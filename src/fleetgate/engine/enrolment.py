@@ -21,17 +21,25 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import os
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fleetgate.clock import add_seconds, normalise_iso
-from fleetgate.core.enrolment import ENROL_TOKEN_PREFIX, proof_message, sha256_text
+from fleetgate.clock import add_seconds, normalise_iso, parse_iso, to_iso
+from fleetgate.core.enrolment import (
+    ENROL_TOKEN_PREFIX,
+    FACTS_MAX_SKEW_S,
+    facts_message,
+    proof_message,
+    sha256_text,
+)
 from fleetgate.core.events import Event
 from fleetgate.core.model import DEVICE_ID_RE, NAME_RE, Device, DeviceState
 from fleetgate.errors import FleetgateError, InputError, ValidationError
@@ -377,3 +385,51 @@ async def accept(
             ]
         )
     return [d.id for d in done]
+
+
+async def receive_facts(store: Any, raw: bytes, signature: str, *, now: datetime) -> Device:
+    """An enrolled device re-sends its facts, signed with its key (``core.enrolment
+    .facts_message``): unknown device or key, a bad signature or a stale ``ts`` -> 401; bad facts
+    -> 400; then the facts and ``last_seen`` are written to its current record."""
+    import json
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise EnrolRefused(400, "invalid", "body: not JSON", "body") from None
+    if not isinstance(doc, Mapping):
+        raise EnrolRefused(400, "invalid", "body: expected a JSON object", "body")
+    device_id, ts = _text(doc, "id", 128), _text(doc, "ts", 64)
+    known = await store.device_key(device_id)
+    if known is None:
+        raise EnrolRefused(401, "unauthorized", f"id: {device_id!r} has not enrolled", "id")
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(known))
+    message = facts_message(device_id=device_id, ts=ts, body_sha256=hashlib.sha256(raw).hexdigest())
+    try:
+        key.verify(_b64(signature, "signature"), message)
+    except InvalidSignature:
+        raise EnrolRefused(
+            401, "unauthorized", "signature: does not verify with the device's key", "signature"
+        ) from None
+    try:
+        skew = abs((parse_iso(ts) - now).total_seconds())
+    except ValueError:
+        raise EnrolRefused(
+            400, "invalid", "ts: not an ISO-8601 time with an offset", "ts"
+        ) from None
+    if skew > FACTS_MAX_SKEW_S:
+        raise EnrolRefused(
+            401, "unauthorized", f"ts: {skew:.0f} s from the controller's clock (replay?)", "ts"
+        )
+    try:
+        facts = read_facts(doc.get("facts"), "facts")
+    except ValidationError as exc:
+        first = exc.problems[0]
+        raise EnrolRefused(400, "invalid", first, first.split(":", 1)[0]) from None
+    written: list[Device] = await store.record_facts({device_id: facts}, to_iso(now))
+    if not written:
+        raise EnrolRefused(404, "not-found", f"id: {device_id!r} is not in the inventory", "id")
+    return written[0]

@@ -1,4 +1,4 @@
-"""Self-enrolment (docs/enrolment.md, ADR 0012): one-time tokens, a device's request, and the
+"""Self-enrolment (docs/enrolment.md, ADR 0013): one-time tokens, a device's request, and the
 operator's acceptance.
 
 - ``create_token``: a random token (``fge_`` + 256 bits), of which the store keeps only the

@@ -98,6 +98,21 @@ class AgentConfig:
     trial_max_starts: int = 3
     on_commit: Path | None = None  # hook scripts (the bootloader's "mark good" / fallback)
     on_revert: Path | None = None
+    # MQTT (docs/agent.md "MQTT"): the broker this device dials out to, and its broker
+    # credential. The HTTP listener runs when no broker is set or ``agent.listen`` is given.
+    mqtt: MqttConfig | None = None
+    http_listen: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    broker: str  # mqtt://host[:port] | mqtts://host[:port]
+    username: str
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    ca_bundle: Path | None = None
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
 
 
 class _Reader:
@@ -198,14 +213,14 @@ def _token(r: _Reader, agent: dict[str, Any], base: Path) -> tuple[str, str | No
     return token, None, path
 
 
-def _file(r: _Reader, t: dict[str, Any], key: str, base: Path) -> Path | None:
-    """An optional ``[agent]`` path that must name a readable file."""
-    name = r.string(t, "agent", key, None)
+def _file(r: _Reader, t: dict[str, Any], key: str, base: Path, table: str = "agent") -> Path | None:
+    """An optional path of ``[table]`` that must name a readable file."""
+    name = r.string(t, table, key, None)
     if name is None:
         return None
     path = base / name
     if not path.is_file():
-        r.add(f"agent.{key}", f"{path} is not a readable file")
+        r.add(f"{table}.{key}", f"{path} is not a readable file")
     return path
 
 
@@ -259,6 +274,64 @@ def _hook(r: _Reader, agent: dict[str, Any], key: str, base: Path) -> Path | Non
     if not path.is_file() or not os.access(path, os.X_OK):
         r.add(f"agent.{key}", f"{path} is not an executable file")
     return path
+
+
+def _secret(r: _Reader, t: dict[str, Any], table: str, base: Path) -> str | None:
+    """``password_env`` or ``password_file`` (neither: no password; both: an error)."""
+    env_name = r.string(t, table, "password_env", None)
+    file_name = r.string(t, table, "password_file", None)
+    if env_name is not None and file_name is not None:
+        r.add(f"{table}.password_env", "set at most one of password_env or password_file")
+        return None
+    if env_name is not None:
+        value = os.environ.get(env_name, "").strip()
+        if not value:
+            r.add(f"{table}.password_env", f"environment variable {env_name} is not set or empty")
+        return value or None
+    if file_name is not None:
+        path = base / file_name
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            r.add(f"{table}.password_file", f"cannot read {path}: {exc.strerror}")
+            return None
+        if not value:
+            r.add(f"{table}.password_file", f"{path} is empty")
+        return value or None
+    return None
+
+
+def _mqtt(
+    r: _Reader, data: dict[str, Any], device_id: str | None, ca: Path | None, base: Path
+) -> MqttConfig | None:
+    if "mqtt" not in data:
+        return None
+    t = r.table(data, "mqtt")
+    broker = r.string(t, "mqtt", "broker", None)
+    if broker is None:
+        if "broker" not in t:
+            r.add("mqtt.broker", "missing")
+        return None
+    from fleetgate.core.mqttwire import WireError, parse_broker
+
+    try:
+        _, segment = parse_broker(broker)
+        if segment:
+            r.add("mqtt.broker", "expected mqtt://HOST[:PORT] without a path")
+    except WireError as exc:
+        r.add("mqtt.broker", str(exc))
+    username = r.string(t, "mqtt", "username", None) or device_id or ""
+    client_id = r.string(t, "mqtt", "client_id", None)
+    ca_bundle = _file(r, t, "ca_bundle", base, "mqtt") if "ca_bundle" in t else ca
+    return MqttConfig(
+        broker=broker,
+        username=username,
+        password=_secret(r, t, "mqtt", base),
+        client_id=client_id,
+        ca_bundle=ca_bundle,
+        session_expiry_s=r.integer(t, "mqtt", "session_expiry_s", 7 * 24 * 3600, 0),
+        keepalive_s=r.integer(t, "mqtt", "keepalive_s", 30, 5),
+    )
 
 
 def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
@@ -366,6 +439,8 @@ def parse_config(data: dict[str, Any], source: Path) -> AgentConfig:
         trial_max_starts=r.integer(agent, "agent", "trial_max_starts", 3, 1),
         on_commit=_hook(r, agent, "on_commit", base),
         on_revert=_hook(r, agent, "on_revert", base),
+        mqtt=_mqtt(r, data, device_id, ca_bundle, base),
+        http_listen="mqtt" not in data or "listen" in agent,
     )
     if r.problems:
         raise ValidationError(r.problems)

@@ -49,11 +49,23 @@ def _mode_problem(path: Path, forbidden: int, what: str) -> str | None:
 def hygiene_warnings(config: AgentConfig) -> list[str]:
     where = str(config.source)
     out: list[str] = []
-    if config.tls_cert is None and not is_loopback(config.host):
+    if config.http_listen and config.tls_cert is None and not is_loopback(config.host):
         out.append(
             f"{where}: agent.listen: {config.host}:{config.port} is not loopback and TLS is "
             f"off: the bearer token crosses the network in clear (set tls_cert and tls_key)"
         )
+    if config.mqtt is not None:
+        from fleetgate.core.mqttwire import WireError, parse_broker
+
+        try:
+            broker, _ = parse_broker(config.mqtt.broker)
+        except WireError:
+            broker = None  # refused by the config check itself
+        if broker is not None and not broker.tls and not is_loopback(broker.host):
+            out.append(
+                f"{where}: mqtt.broker: {broker.key} is not loopback and TLS is off: the "
+                f"bearer token and the broker password cross the network in clear (mqtts://)"
+            )
     secrets = [("token_file", config.token_file), ("tls_key", config.tls_key)]
     for key, path in secrets:
         if path is not None:

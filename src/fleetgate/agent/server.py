@@ -109,32 +109,10 @@ def make_app(service: AgentService) -> web.Application:
     app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
     app[SERVICE] = service
 
-    async def ping(request: web.Request) -> web.Response:
-        return _json(
-            200,
-            {
-                "id": config.device_id,
-                "ok": True,
-                "agent_version": __version__,
-                "uptime_s": service.uptime_s(),
-            },
-        )
-
-    async def facts(request: web.Request) -> web.Response:
-        return _json(200, await service.facts())
-
-    async def health(request: web.Request) -> web.Response:
-        return _json(200, await service.health())
-
-    async def logs(request: web.Request) -> web.Response:
-        try:
-            lines = int(request.query.get("lines", "200"))
-        except ValueError:
-            return _err(400, "bad-request", "lines: expected an integer")
-        lines = max(0, min(lines, MAX_LOG_LINES))
-        app_lines = list(service.supervisor.logs)[-lines:] if lines else []
-        agent_lines = list(RING.lines)[-lines:] if lines else []
-        return _json(200, {"app": app_lines, "agent": agent_lines})
+    async def read(request: web.Request) -> web.Response:
+        name = request.path.rsplit("/", 1)[-1]
+        code, body = await answer_read(service, name, dict(request.query))
+        return _json(code, body)
 
     def command(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
@@ -150,13 +128,42 @@ def make_app(service: AgentService) -> web.Application:
 
         return handle
 
-    app.router.add_get("/v1/ping", ping)
-    app.router.add_get("/v1/facts", facts)
-    app.router.add_get("/v1/health", health)
-    app.router.add_get("/v1/logs", logs)
+    for name in READS:
+        app.router.add_get(f"/v1/{name}", read)
     for name in ("stage", "activate", "rollback", "commit"):
         app.router.add_post(f"/v1/{name}", command(name))
     return app
+
+
+READS = ("ping", "facts", "health", "logs")
+
+
+async def answer_read(service: AgentService, name: str, params: Any) -> tuple[int, dict[str, Any]]:
+    """A read's answer (status, body), whichever channel asked: HTTP's query string, or the
+    body of an MQTT command message (``{"lines": 200}``)."""
+    config = service.config
+    if name == "ping":
+        return 200, {
+            "id": config.device_id,
+            "ok": True,
+            "agent_version": __version__,
+            "uptime_s": service.uptime_s(),
+        }
+    if name == "facts":
+        return 200, await service.facts()
+    if name == "health":
+        return 200, await service.health()
+    if name == "logs":
+        raw = params.get("lines", 200) if isinstance(params, dict) else 200
+        try:
+            lines = int(raw)
+        except (TypeError, ValueError):
+            return 400, error_body("bad-request", "lines: expected an integer")
+        lines = max(0, min(lines, MAX_LOG_LINES))
+        app_lines = list(service.supervisor.logs)[-lines:] if lines else []
+        agent_lines = list(RING.lines)[-lines:] if lines else []
+        return 200, {"app": app_lines, "agent": agent_lines}
+    return 404, error_body("not-found", f"no such command: {name}")
 
 
 def setup_logging() -> None:
@@ -176,28 +183,50 @@ async def serve(config: AgentConfig) -> int:
     tls = server_tls(config)  # a bad certificate fails here, before the app is started
     service = AgentService(config)
     await service.start()
+    link = None
+    if config.mqtt is not None:
+        from fleetgate.agent.mqtt_serve import open_link
+
+        try:
+            link = open_link(config, service)
+        except InputError:
+            await service.shutdown()
+            raise
     runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
     await runner.setup()
-    try:
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        await service.shutdown()
-        raise InputError(
-            f"{config.source}: agent.listen: cannot listen on {config.host}:{config.port}: "
-            f"{exc.strerror or exc}"
-        ) from exc
-    log.info(
-        "agent %s %s listening on %s://%s:%d, data dir %s, current %s",
-        config.device_id,
-        __version__,
-        "http" if config.tls_cert is None else "https",
-        config.host,
-        config.port,
-        config.data_dir,
-        service.state.current,
-    )
+    if config.http_listen:
+        try:
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            await service.shutdown()
+            raise InputError(
+                f"{config.source}: agent.listen: cannot listen on {config.host}:{config.port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        log.info(
+            "agent %s %s listening on %s://%s:%d, data dir %s, current %s",
+            config.device_id,
+            __version__,
+            "http" if config.tls_cert is None else "https",
+            config.host,
+            config.port,
+            config.data_dir,
+            service.state.current,
+        )
+    link_task = None
+    if link is not None:
+        link_task = asyncio.create_task(link.run())
+        log.info(
+            "agent %s %s reachable through %s as %s, data dir %s, current %s",
+            config.device_id,
+            __version__,
+            link.broker.key,
+            link.device_id,
+            config.data_dir,
+            service.state.current,
+        )
     from fleetgate.agent.hygiene import hygiene_warnings
 
     for line in hygiene_warnings(config):
@@ -208,6 +237,9 @@ async def serve(config: AgentConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    if link is not None and link_task is not None:
+        await link.stop()
+        await link_task
     await runner.cleanup()
     await service.shutdown()
     return 0
@@ -231,6 +263,16 @@ def dump_config(config: AgentConfig) -> str:
                 "mutual_tls": config.tls_client_ca is not None,
                 "ca_bundle": None if config.ca_bundle is None else str(config.ca_bundle),
                 "fetch_pinned": config.fetch_pin_sha256 is not None,
+                "http": config.http_listen,
+            },
+            "mqtt": None
+            if config.mqtt is None
+            else {
+                "broker": config.mqtt.broker,
+                "username": config.mqtt.username,
+                "password": config.mqtt.password is not None,
+                "client_id": config.mqtt.client_id or config.device_id,
+                "session_expiry_s": config.mqtt.session_expiry_s,
             },
             "app": {
                 "mode": config.app_mode,

@@ -22,6 +22,12 @@ def register(subparsers: Any) -> None:
     run = sub.add_parser("run", help="serve the agent protocol on this device")
     run.add_argument("--config", required=True, help="path to agent.toml")
     run.add_argument("--strict", action="store_true", help=strict)
+    run.add_argument(
+        "--broker",
+        metavar="URL",
+        help="reach the controller through this MQTT broker (mqtt://HOST:PORT or mqtts://…), "
+        "overriding [mqtt] broker; the HTTP listener then runs only if agent.listen is set",
+    )
     run.set_defaults(handler=_run)
     check = sub.add_parser("check", help="validate agent.toml and print the effective settings")
     check.add_argument("--config", required=True, help="path to agent.toml")
@@ -86,7 +92,27 @@ def _load_checked(args: argparse.Namespace) -> Any:
 async def _run(args: argparse.Namespace) -> int:
     from fleetgate.agent.server import serve
 
-    return await serve(_load_checked(args))
+    config = _load_checked(args)
+    if args.broker:
+        config = _with_broker(config, args.broker)
+    return await serve(config)
+
+
+def _with_broker(config: Any, broker: str) -> Any:
+    """``--broker`` over the file: keeps ``[mqtt]``'s credential, else the device id as user."""
+    import dataclasses
+
+    from fleetgate.agent.config import MqttConfig
+    from fleetgate.core.mqttwire import WireError, parse_broker
+
+    try:
+        _, segment = parse_broker(broker)
+    except WireError as exc:
+        raise InputError(f"--broker: {exc}") from None
+    if segment:
+        raise InputError(f"--broker: {broker!r}: expected mqtt://HOST[:PORT] without a path")
+    mqtt = config.mqtt or MqttConfig(broker=broker, username=config.device_id)
+    return dataclasses.replace(config, mqtt=dataclasses.replace(mqtt, broker=broker))
 
 
 def _check(args: argparse.Namespace) -> int:

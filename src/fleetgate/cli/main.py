@@ -46,6 +46,7 @@ TOPICS: dict[str, str] = {
     "serve": "fleetgate.cli.serve_cmd",
     "users": "fleetgate.cli.users_cmd",
     "enroll": "fleetgate.cli.enroll_cmd",
+    "broker": "fleetgate.cli.broker_cmd",
 }
 
 DEFAULT_DB = "sqlite+aiosqlite:///.fleetgate/fleetgate.db"

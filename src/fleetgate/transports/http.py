@@ -53,6 +53,8 @@ from fleetgate.transports.tokens import TokenSource
 if TYPE_CHECKING:
     import ssl
 
+    from fleetgate.transports.mqtt import MqttCredentials
+
 __all__ = ["DEVICE_HEADER", "HttpChannel", "HttpTransport", "LeanHttpChannel", "controller_tls"]
 HTTP_SCHEMES = ("http", "https")
 
@@ -176,9 +178,10 @@ class HttpChannel:
 
 class HttpTransport(DeviceClient):
     """``DeviceClient`` over a ``Router`` whose ``http``/``https`` go to one ``LeanHttpChannel``
-    (``self.http``); ``self.router.register("mqtt", …)`` adds devices reached another way.
-    ``concurrency`` bounds calls in flight and connections in use alike (idle connections:
-    ``LeanHttpChannel.max_idle``)."""
+    (``self.http``) and ``mqtt``/``mqtts`` to one ``MqttChannel`` (``self.mqtt``; it connects
+    to a broker only when a device's address names one, with ``mqtt_credentials`` or, by
+    default, ``MqttCredentials.from_env()``). ``concurrency`` bounds calls in flight and
+    connections in use alike (idle connections: ``LeanHttpChannel.max_idle``)."""
 
     def __init__(
         self,
@@ -190,7 +193,10 @@ class HttpTransport(DeviceClient):
         timeouts: CallTimeouts | None = None,
         on_call: OnCall | None = None,
         tls: ssl.SSLContext | None = None,
+        mqtt_credentials: MqttCredentials | None = None,
     ) -> None:
+        from fleetgate.transports.mqtt import MQTT_SCHEMES, MqttChannel
+
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         base = timeouts or CallTimeouts()
@@ -204,7 +210,10 @@ class HttpTransport(DeviceClient):
             connect=base.connect,
             tls=tls,
         )
+        self.mqtt = MqttChannel(tokens, credentials=mqtt_credentials, connect=base.connect)
         self.router = Router(dict.fromkeys(HTTP_SCHEMES, self.http))
+        for scheme in MQTT_SCHEMES:
+            self.router.register(scheme, self.mqtt)
         super().__init__(self.router, timeouts=base, concurrency=concurrency, on_call=on_call)
 
 

@@ -27,7 +27,8 @@ docs/transports.md "MQTT"):
   else the system store. Neither a password nor a token ever reaches a log line or a message.
 - Heartbeat without polling: ``presence(device_topic_id)`` → ``Presence(online, at,
   last_seen, reason)`` from the retained status and the last will; ``last_seen`` is refreshed
-  by every status and reply the device sends.
+  by every status and reply the device sends. ``watch(device)`` connects to its broker
+  without sending anything, so the retained statuses of a fleet arrive before a first call.
 - ``aclose()`` disconnects every broker and fails pending calls; idempotent.
 """
 
@@ -137,6 +138,7 @@ class _BrokerLink:
         self._reader: asyncio.Task[None] | None = None
         self._failed: tuple[float, Exception] | None = None
         self.pending: dict[bytes, _Pending] = {}
+        self.seen: set[str] = set()  # topic ids whose status came through this broker
 
     async def ready(self, device: Device) -> aiomqtt.Client:
         client = self.client
@@ -220,6 +222,12 @@ class _BrokerLink:
     def _lost(self, client: aiomqtt.Client, why: str) -> None:
         if self.client is client:
             self.client = None
+        # What we knew of these devices came through this connection: it is not current any
+        # more (a restarted broker may have forgotten every retained status).
+        for topic_id in self.seen:
+            presence = self.channel._presence.get(topic_id)
+            if presence is not None:
+                presence.online, presence.reason = None, None
         pending, self.pending = self.pending, {}
         for p in pending.values():
             if not p.future.done():
@@ -272,6 +280,18 @@ class MqttChannel:
             self._credentials = MqttCredentials.from_env()
         return self._credentials
 
+    async def watch(self, device: Device) -> None:
+        """Connect to ``device``'s broker now (without sending anything), so its devices'
+        retained statuses arrive: presence for a fleet before the first call."""
+        broker, _ = self._address(device)
+        await self._link(broker).ready(device)
+
+    def _link(self, broker: wire.BrokerAddress) -> _BrokerLink:
+        link = self._brokers.get(broker.key)
+        if link is None:
+            link = self._brokers[broker.key] = _BrokerLink(self, broker)
+        return link
+
     def presence(self, topic_id: str) -> Presence | None:
         return self._presence.get(topic_id)
 
@@ -312,13 +332,11 @@ class MqttChannel:
             raise RuntimeError("MqttChannel is closed")
         broker, topic_id = self._address(device)
         token = self.tokens.token_for(device)
-        seen = self._presence.get(topic_id)
-        if seen is not None and seen.online is False:
-            raise ChannelDown("offline", f"the broker says it is offline ({seen.reason})")
-        link = self._brokers.get(broker.key)
-        if link is None:
-            link = self._brokers[broker.key] = _BrokerLink(self, broker)
+        link = self._link(broker)
         client = await link.ready(device)
+        seen = self._presence.get(topic_id)
+        if seen is not None and seen.online is False:  # as of this connection (see _lost)
+            raise ChannelDown("offline", f"the broker says it is offline ({seen.reason})")
 
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -355,25 +373,42 @@ class MqttChannel:
         topic_id, kind = parts
         payload = message.payload if isinstance(message.payload, bytes) else b""
         if kind == "status":
-            self._on_status(topic_id, payload)
+            link.seen.add(topic_id)
+            came_online = self._on_status(topic_id, payload)
+            if came_online and not message.retain:
+                self._device_reconnected(link, topic_id)
         elif kind == "reply":
             self._on_reply(link, topic, topic_id, payload, message)
 
-    def _on_status(self, topic_id: str, payload: bytes) -> None:
+    def _device_reconnected(self, link: _BrokerLink, topic_id: str) -> None:
+        """A device said "online" live: it (re)connected just now. A command published before
+        may have found no subscription (a restarted broker forgot its session) and would wait
+        for the whole call timeout; fail those calls now, retryably — the resend with the same
+        seq is answered from the device's record if the first one did arrive."""
+        topic = wire.reply_topic(topic_id)
+        for p in link.pending.values():
+            if p.topic == topic and not p.future.done():
+                p.future.set_exception(
+                    ChannelDown("connection-reset", "the device reconnected meanwhile; resend")
+                )
+
+    def _on_status(self, topic_id: str, payload: bytes) -> bool:
+        """Record a status; True when it says online."""
         if not payload:  # a cleared retained status: forget the device's presence
             self._presence.pop(topic_id, None)
-            return
+            return False
         try:
             doc = wire.parse_status(payload)
         except wire.WireError:
             self.counters["malformed"] += 1
-            return
+            return False
         p = self._presence.setdefault(topic_id, Presence())
         p.online = bool(doc["online"])
         p.at = float(doc["at"])
         reason = doc.get("reason")
         p.reason = reason if isinstance(reason, str) and not p.online else None
         p.last_seen = time.time()
+        return p.online
 
     def _on_reply(
         self,
@@ -396,7 +431,8 @@ class MqttChannel:
             return
         p = self._presence.setdefault(topic_id, Presence())
         p.last_seen = time.time()
-        p.online = True
+        p.online, p.reason = True, None
+        link.seen.add(topic_id)
         try:
             status, body = wire.parse_reply(payload)
         except wire.WireError:

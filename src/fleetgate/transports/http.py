@@ -180,8 +180,8 @@ class HttpTransport(DeviceClient):
     """``DeviceClient`` over a ``Router`` whose ``http``/``https`` go to one ``LeanHttpChannel``
     (``self.http``) and ``mqtt``/``mqtts`` to one ``MqttChannel`` (``self.mqtt``; it connects
     to a broker only when a device's address names one, with ``mqtt_credentials`` or, by
-    default, ``MqttCredentials.from_env()``). ``concurrency`` bounds calls in flight and
-    connections in use alike (idle connections: ``LeanHttpChannel.max_idle``)."""
+    default, ``MqttCredentials.from_env()``, read here). ``concurrency`` bounds calls in
+    flight and connections in use alike (idle connections: ``LeanHttpChannel.max_idle``)."""
 
     def __init__(
         self,
@@ -195,7 +195,7 @@ class HttpTransport(DeviceClient):
         tls: ssl.SSLContext | None = None,
         mqtt_credentials: MqttCredentials | None = None,
     ) -> None:
-        from fleetgate.transports.mqtt import MQTT_SCHEMES, MqttChannel
+        from fleetgate.transports.mqtt import MQTT_SCHEMES, MqttChannel, MqttCredentials
 
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -210,7 +210,9 @@ class HttpTransport(DeviceClient):
             connect=base.connect,
             tls=tls,
         )
-        self.mqtt = MqttChannel(tokens, credentials=mqtt_credentials, connect=base.connect)
+        # Read now: a bad FLEETGATE_MQTT_* setting is a one-line error before anything runs.
+        creds = mqtt_credentials if mqtt_credentials is not None else MqttCredentials.from_env()
+        self.mqtt = MqttChannel(tokens, credentials=creds, connect=base.connect)
         self.router = Router(dict.fromkeys(HTTP_SCHEMES, self.http))
         for scheme in MQTT_SCHEMES:
             self.router.register(scheme, self.mqtt)

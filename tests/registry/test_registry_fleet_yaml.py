@@ -298,3 +298,14 @@ def test_yaml_anchors_under_x_keys_and_merge_keys_work(tmp_path: Path) -> None:
     """
     (device,) = load_inventory(write(tmp_path, body))
     assert (device.hardware, device.arch) == ("rpi4", Arch.ARMV7)
+
+
+def test_a_device_reached_through_a_broker_has_an_mqtt_address(tmp_path: Path) -> None:
+    """docs/transports.md "MQTT": the broker from the address, the path its topic id."""
+    body = GOOD.replace("address: http://127.0.0.1:7601", "address: mqtt://127.0.0.1:1883/dev-1")
+    (dev,) = load_inventory(write(tmp_path, "devices:\n" + body))
+    assert dev.address == "mqtt://127.0.0.1:1883/dev-1"
+    for bad in ("mqtt://127.0.0.1:1883/a/b", "mqtts://h/+"):
+        body = GOOD.replace("address: http://127.0.0.1:7601", f"address: {bad}")
+        (problem,) = problems_of(write(tmp_path, "devices:\n" + body))
+        assert "address:" in problem and "one device id" in problem

@@ -213,6 +213,16 @@ def _check_address(c: _Checker, address: str | None) -> None:
         return
     if parsed.scheme not in ADDRESS_SCHEMES or not parsed.hostname:
         c.bad("address", f"{address!r} must be an {ADDRESS_HINT} URL with a host")
+        return
+    if parsed.scheme in ("mqtt", "mqtts"):
+        # Reached through a broker (docs/transports.md "MQTT"): the path is at most one topic
+        # segment, the device's topic id.
+        from fleetgate.core.mqttwire import WireError, parse_broker
+
+        try:
+            parse_broker(address)
+        except WireError as exc:
+            c.bad("address", str(exc))
 
 
 def _check_tokens(c: _Checker, token_env: str | None, token_file: str | None) -> None:

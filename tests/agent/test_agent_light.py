@@ -52,6 +52,17 @@ def test_agent_enroll_loads_nothing_controller_only():
     assert _loaded_after(code) == []
 
 
+def test_an_agent_without_a_broker_does_not_load_the_mqtt_extra():
+    code = (
+        "import sys, fleetgate.agent.server, fleetgate.agent.service, fleetgate.agent.config\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiomqtt', 'paho'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_cli_path_of_agent_run_loads_nothing_controller_only():
     code = (
         "from fleetgate.cli import main\n"
@@ -86,6 +97,7 @@ def test_everything_the_agent_loads_parses_as_python_3_10():
             "-c",
             "import sys, json, fleetgate.agent.server, fleetgate.agent.enroll\n"
             "import fleetgate.sim.demo_app\n"
+            "import fleetgate.agent.mqtt_link, fleetgate.agent.mqtt_serve  # [mqtt] configured\n"
             "print(json.dumps([m.__file__ for n, m in sys.modules.items()\n"
             "                  if n.startswith('fleetgate') and getattr(m, '__file__', None)]))",
         ],

@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleetgate.agent.mqtt_link import DeviceLink, LinkSettings
+from fleetgate.agent.mqtt_link import DeviceLink, LinkSettings, backoff_delays
 from fleetgate.core import mqttwire as wire
 from fleetgate.core.model import Arch, Device, Resources
 from fleetgate.transports.base import CallTimeouts, DeviceRefusal, TransportUnavailable
@@ -288,3 +288,22 @@ async def test_an_unreachable_broker_is_retryable_and_a_bad_address_is_not(tmp_p
         with pytest.raises(DeviceRefusal) as bad:
             await c.ping(device("dev-a", "mqtt://127.0.0.1:notaport"))
         assert bad.value.code == "bad-address" and not bad.value.retryable
+
+
+async def test_a_link_backs_off_and_stops_even_before_it_ever_connected() -> None:
+    """A broker that is not there: the link waits a jittered, growing delay between attempts
+    (no busy loop) and ``stop()`` ends it at once, connected or not."""
+    delay = backoff_delays(0.5, 30.0)
+    for n, ceiling in ((0, 0.5), (1, 1.0), (3, 4.0), (10, 30.0), (500, 30.0)):
+        waits = [delay(n) for _ in range(50)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert len(set(waits)) > 1  # jittered: a fleet does not come back in lockstep
+    link = DeviceLink(
+        LinkSettings("mqtt://127.0.0.1:1", "dev-x"), FakeDevice("x").execute, token="t"
+    )
+    task = asyncio.create_task(link.run())
+    await eventually(lambda: link.state == "waiting", what="a failed attempt")
+    assert link.last_error is not None and not link.connected.is_set()
+    await link.stop()
+    await asyncio.wait_for(task, 5)
+    assert link.state == "stopped" and link.connections == 0

@@ -30,7 +30,8 @@ Contract:
   exponential back-off (``backoff_initial_s`` doubling to ``backoff_max_s``, each wait drawn
   from [½, 1] of it) and connects again; never a busy loop. ``state`` says ``connecting``,
   ``online``, ``waiting`` or ``stopped``; ``last_error`` why the last attempt failed (never
-  the password).
+  the password). A link runs once: after ``stop()`` (even one called before ``run()``
+  started) ``run()`` returns.
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ class DeviceLink:
     async def run(self) -> None:
         """Connect, serve, reconnect after any loss, until ``stop()``."""
         failures = 0
-        self._stop.clear()
-        while not self._stop.is_set():
+        while not self._stop.is_set():  # (one run per link: a stopped link stays stopped)
             self.state = "connecting"
             try:
                 await self._session()
@@ -139,22 +139,10 @@ class DeviceLink:
         self.state = "stopped"
 
     async def stop(self) -> None:
-        """Say ``offline`` (retained), disconnect without the will, let commands in flight end."""
+        """Leave the message loop: the connection says ``offline`` (retained) and disconnects
+        without the will; ``run()`` then returns. Commands in flight finish on their own."""
         self._stop.set()
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    client.publish(
-                        wire.status_topic(self.device_id),
-                        wire.encode_status(self.device_id, False, time.time(), reason="shutdown"),
-                        qos=wire.QOS,
-                        retain=True,
-                    ),
-                    2.0,
-                )
-            # Leaving the message loop makes run() exit its `async with` (a clean DISCONNECT).
-            self._wake.set()
+        self._wake.set()
 
     # -- one connection --------------------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
@@ -194,7 +182,6 @@ class DeviceLink:
 
     async def _session(self) -> None:
         client = self._make_client()
-        self._wake = asyncio.Event()
         # (asyncio.timeout is 3.11+; the agent runs on 3.10.)
         await asyncio.wait_for(client.__aenter__(), self.settings.connect_timeout_s)
         try:
@@ -219,7 +206,17 @@ class DeviceLink:
             self.last_error = None
             self.connected.set()
             await self._flush_outbox(client)
-            await self._serve(client)
+            await self._serve(client)  # returns only when stop() wakes it
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    client.publish(
+                        wire.status_topic(self.device_id),
+                        wire.encode_status(self.device_id, False, time.time(), reason="shutdown"),
+                        qos=wire.QOS,
+                        retain=True,
+                    ),
+                    2.0,
+                )
         finally:
             self._client = None
             self.connected.clear()

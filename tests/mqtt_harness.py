@@ -108,10 +108,12 @@ async def clear_retained(broker: str, *topics: str) -> None:
             await client.publish(topic, b"", qos=1, retain=True)
 
 
-async def eventually(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+async def eventually(predicate: object, timeout: float = 20.0, what: object = "condition") -> None:
+    """Poll ``predicate``; ``what`` (a string, or a callable giving one at failure time, e.g.
+    a log) names what was awaited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if callable(predicate) and predicate():
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")

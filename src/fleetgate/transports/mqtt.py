@@ -63,6 +63,7 @@ log = logging.getLogger("fleetgate.transports.mqtt")
 MQTT_SCHEMES = ("mqtt", "mqtts")
 # CONNACK reason codes meaning "your credential is refused" (MQTT 5 §3.2.2.2; 4/5 in 3.1.1).
 _AUTH_CODES = frozenset({4, 5, 134, 135})
+_NO_OWN_DEADLINE = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +356,9 @@ class MqttChannel:
                     wire.encode_command(command, device.id, token, body),
                     qos=wire.QOS,
                     properties=props,
+                    # The broker's PUBACK may queue behind thousands of others; the whole
+                    # call's deadline is the client's (its timeout cancels this).
+                    timeout=_NO_OWN_DEADLINE,
                 )
             except Exception as exc:  # aiomqtt.MqttError: not (surely) handed to the broker
                 raise ChannelDown(

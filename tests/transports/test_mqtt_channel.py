@@ -307,3 +307,26 @@ async def test_a_link_backs_off_and_stops_even_before_it_ever_connected() -> Non
     await link.stop()
     await asyncio.wait_for(task, 5)
     assert link.state == "stopped" and link.connections == 0
+
+
+async def test_a_fleets_retained_statuses_all_arrive(own: OwnBroker) -> None:
+    """Past Mosquitto's default in-flight window and queue (20 + 1,000 QoS 1 messages per
+    client, the rest dropped), the controller still learns every device's status: 1,500."""
+    user = "fleetgate-controller"
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        own.port,
+        username=user,
+        password=own.password(user),
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as fleet:
+        for i in range(1500):
+            payload = wire.encode_status(f"v-{i}", True, 1.0)
+            await fleet.publish(wire.status_topic(f"v-{i}"), payload, qos=1, retain=True)
+    channel = controller(own)
+    try:
+        await channel.watch(device("dev-a", own.url))
+        await eventually(lambda: len(channel.presences) == 1500, what="1500 presences")
+        assert all(p.online for p in channel.presences.values())
+    finally:
+        await channel.aclose()

@@ -168,6 +168,15 @@ class _BrokerLink:
             import ssl
 
             tls = creds.tls or ssl.create_default_context()
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        # Receive Maximum: how many QoS 1 messages the broker may have in flight to us. Left
+        # to the library, Mosquitto sends 20 and queues 1,000 more, and DROPS the rest: a
+        # fleet's retained statuses on subscribe (or a wave's replies at once) beyond 1,020
+        # would vanish. The MQTT 5 maximum lets a 10,000-device fleet through.
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.ReceiveMaximum = 65535
         client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
@@ -175,6 +184,7 @@ class _BrokerLink:
             password=creds.password,
             identifier=f"fleetgate-controller-{uuid.uuid4().hex[:12]}",
             protocol=aiomqtt.ProtocolVersion.V5,
+            properties=connect,
             clean_start=True,
             keepalive=self.channel.keepalive,
             tls_context=tls,

@@ -121,6 +121,12 @@ class EngineContext:
     # Each canary's latest "initial" health sample (stage 0) from the log: a VERIFY step
     # re-entered after its soak started judges with the round it already took.
     canary_initial: dict[str, HealthSample] = field(default_factory=dict)
+    # Health a device reported inside another answer this run (the pre-flight's facts carry
+    # it), not yet used: the baseline is taken from it instead of a call of its own (issue 12).
+    fresh_health: dict[str, HealthSample] = field(default_factory=dict)
+    # Devices smoke-tested in this run, by stage: their smoke sample is their wave's first
+    # health sample (``evaluate_wave`` does not ask them again before the soak).
+    smoke_tested: dict[int, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)

@@ -227,8 +227,8 @@ async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) 
 
 
 class GcClock:
-    """Seconds spent in cyclic garbage collection (``gc.callbacks``: start/stop of each
-    collection; it runs in the thread that allocates, so this is CPU of the controller)."""
+    """CPU seconds spent in cyclic garbage collection (``gc.callbacks``: ``thread_time`` at the
+    start and stop of each collection, which runs in the thread that allocates)."""
 
     total = 0.0
     _t0 = 0.0
@@ -239,9 +239,9 @@ class GcClock:
 
         def cb(phase: str, info: dict[str, Any]) -> None:
             if phase == "start":
-                cls._t0 = time.perf_counter()
+                cls._t0 = time.thread_time()
             else:
-                cls.total += time.perf_counter() - cls._t0
+                cls.total += time.thread_time() - cls._t0
 
         gc.callbacks.append(cb)
 

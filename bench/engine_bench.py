@@ -11,11 +11,12 @@ peak RSS are its own) and a fresh temporary directory:
    process on 127.0.0.1 (the controller's CPU time must not include the devices' work); the
    worker waits for its ``ready`` line and kills it by pid at the end.
 2. The worker builds a signed release of the example app (``app`` 2.0.0 over the sim's
-   ``app-1.0.0-00000000``), a store with the inventory imported — ``--db sqlite`` (default): a
-   SQLite file in the tmp dir; ``--db postgresql[+asyncpg]://…`` (no ``schema=``): a fresh schema
-   ``bench_<random>`` in that database, dropped at the end of the run — and a ``Controller`` over
-   ``HttpTransport`` (real loopback HTTP, TokenSource reading the sim's token file), concurrency C
-   for both.
+   ``app-1.0.0-00000000``), a store with the inventory imported (by ``fleetgate registry
+   import`` in its own process: parsing the YAML is not the controller's memory) — ``--db
+   sqlite`` (default): a SQLite file in the tmp dir; ``--db postgresql[+asyncpg]://…`` (no
+   ``schema=``): a fresh schema ``bench_<random>`` in that database, dropped at the end of the
+   run — and a ``Controller`` over ``HttpTransport`` (real loopback HTTP, TokenSource reading
+   the sim's token file), concurrency C for both.
 3. Timed (wall = ``perf_counter``, CPU = ``process_time`` of the controller process):
    ``start`` (verify bundle, plan, publish), ``drive`` to AWAITING_APPROVAL (canary + verify,
    zero soak), then — timed apart, it is a human's step — ``record_human(approval.granted)``,
@@ -263,7 +264,6 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
     from fleetgate.config.policy_file import policy_from_dict
     from fleetgate.core.state import Phase as P
     from fleetgate.engine.service import Controller, ControllerConfig
-    from fleetgate.registry.loader import load_inventory
     from fleetgate.store import Store
     from fleetgate.transports.http import HttpTransport
     from fleetgate.transports.tokens import TokenSource
@@ -271,11 +271,20 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
     bundle, pub = build_release(work)
     policy = policy_from_dict(POLICY, "bench policy")
     c = res.concurrency
+    # The inventory is imported by its own process, as an operator's `registry import` is:
+    # parsing a 100,000-device fleet.yaml peaks at ~1.7 GiB, which is not the controller's.
+    imported = subprocess.run(
+        [sys.executable, "-m", "fleetgate", "--db", url, "registry", "import", str(sim.inventory)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    if imported.returncode != 0:
+        raise RuntimeError(f"registry import failed: {imported.stderr.strip()}")
     async with (
         Store.open(url) as store,
         HttpTransport(TokenSource(), concurrency=c) as transport,
     ):
-        await store.replace_devices(load_inventory(sim.inventory))
         ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub, concurrency=c))
         seen = (await store.chain_head())[0]
 

@@ -174,3 +174,23 @@ async def test_a_kept_fold_sees_a_decision_another_controller_wrote(tmp_path: Pa
         state = await h.controller.drive(dep)
         assert state.phase is Phase.COMPLETE
         assert state == fold(dep, await h.events(dep))
+
+
+def test_gc_tuning_raises_the_young_threshold_and_never_enables_a_disabled_collector() -> None:
+    import gc
+
+    from fleetgate.engine.gctune import GEN0_THRESHOLD, tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc()
+        assert gc.get_threshold() == (GEN0_THRESHOLD, 10, 10)
+        gc.set_threshold(0, 10, 10)  # disabled by someone: left alone
+        tune_gc()
+        assert gc.get_threshold()[0] == 0
+        gc.set_threshold(GEN0_THRESHOLD * 2, 10, 10)  # higher already: never lowered
+        tune_gc()
+        assert gc.get_threshold()[0] == GEN0_THRESHOLD * 2
+    finally:
+        gc.set_threshold(*saved)

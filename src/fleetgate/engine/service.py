@@ -44,6 +44,7 @@ from fleetgate.engine.controller_base import (
     summary,
 )
 from fleetgate.engine.deciding import HALTABLE, DecideMixin, Decision
+from fleetgate.engine.gctune import tune_gc
 from fleetgate.engine.leasing import LeaseMixin, holder_is_dead
 from fleetgate.engine.logview import LogView, ViewCache
 from fleetgate.engine.ports import StorePort
@@ -103,6 +104,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
         """Run the deployment until it needs a human, has ended, or (``park_after_s``) parks
         in a soak until its next sample is due; return the state. A decision recorded by
         someone else meanwhile (``LogMoved``) makes it re-read the log and go on from there."""
+        tune_gc()  # a process that drives deployments: engine/gctune.py
         for _ in range(MAX_LOG_MOVES):
             try:
                 return await self._drive_once(deployment_id)

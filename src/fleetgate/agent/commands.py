@@ -608,6 +608,10 @@ async def rollback(
     if error is not None:
         log.error("rollback to %s: restored release is not healthy: %s", target, error)
         reply.update({"error": error, "logs": _tail(svc)})
+    if body.get("with_health") is True:
+        # Issue 12: the restored release's health now, so the controller's first recovery
+        # check needs no call of its own.
+        reply["health"] = await svc.health()
     return Reply(200, reply)
 
 

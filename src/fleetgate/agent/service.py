@@ -420,6 +420,9 @@ class AgentService:
             "trial": trial.facts_view(self.state, self.config.trial_max_starts, time.time()),
             "reverted": self.state.reverted,
             "committed": dict(self.state.committed),
+            # Issue 12: health at the same moment, so the controller's pre-flight (one call)
+            # also has the device's pre-deploy baseline.
+            "health": await self.health(),
         }
 
     async def health(self) -> dict[str, Any]:
@@ -450,6 +453,8 @@ class AgentService:
             "restarts": self.supervisor.restarts,
             "crash_loop": self.supervisor.crash_loop,
             "release": self.state.current,
+            # Issue 12: the rollback copy, so CONFIRM's health check needs no facts call.
+            "rollback_available": self.store.exists(self.state.previous),
             "metrics": reportable(scraped.series) if scraped is not None else {},
             **self._revert_report(),
         }

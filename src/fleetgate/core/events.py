@@ -70,8 +70,21 @@ def event_to_dict(ev: StoredEvent) -> dict[str, Any]:
     }
 
 
-def event_hash(seq: int, event: Event | StoredEvent, prev_hash: str) -> str:
-    """SHA-256 over the canonical JSON of the event's content, its ``seq`` and ``prev_hash``."""
+# Stands for the details in the canonical JSON of an event's other fields; ``event_hash``
+# splices the details' own canonical JSON in its place. A NUL never occurs in the other fields
+# (ids, times, names), so the first occurrence is the placeholder.
+_DETAILS_SLOT = "\x00details\x00"
+_DETAILS_SLOT_JSON = canonical_json(_DETAILS_SLOT)
+
+
+def event_hash(
+    seq: int, event: Event | StoredEvent, prev_hash: str, details_json: bytes | None = None
+) -> str:
+    """SHA-256 over the canonical JSON of the event's content, its ``seq`` and ``prev_hash``.
+
+    ``details_json``: ``canonical_json(event.details)`` when the caller already has it (the
+    store serialises the details once for the row): the bytes hashed are the same, because a
+    canonical object's JSON is made of its members' canonical JSON."""
     body = {
         "seq": seq,
         "ts": event.ts,
@@ -80,14 +93,17 @@ def event_hash(seq: int, event: Event | StoredEvent, prev_hash: str) -> str:
         "actor": event.actor,
         "action": event.action,
         "outcome": event.outcome,
-        "details": dict(event.details),
+        "details": _DETAILS_SLOT,
         "prev_hash": prev_hash,
     }
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    if details_json is None:
+        details_json = canonical_json(dict(event.details))
+    text = canonical_json(body).replace(_DETAILS_SLOT_JSON, details_json, 1)
+    return hashlib.sha256(text).hexdigest()
 
 
-def seal(seq: int, event: Event, prev_hash: str) -> StoredEvent:
-    """Give an event its place in the chain."""
+def seal(seq: int, event: Event, prev_hash: str, details_json: bytes | None = None) -> StoredEvent:
+    """Give an event its place in the chain (``details_json``: see ``event_hash``)."""
     return StoredEvent(
         seq=seq,
         ts=event.ts,
@@ -98,7 +114,7 @@ def seal(seq: int, event: Event, prev_hash: str) -> StoredEvent:
         outcome=event.outcome,
         details=dict(event.details),
         prev_hash=prev_hash,
-        hash=event_hash(seq, event, prev_hash),
+        hash=event_hash(seq, event, prev_hash, details_json),
     )
 
 

@@ -30,7 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from fractions import Fraction
@@ -116,11 +116,26 @@ def _value(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else x
 
 
-def _greater(value: float, limit: Fraction) -> bool:
-    """``value > limit`` exactly; +inf/-inf compare as themselves."""
+# Float arithmetic on a limit of two decimals is off by ~1e-16 of its size: a value further
+# than this (relative) from the float limit is on the same side of the exact one.
+_FAST_MARGIN = 1e-9
+
+
+def _greater(value: float, limit_f: float, limit: Callable[[], Fraction]) -> bool:
+    """``value > limit()`` exactly; +inf/-inf compare as themselves. ``limit_f`` is the same
+    limit in floats: the comparison is decided on it unless the value is within rounding
+    distance, and only then are the exact ``Fraction``s built (issue 12: one sample, one
+    comparison in floats, no garbage)."""
     if math.isinf(value):
         return value > 0
-    return _exact(value) > limit
+    if math.isfinite(limit_f):
+        gap = value - limit_f
+        margin = _FAST_MARGIN * max(1.0, abs(value), abs(limit_f))
+        if gap > margin:
+            return True
+        if gap < -margin:
+            return False
+    return _exact(value) > limit()
 
 
 def _pct(fraction: float) -> str:
@@ -192,7 +207,8 @@ def evaluate_health(
         unmeasured.append("error_rate")
     else:
         base = 0.0 if base_err is None else base_err
-        if _greater(err, _exact(base) + _exact(policy.error_rate_increase_max)):
+        inc = policy.error_rate_increase_max
+        if _greater(err, base + inc, lambda: _exact(base) + _exact(inc)):
             against = "no baseline (0 %)" if base_err is None else f"baseline {_pct(base)} %"
             failed.append(
                 f"error rate {_pct(err)} % is {_pct(err - base)} pts above {against} "
@@ -208,7 +224,8 @@ def evaluate_health(
     else:
         floor = policy.latency_floor_ms
         denom = max(base_lat, floor)
-        if _greater(lat, _exact(policy.latency_ratio_max) * _exact(denom)):
+        ratio_max = policy.latency_ratio_max
+        if _greater(lat, ratio_max * denom, lambda: _exact(ratio_max) * _exact(denom)):
             ratio = lat / denom if denom > 0 else math.inf
             against = (
                 f"baseline {_num(base_lat)} ms"
@@ -223,12 +240,12 @@ def evaluate_health(
     cpu = _value(sample.cpu_percent)
     if cpu is None:
         unmeasured.append("cpu_percent")
-    elif _greater(cpu, _exact(policy.cpu_percent_max)):
+    elif _greater(cpu, policy.cpu_percent_max, lambda: _exact(policy.cpu_percent_max)):
         degraded.append(f"CPU {cpu:.1f} % is above the {_num(policy.cpu_percent_max)} % limit")
     temp = _value(sample.temperature_c)
     if temp is None:
         unmeasured.append("temperature_c")
-    elif _greater(temp, _exact(policy.temperature_c_max)):
+    elif _greater(temp, policy.temperature_c_max, lambda: _exact(policy.temperature_c_max)):
         degraded.append(
             f"temperature {temp:.1f} C is above the {_num(policy.temperature_c_max)} C limit"
         )

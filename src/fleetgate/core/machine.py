@@ -186,7 +186,14 @@ def apply(state: DeploymentState, event: EventLike) -> DeploymentState:
     Raises ``IllegalTransition`` before changing anything."""
     new = _apply(state, event)
     who = f" {event.device_id}" if event.device_id else ""
-    return replace(new, last_action=f"{event.action}{who} ({event.outcome})")
+    last = f"{event.action}{who} ({event.outcome})"
+    if new is state:
+        return state.evolve(last_action=last)
+    # ``new`` was made by ``_apply`` for this event and nobody else holds it yet: set the field
+    # on it instead of copying the whole state a second time (``replace`` also re-ran
+    # ``__post_init__``: issue 12, one successor per event, not three).
+    object.__setattr__(new, "last_action", last)
+    return new
 
 
 def _apply(s: DeploymentState, e: EventLike) -> DeploymentState:

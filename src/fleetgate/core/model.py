@@ -295,6 +295,10 @@ class HealthSample:
     crash_loop: bool = False
     release: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # Whether the device holds its rollback copy (the previous release on disk), when the
+    # agent reports it with its health (issue 12): CONFIRM then needs no ``facts`` call.
+    # None: not reported (an older agent); ask ``facts``.
+    rollback_available: bool | None = None
 
     def __post_init__(self) -> None:
         frozen: dict[str, float] = {}

@@ -4,8 +4,9 @@ COMPLETE only when every targeted device is deployed and healthy, none was skipp
 quarantined, and every deployed device still holds its rollback copy; otherwise PARTIAL, with
 the reasons (spec CONFIRM steps 1–7 and "Completion Criteria").
 
-Invariant 10: a device counts as deployed only when it runs the release. The facts read for the
-rollback copy also say which release is current; a device that is not on the release (it never
+Invariant 10: a device counts as deployed only when it runs the release. The final health
+answer says which release is current and whether the rollback copy is on disk (issue 12; an
+agent that does not report it is asked for its facts); a device that is not on the release (it never
 switched, or went back by itself) is recorded ``device.deploy_failed`` (step ``confirm``) and is
 counted as failed, never as "Deployed (healthy)".
 """
@@ -24,7 +25,7 @@ async def run_confirm(ctx: EngineContext) -> None:
     rec = ctx.recorder
     deployed = list(rec.state.deployed_ids)
     last = len(rec.state.stages) - 1
-    await health_round(ctx, last, deployed, "confirm")
+    samples = await health_round(ctx, last, deployed, "confirm")
     bad = sorted(i for i in deployed if rec.state.devices[i] in (D.FAILED, D.DEGRADED))
     if bad:
         # A device failing the final check is rolled back and set aside; CONFIRM runs again.
@@ -37,20 +38,29 @@ async def run_confirm(ctx: EngineContext) -> None:
         return
 
     async def copy(dev_id: str) -> bool:
-        try:
-            facts = await ctx.transport.facts(ctx.device(dev_id))
-        except FleetgateError:
-            return False
-        if facts.current != ctx.release.release_id and rec.state.devices[dev_id].on_new_release:
+        current: str | None
+        sample = samples.get(dev_id)
+        if sample is not None and sample.release and sample.rollback_available is not None:
+            # The health answer just taken says which release runs and whether the rollback
+            # copy is on disk (issue 12): no facts call. (One on another release was failed
+            # by that health check already, and CONFIRM stopped above.)
+            current, available = sample.release, sample.rollback_available
+        else:
+            try:
+                facts = await ctx.transport.facts(ctx.device(dev_id))
+            except FleetgateError:
+                return False
+            current, available = facts.current, facts.rollback_available
+        if current != ctx.release.release_id and rec.state.devices[dev_id].on_new_release:
             await rec.record(
                 "device.deploy_failed",
                 device_id=dev_id,
                 outcome="failed",
                 stage=last,
                 step="confirm",
-                error=f"runs {facts.current}, not {ctx.release.release_id}",
+                error=f"runs {current}, not {ctx.release.release_id}",
             )
-        return facts.rollback_available
+        return available
 
     copies = await ctx.each(deployed, copy, "rollback-copy")
     state = rec.state

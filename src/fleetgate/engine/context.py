@@ -121,6 +121,12 @@ class EngineContext:
     # Each canary's latest "initial" health sample (stage 0) from the log: a VERIFY step
     # re-entered after its soak started judges with the round it already took.
     canary_initial: dict[str, HealthSample] = field(default_factory=dict)
+    # Health a device reported inside another answer this run (the pre-flight's facts carry
+    # it), not yet used: the baseline is taken from it instead of a call of its own (issue 12).
+    fresh_health: dict[str, HealthSample] = field(default_factory=dict)
+    # Devices smoke-tested in this run, by stage: their smoke sample is their wave's first
+    # health sample (``evaluate_wave`` does not ask them again before the soak).
+    smoke_tested: dict[int, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)
@@ -161,22 +167,28 @@ class EngineContext:
     async def each(
         self, ids: Iterable[str], fn: Callable[[str], Awaitable[T]], label: str = ""
     ) -> dict[str, T]:
-        """Run ``fn`` for every device with bounded concurrency; results by device id."""
+        """Run ``fn`` for every device with bounded concurrency; results by device id.
+
+        A pool of at most ``concurrency`` workers takes the devices one after another (issue
+        12): not one task per device, which at 100,000 devices is 100,000 coroutines, frames
+        and task objects alive at once for a few hundred doing anything."""
         ids = list(ids)
         done = 0
         out: dict[str, T] = {}
+        todo = iter(ids)
 
-        async def one(i: str) -> None:
+        async def worker() -> None:
             nonlocal done
-            bind_contextvars(device_id=i)  # this task's log records name its device
-            out[i] = await self.bounded(fn(i))
-            done += 1
-            if self.on_progress is not None and label:
-                self.on_progress(label, done, len(ids))
+            for i in todo:  # shared: each device is taken by exactly one worker
+                bind_contextvars(device_id=i)  # this worker's log records name its device
+                out[i] = await self.bounded(fn(i))
+                done += 1
+                if self.on_progress is not None and label:
+                    self.on_progress(label, done, len(ids))
 
         async with asyncio.TaskGroup() as tg:
-            for i in ids:
-                tg.create_task(one(i), name=f"fleetgate-{label or 'device'}-{i}")
+            for k in range(min(self.concurrency, len(ids))):
+                tg.create_task(worker(), name=f"fleetgate-{label or 'device'}-worker-{k}")
         return out
 
     async def retrying(

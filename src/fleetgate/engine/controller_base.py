@@ -14,6 +14,7 @@ from fleetgate.engine.context import (
     Clock,
     StoreClock,
 )
+from fleetgate.engine.logview import PAGE, LogView, ViewCache
 from fleetgate.engine.ports import StorePort
 from fleetgate.errors import (
     InputError,
@@ -71,6 +72,23 @@ class ControllerBase:
     clock: Clock
     holder: str
     store_clock: StoreClock | None
+
+    views: ViewCache
+
+    async def _view(self, dep_id: str) -> LogView:
+        """The deployment's log folded up to its newest event: the view this controller kept
+        from its last call, extended by the events written since (read in pages), or folded
+        from the start in pages. Taken out of the cache: ``views.keep`` puts it back."""
+        view = self.views.take(dep_id) or LogView.empty(dep_id)
+        while True:
+            page = await self.store.events_page(dep_id, view.last_seq, PAGE)
+            for ev in page:
+                view.observe(ev)
+            if len(page) < PAGE:
+                break
+        if view.created is None:
+            raise InputError(f"no deployment {dep_id!r}")
+        return view
 
     async def _events(self, dep_id: str) -> list[Any]:
         events: list[Any] = await self.store.events(dep_id)

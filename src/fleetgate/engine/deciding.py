@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetgate.core.events import Event
-from fleetgate.core.machine import apply, fold
+from fleetgate.core.machine import apply
 from fleetgate.core.state import DeploymentState, Phase
 from fleetgate.engine.admission import open_deployments
 from fleetgate.engine.controller_base import ControllerBase, summary
@@ -66,8 +66,10 @@ class DecideMixin(ControllerBase):
             )
         async with self.store.transaction():
             await self.store.lock_log()
-            state = fold(dep_id, await self._events(dep_id))
+            view = await self._view(dep_id)
+            state = view.state
             if decision.action == "deployment.resumed" and state.phase is not Phase.HALTED:
+                self.views.keep(view)
                 return state
             if decision.actor.strip() in ("", "fleetgate", "system"):
                 raise InputError("a human decision needs --as NAME")
@@ -92,6 +94,9 @@ class DecideMixin(ControllerBase):
             await self.store.append(ev)
             await self.store.update_deployment(dep_id, new.phase.value, summary(new))
             await self.store.set_wake(dep_id, None)
+        # Committed: the view stays as it was before the decision and the next read of the
+        # log takes the decision from the store, like any event written after it.
+        self.views.keep(view)
         return new
 
     async def record_human(

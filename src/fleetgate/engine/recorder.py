@@ -106,16 +106,22 @@ class Recorder:
         history: Iterable[Event | StoredEvent] = (),
         batch_max: int = 500,
         fence: Fence | None = None,
+        ledger: DeviceLedger | None = None,
+        last_seq: int = 0,
+        observer: Callable[[Event], None] | None = None,
     ) -> None:
         self._sink = sink
         self._fence = fence
         self.state = state
         self._now = now
-        self.ledger = DeviceLedger()
+        # A ledger already folded from the log (``LogView``), or one built from ``history``.
+        self.ledger = ledger if ledger is not None else DeviceLedger()
+        # Told of every event recorded, once the machine accepted it (``LogView``).
+        self._observer = observer
         # The seq of the newest event of this deployment this recorder knows: a fenced
         # recorder's appends are refused (``LogMoved``) once anyone else wrote to the
         # deployment's log (a human decision), so it never drives on a state the log left.
-        self.last_seq = 0
+        self.last_seq = last_seq
         for ev in history:
             self.ledger.observe(ev)
             if isinstance(ev, StoredEvent):
@@ -202,6 +208,8 @@ class Recorder:
         self.state = state
         for ev in events:
             self.ledger.observe(ev)
+            if self._observer is not None:
+                self._observer(ev)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((tuple(events), fut))
         self._wake.set()

@@ -3,7 +3,8 @@
 Per device (bounded parallel; spec "Health Check Degradation During Rollout" and "Rollback
 Failure"):
 
-1. capture the device's logs *before* touching it (evidence for the investigation);
+1. capture the logs of a device that failed or degraded *before* touching it (evidence for
+   the investigation; a healthy device rolled back with the rest has none to give);
 2. read its facts: a device not running the new release (its stage failed, or it was rolled back
    by an earlier, interrupted run) is recorded as a no-op — the agent is never told to switch
    a device that is not on the new release, so a rollback can never move a device *forward*
@@ -16,8 +17,8 @@ A failed rollback is the highest-severity event: the device's facts are captured
 intervention, the rollback capability (a rollback copy on disk) of every other deployed device is
 re-verified and recorded, and the state machine then halts every deployment action until an
 operator records the device as recovered. After the rollback, health of the rolled-back devices
-is re-checked (a few rounds) until it is back to baseline; the result is in
-``rollback.completed``.
+is re-checked (a few rounds) until it is back to baseline — the first round from the health the
+rollback answer carries (issue 12); the result is in ``rollback.completed``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from fleetgate.errors import FleetgateError
 
 D = DeviceStatus
 RECOVERY_ROUNDS = 3
+# Devices whose logs are evidence: they failed (activation, health) or degraded. A healthy
+# device rolled back with the rest (a wave, the whole fleet) has nothing to explain: its logs
+# are not fetched (issue 12; they stay on the device).
+_FAILED = (D.FAILED, D.DEGRADED, D.DEPLOY_FAILED)
 
 
 async def run_rollback(ctx: EngineContext, ids: tuple[str, ...], reason: str) -> None:
@@ -56,23 +61,8 @@ async def run_rollback(ctx: EngineContext, ids: tuple[str, ...], reason: str) ->
 
 async def rollback_device(ctx: EngineContext, dev_id: str) -> bool:
     rec, dev = ctx.recorder, ctx.device(dev_id)
-    try:
-        logs = await ctx.transport.logs(dev, 100)
-        await rec.record(
-            "device.logs_captured",
-            device_id=dev_id,
-            app=list(logs.app[-50:]),
-            agent=list(logs.agent[-50:]),
-        )
-    except FleetgateError as exc:
-        await rec.record(
-            "device.logs_captured",
-            device_id=dev_id,
-            outcome="failed",
-            error=str(exc),
-            app=[],
-            agent=[],
-        )
+    if rec.state.devices[dev_id] in _FAILED:
+        await _capture_logs(ctx, dev_id)
     pending = rec.ledger.pending_for(dev_id, "rollback")
     if pending is None:
         try:
@@ -130,7 +120,31 @@ async def rollback_device(ctx: EngineContext, dev_id: str) -> bool:
         # The device had already gone back by itself (issue 10): not a failure, the evidence.
         details["self_reverted"] = dict(res.self_reverted)
     await rec.record_event(rec.make("device.rolled_back", device_id=dev_id, details=details))
+    if res.health is not None:
+        ctx.fresh_health[dev_id] = res.health  # the first recovery check's sample
     return True
+
+
+async def _capture_logs(ctx: EngineContext, dev_id: str) -> None:
+    """The device's logs, before it is touched: the evidence of why it failed."""
+    rec = ctx.recorder
+    try:
+        logs = await ctx.transport.logs(ctx.device(dev_id), 100)
+        await rec.record(
+            "device.logs_captured",
+            device_id=dev_id,
+            app=list(logs.app[-50:]),
+            agent=list(logs.agent[-50:]),
+        )
+    except FleetgateError as exc:
+        await rec.record(
+            "device.logs_captured",
+            device_id=dev_id,
+            outcome="failed",
+            error=str(exc),
+            app=[],
+            agent=[],
+        )
 
 
 async def _recheck_capability(ctx: EngineContext, exclude: set[str]) -> None:
@@ -162,8 +176,11 @@ async def _recovery(ctx: EngineContext, ids: list[str]) -> list[str]:
             await ctx.clock.sleep(ctx.policy.retries.backoff_s)
 
         async def one(dev_id: str) -> bool:
+            # The first check uses the health the rollback answer carried, if it did.
+            sample = ctx.fresh_health.pop(dev_id, None)
             try:
-                sample = await ctx.transport.health(ctx.device(dev_id))
+                if sample is None:
+                    sample = await ctx.transport.health(ctx.device(dev_id))
             except FleetgateError:
                 return False
             verdict = evaluate_health(sample, ctx.baselines.get(dev_id), ctx.policy.health)

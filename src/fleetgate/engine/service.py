@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from fleetgate.core.machine import Stop, WaitForHuman, fold, next_effects
+from fleetgate.core.machine import Stop, WaitForHuman, next_effects
 from fleetgate.core.state import DeploymentState
 from fleetgate.engine.context import (
     Clock,
@@ -35,7 +35,6 @@ from fleetgate.engine.context import (
     Parked,
     Release,
     StoreClock,
-    sample_from_dict,
 )
 from fleetgate.engine.controller_base import (
     LEASE_TTL_ENV,
@@ -45,7 +44,9 @@ from fleetgate.engine.controller_base import (
     summary,
 )
 from fleetgate.engine.deciding import HALTABLE, DecideMixin, Decision
+from fleetgate.engine.gctune import tune_gc
 from fleetgate.engine.leasing import LeaseMixin, holder_is_dead
+from fleetgate.engine.logview import LogView, ViewCache
 from fleetgate.engine.ports import StorePort
 from fleetgate.engine.quarantine import sync_quarantine
 from fleetgate.engine.recorder import Recorder
@@ -87,11 +88,15 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
     on_progress: Callable[[str, int, int], None] | None = None
     # The authority for soak times; None: the store's clock (``Store.now``).
     store_clock: StoreClock | None = None
+    # The logs this controller folded, kept between calls (``engine.logview``).
+    views: ViewCache = field(default_factory=ViewCache, repr=False, compare=False)
 
     # -- start ----------------------------------------------------------------------------
     # -- reading ---------------------------------------------------------------------------
     async def state(self, deployment_id: str) -> DeploymentState:
-        return fold(deployment_id, await self._events(deployment_id))
+        view = await self._view(deployment_id)
+        self.views.keep(view)
+        return view.state
 
     # -- deciding --------------------------------------------------------------------------
     # -- driving ---------------------------------------------------------------------------
@@ -99,6 +104,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
         """Run the deployment until it needs a human, has ended, or (``park_after_s``) parks
         in a soak until its next sample is due; return the state. A decision recorded by
         someone else meanwhile (``LogMoved``) makes it re-read the log and go on from there."""
+        tune_gc()  # a process that drives deployments: engine/gctune.py
         for _ in range(MAX_LOG_MOVES):
             try:
                 return await self._drive_once(deployment_id)
@@ -112,30 +118,34 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
 
     async def _drive_once(self, dep_id: str) -> DeploymentState:
         async with self._lease(dep_id) as fence:
-            events = await self._events(dep_id)
-            async with self._recorder(dep_id, events, fence) as rec:
+            view = await self._view(dep_id)
+            async with self._recorder(view, fence) as rec:
                 try:
                     if not isinstance(next_effects(rec.state)[0], WaitForHuman | Stop):
                         try:
-                            await self._drive(rec, events, fence)
+                            await self._drive(rec, view, fence)
                         except Parked as parked:
                             await self.store.set_wake(dep_id, parked.until, fence=fence)
                     await sync_quarantine(self.store, rec)
-                    return rec.state
                 finally:
                     await self._cache_status(rec.state, fence)
+            # Every record of the drive is committed: the view is the log's fold; keep it.
+            view.state, view.last_seq = rec.state, rec.last_seq
+            self.views.keep(view)
+            return view.state
 
-    async def _drive(self, rec: Recorder, events: list[Any], fence: Fence) -> None:
+    async def _drive(self, rec: Recorder, view: LogView, fence: Fence) -> None:
         from fleetgate.artifacts.distribution import DistributionServer
 
-        created = events[0].details
+        assert view.created is not None  # _view refuses a log without its creation
+        created = view.created
         sha = str(created["sha256"])
         if self.config.public_url is not None:
             url = f"{self.config.public_url.rstrip('/')}/blobs/{sha}"
             await rec.record(
                 "distribution.started", url=url, holder=fence.holder, epoch=fence.epoch
             )
-            await drive(self._context(rec.deployment_id, rec, created, events, url), self._prepare)
+            await drive(self._context(rec, view, url), self._prepare)
             return
         async with DistributionServer(
             self.config.blob_dir, self.config.dist_host, self.config.dist_port
@@ -145,7 +155,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
             await rec.record(
                 "distribution.started", url=url, holder=fence.holder, epoch=fence.epoch
             )
-            await drive(self._context(rec.deployment_id, rec, created, events, url), self._prepare)
+            await drive(self._context(rec, view, url), self._prepare)
 
     async def wait_for_news(self, dep_id: str, poll_s: float = 2.0) -> None:
         """Return once an event of this deployment is written by another process (an
@@ -206,46 +216,15 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
                 reason="; ".join(c["detail"] for c in checks if not c["ok"]),
             )
 
-    def _context(
-        self, dep_id: str, rec: Recorder, created: Any, events: list[Any], url: str
-    ) -> EngineContext:
+    def _context(self, rec: Recorder, view: LogView, url: str) -> EngineContext:
         from fleetgate.config.policy_file import policy_from_dict
         from fleetgate.registry import device_from_dict
 
+        dep_id = rec.deployment_id
+        created = view.created
+        assert created is not None
         rel = created["release"]
         devices = {d["id"]: device_from_dict(d) for d in created["targets"]}
-        baselines = {
-            e.device_id: sample_from_dict(e.device_id, e.details.get("sample"))
-            for e in events
-            if e.action == "device.baseline" and e.device_id
-        }
-        sampled: dict[str, list[Any]] = {}
-        control_pre: dict[str, Any] = {}
-        control_pools: dict[str, list[str]] = {}
-        soaks_ended: dict[str, bool] = {}
-        canary_initial: dict[str, Any] = {}
-        for e in events:
-            a = e.action
-            if a == "soak.sampled":
-                key = f"{e.details.get('stage', 0)}:{e.details.get('round', 'soak')}"
-                sampled.setdefault(key, []).append(e.details)
-            elif a == "canary.controls":
-                control_pre.update(e.details.get("pre", {}))
-                control_pools.update(e.details.get("pools", {}))
-            elif a in ("soak.completed", "soak.stopped"):
-                key = f"{e.details.get('stage', 0)}:{e.details.get('round', 'soak')}"
-                soaks_ended[key] = a == "soak.completed"
-            elif (
-                a == "device.health"
-                and e.device_id
-                and e.details.get("stage") == 0
-                and e.details.get("round") == "initial"
-            ):
-                sample = sample_from_dict(e.device_id, e.details.get("sample"))
-                if sample is None:
-                    canary_initial.pop(e.device_id, None)
-                else:
-                    canary_initial[e.device_id] = sample
 
         async def log_moved() -> bool:
             return bool(await self.store.latest_seq(dep_id) > rec.last_seq)
@@ -267,10 +246,11 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
             devices=devices,
             clock=self.clock,
             concurrency=self.config.concurrency,
-            baselines=baselines,
-            sampled=sampled,
-            control_pre=control_pre,
-            control_pools=control_pools,
+            # Copies: the engine extends its own as it goes; the view follows the log only.
+            baselines=dict(view.baselines),
+            sampled={k: list(v) for k, v in view.sampled.items()},
+            control_pre=dict(view.control_pre),
+            control_pools={k: list(v) for k, v in view.control_pools.items()},
             registry=self.store.get_devices,
             seq_base=int(created["seq_base"]),
             on_progress=self.on_progress,
@@ -278,16 +258,20 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
             soak_slice_s=self.config.lease_ttl_s / 3,
             park_after_s=self.config.park_after_s,
             log_moved=log_moved,
-            soaks_ended=soaks_ended,
-            canary_initial=canary_initial,
+            soaks_ended=dict(view.soaks_ended),
+            canary_initial=dict(view.canary_initial),
         )
 
     @contextlib.asynccontextmanager
-    async def _recorder(
-        self, dep_id: str, events: list[Any], fence: Fence
-    ) -> AsyncIterator[Recorder]:
+    async def _recorder(self, view: LogView, fence: Fence) -> AsyncIterator[Recorder]:
         rec = Recorder(
-            self.store, fold(dep_id, events), self.clock.now_iso, history=events, fence=fence
+            self.store,
+            view.state,
+            self.clock.now_iso,
+            fence=fence,
+            ledger=view.ledger,
+            last_seq=view.last_seq,
+            observer=view.observe_recorded,
         )
         async with rec:
             yield rec

@@ -2,14 +2,16 @@
 
 Per device, in this order (spec CANARY/ROLLOUT steps a–e, Guardrails 2 and 4):
 
-1. **Pre-flight** — the agent answers ping and facts; the device is ``active`` in the inventory;
+1. **Pre-flight** — the agent answers facts (one call: reachability, and its health, kept as
+   the baseline); the device is ``active`` in the inventory;
    it has a known-good release to come back to (``current`` is set: a device that cannot keep a
    rollback copy is *skipped*, never deployed — invariant 5); its free disk holds the artifact
    plus its unpacked size while keeping that rollback copy. A device that does not answer is
    *unreachable*: it is logged, the rest go on, and it is retried after the stage (3 attempts,
    jittered exponential backoff) before it is marked SKIPPED. More than 20 % unreachable in the
    stage halts the deployment before anything is deployed (``core.gates.unreachable_decision``).
-2. **Baseline** — health captured before the device is touched: the device's own yardstick.
+2. **Baseline** — health captured before the device is touched: the device's own yardstick
+   (from the pre-flight's answer; asked apart from an agent that does not send it with facts).
 3. **Stage, activate, smoke test, commit** — each command is logged as an intent (with its
    ``seq``) before it is sent and as a result after; transfer failures are retried (policy
    retries). A start that fails, or a smoke test that fails, is a *failed* device (the wave gate
@@ -144,7 +146,8 @@ async def _preflight(ctx: EngineContext, stage: int, dev_id: str, attempt: int) 
         return "skipped"
     t0 = time.perf_counter()
     try:
-        await ctx.transport.ping(dev)
+        # One call (issue 12): an answer to facts proves the agent reachable (what a ping
+        # proved), and carries the device's health, kept as its pre-deploy baseline.
         facts = await ctx.transport.facts(dev)
     except TransportError as exc:
         await rec.record(
@@ -166,6 +169,8 @@ async def _preflight(ctx: EngineContext, stage: int, dev_id: str, attempt: int) 
         )
         return "skipped"
     rtt_ms = round(1000 * (time.perf_counter() - t0), 1)
+    if facts.health is not None:
+        ctx.fresh_health[dev_id] = facts.health
     reason = _preflight_problem(ctx, facts)
     checks = {
         "reachable": True,
@@ -233,11 +238,16 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
         if rec.state.devices[dev_id] is D.HEALTHY:
             await commit_one(ctx, stage, dev_id)
         return
-    try:
-        baseline = await ctx.transport.health(dev)
-    except FleetgateError:
-        baseline = None
+    fresh = ctx.fresh_health.pop(dev_id, None)
     if dev_id not in ctx.baselines:
+        # Taken before the device is touched: the pre-flight's answer carried it, or (an
+        # agent that does not send health with its facts) a call of its own.
+        baseline = fresh
+        if baseline is None:
+            try:
+                baseline = await ctx.transport.health(dev)
+            except FleetgateError:
+                baseline = None
         ctx.baselines[dev_id] = baseline
         await rec.record(
             "device.baseline", device_id=dev_id, stage=stage, sample=sample_dict(baseline)
@@ -363,6 +373,7 @@ async def smoke_test(ctx: EngineContext, stage: int, dev_id: str) -> None:
     compared = stage == 0 and an.control and analysis_applies(an, ctx.policy.soak.canary_s)
     rules = hard_bounds_only(ctx.policy.health) if compared else None
     await check_health(ctx, stage, dev_id, "smoke", rules)
+    ctx.smoke_tested.setdefault(stage, set()).add(dev_id)
 
 
 async def _failed(

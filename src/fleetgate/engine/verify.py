@@ -353,10 +353,14 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
     state = rec.state
     wave_ids = state.stages[stage]
     deployed = list(state.deployed_ids)
-    if f"{stage}:soak" not in state.soak_started:  # else re-entered: the round is recorded
-        await health_round(ctx, stage, deployed, "initial")
-    # The whole soak is sampled (issue 11), not only its ends; a too-short soak is not.
     wave_s = ctx.policy.soak.between_waves_s
+    if f"{stage}:soak" not in state.soak_started and wave_s > 0:
+        # (else re-entered: the round is recorded.) The devices this wave just smoke-tested
+        # have their first sample: the smoke test's, moments ago (issue 12). A zero soak has
+        # no "before" apart from its "after": the post-soak round below is the one sample.
+        fresh = ctx.smoke_tested.get(stage, set())
+        await health_round(ctx, stage, [i for i in deployed if i not in fresh], "initial")
+    # The whole soak is sampled (issue 11), not only its ends; a too-short soak is not.
     every = ctx.policy.analysis.interval_s if analysis_applies(ctx.policy.analysis, wave_s) else 0.0
     await soak(ctx, stage, wave_s, every=every, on_tick=lambda k, t: wave_tick(ctx, stage, k, t))
     await health_round(ctx, stage, list(rec.state.deployed_ids), "post-soak")

@@ -229,6 +229,7 @@ class VirtualDevice:
             else {"release": self.trial, "state": "on-trial"},
             "reverted": self.reverted,
             "committed": dict(self.committed),
+            "health": self.health(),  # issue 12: the pre-flight's baseline in the same call
         }
 
     def bends(self, now: float) -> Bends:
@@ -275,6 +276,7 @@ class VirtualDevice:
         )
         body["disk_free_mb"] = None if bends.silent else self.disk_free_mb()
         body["release"] = self.current
+        body["rollback_available"] = self.previous is not None and self.previous in self.releases
         if self.reverted is not None and self.reverted["to"] == self.current:
             body["reverted"] = {k: self.reverted[k] for k in ("reason", "message", "from", "to")}
         return body

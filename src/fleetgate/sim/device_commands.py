@@ -189,6 +189,8 @@ async def rollback(dev: VirtualDevice, body: dict[str, Any], rec: Record, again:
     if failed is not None:
         reply["error"] = f"app exited with code {int(failed.param('code'))}"
         reply["logs"] = list(dev.app_log)[-30:]
+    if body.get("with_health") is True:
+        reply["health"] = dev.health()  # issue 12: the first recovery check, in this answer
     return SimReply(200, reply)
 
 

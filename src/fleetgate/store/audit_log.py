@@ -56,18 +56,20 @@ class CorruptEventError(IntegrityError):
         self.reason = reason
 
 
-def _normalised(event: Event) -> tuple[Event, str]:
+def _normalised(event: Event) -> tuple[Event, bytes]:
+    """The event with its details as JSON gives them back (tuples become lists …), and their
+    canonical JSON: serialised once, for the row and for the hash (issue 12)."""
     try:
         parse_iso(event.ts)
     except ValueError as exc:
         raise ValueError(f"event ts {event.ts!r} is not an ISO-8601 time with offset") from exc
     try:
-        details_text = canonical_json(dict(event.details)).decode()
+        details_json = canonical_json(dict(event.details))
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"event {event.action!r}: details are not JSON-serialisable: {exc}"
         ) from exc
-    return dataclasses.replace(event, details=json.loads(details_text)), details_text
+    return dataclasses.replace(event, details=json.loads(details_json)), details_json
 
 
 async def read_head(conn: AsyncConnection, *, for_update: bool = False) -> tuple[int, str]:
@@ -112,12 +114,12 @@ async def append_events(
             )
     sealed: list[StoredEvent] = []
     rows: list[dict[str, Any]] = []
-    for event, details_text in prepared:
+    for event, details_json in prepared:
         seq += 1
-        stored = seal(seq, event, prev)
+        stored = seal(seq, event, prev, details_json)
         prev = stored.hash
         sealed.append(stored)
-        rows.append(_to_row(stored, details_text))
+        rows.append(_to_row(stored, details_json.decode()))
     await conn.execute(insert(events_table), rows)
     await conn.execute(
         update(chain_head)

@@ -123,6 +123,9 @@ def rollback_body(deployment_id: str, seq: int, to: str | None) -> dict[str, Any
         "deployment_id": deployment_id,
         "seq": seq,
         "seq_base": seq_base_of(seq),
+        # Issue 12: answer with the restored release's health too (the controller's first
+        # recovery check). An agent that does not know the field ignores it.
+        "with_health": True,
     }
     if to is not None:
         body["to"] = to

@@ -164,6 +164,9 @@ class Facts:
     # (``registry refresh``); None from an agent that does not report them.
     disk_mb: float | None = None
     gpu: bool | None = None
+    # Issue 12: the device's health at the same moment (agents since 0.12 send it), so the
+    # pre-flight's one call also gives the pre-deploy baseline. None: ask ``health`` apart.
+    health: HealthSample | None = None
 
     @classmethod
     def parse(cls, device_id: str, data: Any) -> Facts:
@@ -196,6 +199,7 @@ class Facts:
             committed=r.str_map("committed") if data.get("committed") is not None else None,
             disk_mb=r.opt_number("disk_mb"),
             gpu=r.flag("gpu") if data.get("gpu") is not None else None,
+            health=_opt_health(device_id, data, "facts"),
         )
 
 
@@ -254,6 +258,9 @@ class RollbackResult:
     replayed: bool = False
     # The device had already reverted by itself (issue 10): reason, message, at.
     self_reverted: Mapping[str, Any] | None = None
+    # Issue 12: the device's health once the restored release runs (a fresh answer only: a
+    # replayed one carries none), so the rollback's first recovery check needs no call.
+    health: HealthSample | None = None
 
     @property
     def ok(self) -> bool:
@@ -271,6 +278,7 @@ class RollbackResult:
             logs=r.strings("logs"),
             replayed=r.flag("replayed", False),
             self_reverted=_opt_object(device_id, data, "rollback", "self_reverted"),
+            health=None if r.flag("replayed", False) else _opt_health(device_id, data, "rollback"),
         )
 
 
@@ -310,6 +318,17 @@ class DeviceLogs:
         return cls(r.strings("app"), r.strings("agent"))
 
 
+def _opt_health(device_id: str, data: Any, what: str) -> HealthSample | None:
+    """A health sample carried inside another answer (``facts``, ``rollback``): absent or
+    null is none; anything else must be a health answer, and a bad one is a bad response."""
+    value = data.get("health") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_response(device_id, f"{what}.health: expected an object or null")
+    return parse_health(device_id, value)
+
+
 def parse_health(device_id: str, data: Any) -> HealthSample:
     """``GET /v1/health`` -> ``HealthSample``. The sample is attributed to ``device_id`` (the
     device we asked), never to whatever id the body claims."""
@@ -330,4 +349,7 @@ def parse_health(device_id: str, data: Any) -> HealthSample:
         crash_loop=r.flag("crash_loop", False),
         release=r.opt_text("release"),
         metrics=r.metrics("metrics"),
+        rollback_available=r.flag("rollback_available")
+        if data.get("rollback_available") is not None
+        else None,
     )

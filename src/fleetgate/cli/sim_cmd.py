@@ -1,5 +1,9 @@
 """``fleetgate sim run``: serve a virtual fleet and write its inventory.
 
+``--channel http`` (default) serves every device over HTTP; ``--channel mqtt --broker
+mqtt://HOST:PORT`` connects every device to the broker instead, one connection each
+(sim/mqtt_fleet.py), and the inventory's addresses are ``mqtt://HOST:PORT/<device-id>``.
+
 Prints where the fleet listens, the inventory and token file paths, each fault with the number of
 devices it hit, then a line ``ready`` (tests and scripts wait for it), and serves until SIGINT or
 SIGTERM (exit 0). Bad flags or fault specs exit 2 with one line naming the problem.
@@ -44,6 +48,18 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--registry-out", type=Path, required=True, metavar="FLEET_YAML")
     run.add_argument("--token-file", type=Path, default=None, metavar="PATH")
+    run.add_argument(
+        "--channel",
+        choices=("http", "mqtt"),
+        default="http",
+        help="how devices are reached: an HTTP server here, or a broker they dial out to",
+    )
+    run.add_argument(
+        "--broker",
+        default=None,
+        metavar="URL",
+        help="with --channel mqtt: mqtt://HOST[:PORT] (default mqtt://127.0.0.1:1883)",
+    )
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=0, help="0 = any free port")
     run.add_argument("--seed", type=int, default=0)
@@ -107,20 +123,37 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
 
 async def run_sim(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.channel == "mqtt":
+        if spec.per_device_address:
+            raise InputError("--per-device-address: only with --channel http")
+        from fleetgate.sim.mqtt_fleet import MqttFleet
+
+        broker = args.broker or "mqtt://127.0.0.1:1883"
+        async with MqttFleet.start(spec, broker) as mqtt_fleet:
+            layout = f"{mqtt_fleet.connected()} connected, topics fleetgate/v1/<device-id>/..."
+            return await _serve(args, mqtt_fleet, layout)
+    if args.broker is not None:
+        raise InputError("--broker: only with --channel mqtt")
     async with VirtualFleet.start(spec, host=args.host, port=args.port) as fleet:
-        token_path = fleet.write_inventory(args.registry_out, args.token_file)
         layout = "one address per device" if spec.per_device_address else "/d/<device-id>"
-        print(f"fleetgate sim: {len(fleet.devices)} virtual devices (seed {spec.seed})")
-        print(f"url: {fleet.url} ({layout})")
-        print(f"inventory: {_absolute(args.registry_out)}")
-        print(f"token file: {token_path}")
-        for fault, hit in fleet.model.injected:
-            print(f"fault: {fault} -> {len(hit)} device(s)")
-        print("ready", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("fleetgate sim: stopping", flush=True)
+        return await _serve(args, fleet, layout)
+
+
+async def _serve(args: argparse.Namespace, fleet: Any, layout: str) -> int:
+    """Write the inventory, say where the fleet is, print ``ready``, serve until a signal."""
+    spec = fleet.spec
+    token_path = fleet.write_inventory(args.registry_out, args.token_file)
+    print(f"fleetgate sim: {len(fleet.devices)} virtual devices (seed {spec.seed})")
+    print(f"url: {fleet.url} ({layout})")
+    print(f"inventory: {_absolute(args.registry_out)}")
+    print(f"token file: {token_path}")
+    for fault, hit in fleet.model.injected:
+        print(f"fault: {fault} -> {len(hit)} device(s)")
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("fleetgate sim: stopping", flush=True)
     return 0

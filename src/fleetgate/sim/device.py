@@ -14,8 +14,9 @@ Contract (docs/protocol.md, mirrored from the real agent):
   executed again. The record keeps 100 seqs.
 - What each command does is in ``sim/device_commands.py``; this class holds the state, the
   faults and the reports (ping, facts, health, logs).
-- ``admit`` is the network: it says whether a request is dropped (``unreachable``, ``flaky``)
-  and how long the answer is delayed (``latency:delay``).
+- ``admit`` is the network: it says whether a request is dropped (``unreachable``, ``flaky``,
+  and while ``away``: ``offline`` after its moment, ``late`` before it) and how long the answer
+  is delayed (``latency:delay``).
 - ``health`` is computed at the moment of the request, on ``clock``: ``bends`` says what the
   faults that apply then do (a ``surge`` only inside its window after injection, a ``leak`` by
   the time since the later of its injection and the last switch of release).
@@ -155,10 +156,19 @@ class VirtualDevice:
     def first_fault(self, kind: str, release: str | None = None) -> FaultSpec | None:
         return next((f.spec for f in self._active(kind, release)), None)
 
+    def away(self, now: float | None = None) -> bool:
+        """Whether the device's connection is down at ``now`` (``offline`` after its moment,
+        ``late`` before it): the HTTP front end refuses it, the MQTT one disconnects it."""
+        if not self.faults:
+            return False
+        now = self.clock() if now is None else now
+        gone = any(now >= f.since + f.spec.param("after") for f in self._active("offline"))
+        return gone or any(now < f.since + f.spec.param("after") for f in self._active("late"))
+
     def admit(self) -> Admission:
         if not self.faults:
             return Admission()
-        if self.first_fault("unreachable") is not None:
+        if self.first_fault("unreachable") is not None or self.away():
             self.dropped += 1
             return Admission(drop="refused")
         for f in self._active("flaky"):

@@ -2,8 +2,13 @@
 
 The same steps as the HTTP front end (sim/server.py), in the same order: find the device,
 admit (a dropped request is ``ChannelDown``: ``connection-refused`` for ``unreachable``,
-``connection-reset`` for ``flaky``), the fault's delay, authenticate, then the read or the
-command. ``token`` None is the fleet's own token (a trusted test caller).
+``offline`` and ``late``, ``connection-reset`` for ``flaky``), the fault's delay, authenticate,
+then the read or the command (``answer``). ``token`` None is the fleet's own token (a trusted
+test caller).
+
+``answer(dev, command, body)`` is the last step alone: what the MQTT front end
+(sim/mqtt_fleet.py) calls once its device link has admitted and authenticated the message, so
+the three front ends share one read/command path and one seq record per device.
 """
 
 from __future__ import annotations
@@ -38,9 +43,14 @@ async def dispatch(
     denied = dev.authenticate(f"Bearer {token or fleet_token}", device.id)
     if denied is not None:
         return _reply(denied)
+    return await answer(dev, command, body)
+
+
+async def answer(dev: VirtualDevice, command: str, body: Any) -> Reply:
+    """The read's or the command's answer from an admitted, authenticated message."""
     if command in READS:
         if command == "logs":
-            lines = (body or {}).get("lines", 200)
+            lines = body.get("lines", 200) if isinstance(body, dict) else 200
             if isinstance(lines, bool) or not isinstance(lines, int):
                 return _reply(refusal(400, "bad-request", "lines: expected an integer"))
             return Reply(200, dev.logs(lines))

@@ -14,7 +14,12 @@ delay [0] seconds added to every answer), ``hot`` (temp [95]), ``rollback-fail``
 ``surge`` (latency [0.3] relative and errors [0.01] absolute increase, from start [0] for
 duration [inf] seconds after injection), ``leak`` (mb_per_min [5]), ``silent``,
 ``reboot-loop`` (the release kills the agent or the device at each start: the device reverts
-it by itself during the activate, as the real agent's start counter does, issue 10).
+it by itself during the activate, as the real agent's start counter does, issue 10),
+``offline`` (after [0]: the device is connected, then ``after`` seconds after injection its
+connection drops and stays down), ``late`` (after [5]: the device connects only ``after``
+seconds after injection; until then it is not there). Over HTTP both refuse the connection
+while the device is away (its listener is closed); over MQTT they are the device's broker
+connection itself (sim/mqtt_fleet.py).
 
 Contract:
 - ``parse_fault(text)`` returns a ``FaultSpec`` or raises ``InputError`` naming the spec and the
@@ -77,6 +82,8 @@ KINDS: Mapping[str, Mapping[str, Param]] = {
     "leak": {"mb_per_min": Param(5, minimum=0, exclusive_min=True)},
     "silent": {},
     "reboot-loop": {},
+    "offline": {"after": Param(0, minimum=0)},
+    "late": {"after": Param(5, minimum=0)},
 }
 SELECTORS = ("fraction", "hardware", "group", "device", "version")
 

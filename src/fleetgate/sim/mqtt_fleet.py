@@ -89,11 +89,17 @@ class SimLink(DeviceLink):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        # run() sees the lost connection, and with _stop set it does not come back (the
+        # link's own reconnection is for real agents; a virtual device's is the watcher's).
+        self._stop.set()
+        self._wake.set()
         task, self.task = self.task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            with contextlib.suppress(Exception):  # on a timeout wait_for cancels it
+                await asyncio.wait_for(task, 5)
+        lost = getattr(client, "_disconnected", None)  # aiomqtt keeps the loss's exception
+        if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
+            lost.exception()  # retrieved: asyncio does not log it as forgotten
 
 
 class MqttFleet:

@@ -1,4 +1,6 @@
-"""``fleetgate demo [--scenario NAME] [--devices N] [--yes]`` — see ``fleetgate.sim.demo``."""
+"""``fleetgate demo [--scenario NAME] [--devices N] [--channel http|mqtt] [--yes]``
+
+See ``fleetgate.sim.demo``."""
 
 from __future__ import annotations
 
@@ -9,12 +11,24 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from fleetgate.sim.demo import SCENARIOS
+    from fleetgate.sim.demo import CHANNELS, DEFAULT_BROKER, SCENARIOS
 
     p = sub.add_parser("demo", help="a whole deployment on a simulated fleet")
     p.add_argument("--scenario", choices=SCENARIOS, default="happy")
     p.add_argument("--devices", type=int, default=60, help="fleet size (default 60)")
     p.add_argument("--agents", type=int, default=3, help="how many are real agent processes")
+    p.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="http",
+        help="how the controller reaches devices: HTTP, or an MQTT broker they dial out to",
+    )
+    p.add_argument(
+        "--broker",
+        default=DEFAULT_BROKER,
+        metavar="URL",
+        help=f"with --channel mqtt: the broker (default {DEFAULT_BROKER})",
+    )
     p.add_argument("--yes", action="store_true", help="approve the fleet rollout without asking")
     p.set_defaults(handler=cmd_demo)
 
@@ -40,6 +54,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         args.devices,
         yes=args.yes,
         agents=args.agents,
+        channel=args.channel,
+        broker=args.broker,
         ask=_ask,
         say=lambda line: print(f"demo: {line}", file=sys.stderr),
     )

@@ -11,6 +11,14 @@ What it sets up, all on 127.0.0.1 and under ``.fleetgate/demo/`` (made fresh eac
 - a controller that deploys v2.0.0 with a demo policy (short soaks: the policy says
   ``allow_short_soak = true``, and the audit log records it).
 
+``channel`` (``--channel``) says how the controller reaches the devices: ``http`` (default) dials
+in to the sim's HTTP server and to each agent's listener; ``mqtt`` puts every device on the
+broker (``--broker``, default the local Mosquitto on 127.0.0.1:1883): each virtual device holds
+its own connection (sim/mqtt_fleet.py), each real agent runs with ``[mqtt] broker`` and no HTTP
+listener, and the controller's ``MqttChannel`` (registered in ``HttpTransport``) reaches them
+at ``mqtt://HOST:PORT/<device-id>``. Everything else — releases, policy, faults, scenarios — is
+the same, so every scenario must end the same way over both (tests/e2e/test_demo_mqtt.py).
+
 It stops for approval and asks on the terminal; ``--yes`` records the approval as given on the
 command line. It ends by printing the session report. Scenarios:
 
@@ -44,6 +52,11 @@ from typing import Any
 from fleetgate.core.model import Arch, Device, DeviceState, Monitoring, Resources
 
 SCENARIOS = ("happy", "bad-canary", "wave-degradation", "unreachable", "rollback-failure")
+CHANNELS = ("http", "mqtt")
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+# The demo's agents keep their broker session this long after they stop (the agent's default
+# is a week): a demo must not leave sessions behind on a shared broker.
+DEMO_SESSION_EXPIRY_S = 60
 EXAMPLE_APP = Path(__file__).resolve().parents[3] / "examples" / "app"
 DEMO_POLICY: dict[str, Any] = {
     "allow_short_soak": True,
@@ -82,9 +95,12 @@ def _app_source(work: Path, version: str, mode: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def real_agents(
-    work: Path, count: int, public_key: Path, token_file: Path
+    work: Path, count: int, public_key: Path, token_file: Path, broker: str | None = None
 ) -> AsyncIterator[list[Device]]:
-    """Start ``count`` agent processes; yield their inventory entries; kill them at the end."""
+    """Start ``count`` agent processes; yield their inventory entries; kill them at the end.
+
+    With ``broker`` each agent dials out to it (``[mqtt]``, no HTTP listener) and its address
+    is ``<broker>/<device-id>``; otherwise it listens on a free loopback port."""
     procs: list[asyncio.subprocess.Process] = []
     devices: list[Device] = []
     groups = ("plant-a", "plant-b", "plant-c")
@@ -93,12 +109,22 @@ async def real_agents(
             dev_id = f"agent-{i + 1:02d}"
             port, app_port = _free_port(), _free_port()
             cfg = work / f"{dev_id}.toml"
+            # TODO(issue 9, self-enrolment: branch issue9-enroll): over MQTT the agents should
+            # enrol themselves (``fleetgate agent enroll --server URL --token T``) and the
+            # controller add them to the inventory; until that lands the demo writes their
+            # inventory entries below, as it does over HTTP.
+            listen = "" if broker else f'listen = "127.0.0.1:{port}"\n'
+            mqtt = (
+                f'[mqtt]\nbroker = "{broker}"\nsession_expiry_s = {DEMO_SESSION_EXPIRY_S}\n'
+                if broker
+                else ""
+            )
             cfg.write_text(
                 f'[device]\nid = "{dev_id}"\nhardware = "gateway"\narch = "x86_64"\n'
-                f'software = {{ os = "linux" }}\n[agent]\nlisten = "127.0.0.1:{port}"\n'
+                f'software = {{ os = "linux" }}\n[agent]\n{listen}'
                 f'data_dir = "{work / dev_id}"\ntoken_file = "{token_file}"\n'
                 f'public_key = "{public_key}"\nhealth_timeout_s = 15\nprobe_interval_s = 1\n'
-                f'[app]\nmode = "process"\nport = {app_port}\n'
+                f'[app]\nmode = "process"\nport = {app_port}\n{mqtt}'
             )
             log = (work / f"{dev_id}.log").open("wb")
             procs.append(
@@ -121,7 +147,7 @@ async def real_agents(
                     hardware="gateway",
                     arch=Arch.X86_64,
                     group=groups[i % 3],
-                    address=f"http://127.0.0.1:{port}",
+                    address=f"{broker}/{dev_id}" if broker else f"http://127.0.0.1:{port}",
                     resources=Resources(16384, 64000, False),
                     token_file=str(token_file),
                     software={"os": "linux"},
@@ -197,6 +223,8 @@ async def run_demo(
     *,
     yes: bool,
     agents: int = 3,
+    channel: str = "http",
+    broker: str = DEFAULT_BROKER,
     home: Path = Path(".fleetgate"),
     ask: Callable[[str], bool] | None = None,
     say: Callable[[str], None] = print,
@@ -243,9 +271,23 @@ async def run_demo(
     )
     policy = policy_from_dict(DEMO_POLICY, "demo policy")
 
+    if channel not in CHANNELS:
+        from fleetgate.errors import InputError
+
+        raise InputError(f"--channel {channel!r}: expected one of {', '.join(CHANNELS)}")
+    over_mqtt = channel == "mqtt"
+    if over_mqtt:
+        from fleetgate.sim.mqtt_fleet import MqttFleet
+
+        sim_fleet: Any = MqttFleet.start(spec, broker)
+        say(f"channel: MQTT through {broker} (every device dials out to the broker)")
+    else:
+        sim_fleet = VirtualFleet.start(spec)
     async with (
-        VirtualFleet.start(spec) as vf,
-        real_agents(work, n_agents, pub_path, token_file) as agent_devs,
+        sim_fleet as vf,
+        real_agents(
+            work, n_agents, pub_path, token_file, vf.url if over_mqtt else None
+        ) as agent_devs,
         Store.open(db) as store,
         HttpTransport(TokenSource()) as transport,
     ):

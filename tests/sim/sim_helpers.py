@@ -2,8 +2,10 @@
 
 ``make_manifest`` builds the manifest JSON a controller would send in ``stage`` (the simulator
 does not fetch bytes, so no bundle is needed); ``open_channel`` gives a fleet and a transport to
-it either over real loopback HTTP (``VirtualFleet`` + ``HttpTransport``) or in memory
-(``SimFleet`` + ``MemoryTransport``), so one test body checks both front ends.
+it either over real loopback HTTP (``VirtualFleet`` + ``HttpTransport``), in memory
+(``SimFleet`` + ``MemoryTransport``), or through the local Mosquitto (``MqttFleet`` +
+``HttpTransport``, whose router sends ``mqtt://`` devices to its ``MqttChannel``), so one test
+body checks several front ends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fleetgate.transports.memory import MemoryTransport
 from fleetgate.transports.tokens import TokenSource
 
 TOKEN = "sim-test-token"
+BROKER = "mqtt://127.0.0.1:1883"
 BASE = "app-1.0.0-00000000"
 
 
@@ -73,6 +76,14 @@ async def open_channel(
         model = SimFleet(spec, clock=clock)
         async with MemoryTransport(model, timeouts=timeouts) as transport:
             yield model, transport
+        return
+    if kind == "mqtt":
+        from fleetgate.sim.mqtt_fleet import MqttFleet
+
+        async with MqttFleet.start(spec, BROKER, clock=clock) as mqtt_fleet:
+            tokens = TokenSource(overrides={d.id: mqtt_fleet.token for d in mqtt_fleet.devices})
+            async with HttpTransport(tokens, timeouts=timeouts) as transport:
+                yield mqtt_fleet, transport
         return
     async with VirtualFleet.start(spec, clock=clock) as fleet:
         tokens = TokenSource(overrides={d.id: fleet.token for d in fleet.devices})

@@ -110,6 +110,9 @@ def test_sim_run_reuses_an_existing_token_file(start_sim, tmp_path):
         (["--fault", "rollback-fail:device=orin-z-09"], "device 'orin-z-09' is not in the fleet"),
         (["--mix", "toaster:3"], "unknown hardware 'toaster'"),
         (["--devices", "0"], "--devices must be at least 1"),
+        (["--broker", "mqtt://127.0.0.1:1883"], "--broker: only with --channel mqtt"),
+        (["--channel", "mqtt", "--broker", "http://x"], "expected mqtt://HOST[:PORT]"),
+        (["--channel", "mqtt", "--broker", "mqtt://127.0.0.1:1"], "cannot connect"),
     ],
 )
 def test_sim_run_input_errors_exit_2_with_one_line(tmp_path, args, message):
@@ -123,3 +126,24 @@ def test_sim_run_input_errors_exit_2_with_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "f.yaml").exists()
+
+
+@pytest.mark.slow
+async def test_sim_run_over_mqtt_connects_each_device_and_writes_mqtt_addresses(start_sim):
+    sim = start_sim(
+        "--channel", "mqtt", "--broker", "mqtt://127.0.0.1:1883", "--devices", "5",
+        "--groups", "simcli-p,simcli-q", "--fault", "late:after=30,group=simcli-q",
+    )  # fmt: skip
+    info = sim.wait_ready()
+    assert info["url"].startswith("mqtt://127.0.0.1:1883 (3 connected")
+    devices = load_inventory(sim.inventory)
+    assert [d.address for d in devices] == [f"mqtt://127.0.0.1:1883/{d.id}" for d in devices]
+    async with HttpTransport(TokenSource(), timeouts=CallTimeouts(ping=2.0)) as t:
+        for d in devices:
+            if d.group == "simcli-p":
+                assert (await t.ping(d)).id == d.id
+            else:  # not connected yet: the broker has no session for it
+                with pytest.raises(TransportUnavailable):
+                    await t.ping(d)
+    sim.proc.send_signal(signal.SIGTERM)
+    assert sim.proc.wait(15) == 0

@@ -228,7 +228,10 @@ async def run_demo(
     home: Path = Path(".fleetgate"),
     ask: Callable[[str], bool] | None = None,
     say: Callable[[str], None] = print,
+    on_approval: Callable[[Any, Any], None] | None = None,
 ) -> DemoResult:
+    """One demo deployment. ``on_approval(fleet, state)`` (tests) runs where the scenarios inject
+    their wave faults, after the approval and before the fleet rollout."""
     from fleetgate.artifacts.bundle import build_bundle
     from fleetgate.artifacts.keys import generate_keypair, load_private_key, load_public_key
     from fleetgate.clock import utc_now_iso
@@ -344,6 +347,8 @@ async def run_demo(
                 if scenario == "unreachable":
                     for d in wave1[: max(1, (len(wave1) * 3) // 10 + 1)]:
                         vf.inject(f"unreachable:device={d}")
+                if on_approval is not None:
+                    on_approval(vf, state)
                 state = await ctl.decide(
                     dep,
                     Decision("approval.granted", who, None, {"comment": "approved in the demo"}),

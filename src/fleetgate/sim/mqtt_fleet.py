@@ -17,7 +17,9 @@ Contract:
   DISCONNECT, so the broker publishes its last will (``{"online": false, "reason":
   "connection-lost"}``), and opened again (a new session) once the fault no longer holds. A
   watcher checks the devices that carry faults every ``WATCH_S`` seconds.
-- ``start`` returns once every device that is not away at start-up is connected (at most
+- ``start`` first connects once itself: a broker that is not there or refuses is an
+  ``InputError`` naming it, at once (the links would otherwise knock with back-off forever).
+  It returns once every device that is not away at start-up is connected (at most
   ``CONNECT_GATE`` connects in flight: a burst of 10,000 at once makes the broker time some out);
   leaving the block stops every link (retained status ``offline``/``shutdown``) and then clears
   the retained status topics of the whole fleet, so a shared broker keeps nothing of a fleet
@@ -50,6 +52,7 @@ CONNECT_GATE = 256
 SESSION_EXPIRY_S = 60  # the broker queues commands for an away device this long
 WATCH_S = 0.2
 READY_TIMEOUT_S = 300.0
+PROBE_S = 10.0
 
 
 class SimLink(DeviceLink):
@@ -171,6 +174,7 @@ class MqttFleet:
             )
             for dev_id, dev in model.by_id.items()
         }
+        await _probe(address)
         fleet = cls(model, address, links)
         watcher: asyncio.Task[None] | None = None
         try:
@@ -248,3 +252,15 @@ class MqttFleet:
             ) as client:
                 for dev_id in self.links:
                     await client.publish(wire.status_topic(dev_id), b"", qos=1, retain=True)
+
+
+async def _probe(broker: wire.BrokerAddress) -> None:
+    import aiomqtt
+
+    try:
+        async with aiomqtt.Client(
+            broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=PROBE_S
+        ):
+            pass
+    except (aiomqtt.MqttError, OSError) as exc:
+        raise InputError(f"--broker {broker.key}: cannot connect: {exc}") from None

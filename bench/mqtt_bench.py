@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -155,6 +156,8 @@ async def deploy(run: Run, sim: Sim, work: Path, broker: str) -> None:
     from fleetgate.transports.http import HttpTransport
     from fleetgate.transports.tokens import TokenSource
 
+    # aiomqtt warns at every burst of more than 10 publishes in flight: a deployment is one.
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
     bundle, pub = build_release(work)
     policy = policy_from_dict(POLICY, "bench policy")
     c = run.concurrency
@@ -185,10 +188,6 @@ async def deploy(run: Run, sim: Sim, work: Path, broker: str) -> None:
 
 
 def worker(channel: str, devices: int, concurrency: int, broker: str) -> Run:
-    import logging
-
-    # aiomqtt warns at every burst of more than 10 publishes in flight: a deployment is one.
-    logging.getLogger("mqtt").setLevel(logging.ERROR)
     run = Run(channel, devices, concurrency)
     with tempfile.TemporaryDirectory(prefix="fg-mqtt-bench-") as tmp:
         work = Path(tmp)

@@ -65,7 +65,6 @@ class SimLink(DeviceLink):
 
         super().__init__(settings, execute, token=token)
         self.dev = dev
-        self.task: asyncio.Task[None] | None = None
 
     async def _handle(self, message: Any) -> None:
         admission = self.dev.admit()
@@ -75,40 +74,73 @@ class SimLink(DeviceLink):
             await asyncio.sleep(admission.delay_s)
         await super()._handle(message)
 
+
+class Connection:
+    """One virtual device's connection over time: a ``DeviceLink`` runs once, so each
+    (re)connection the watcher makes is a fresh link (and a fresh broker session id)."""
+
+    def __init__(self, settings: LinkSettings, dev: VirtualDevice, token: str) -> None:
+        self.settings, self.dev, self._token = settings, dev, token
+        self.link: SimLink | None = None
+        self.task: asyncio.Task[None] | None = None
+
     @property
     def up(self) -> bool:
         return self.task is not None and not self.task.done()
 
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.connected.is_set()
+
+    @property
+    def last_error(self) -> str | None:
+        return self.link.last_error if self.link is not None else None
+
     def open(self) -> None:
         if not self.up:
-            self.task = asyncio.create_task(self.run(), name=f"sim-link-{self.device_id}")
+            self.link = SimLink(self.settings, self.dev, self._token)
+            self.task = asyncio.create_task(self.link.run(), name=f"sim-{self.dev.device.id}")
+
+    async def wait_connected(self) -> None:
+        assert self.link is not None
+        await self.link.connected.wait()
+
+    async def stop(self) -> None:
+        """A clean stop: retained ``offline``/``shutdown``, DISCONNECT (no will)."""
+        if self.link is not None and self.up:
+            await self.link.stop()
+        await self._join()
 
     async def cut(self) -> None:
         """Drop the connection as a crash or a lost network would: no DISCONNECT, so the broker
-        publishes the last will; the link stays down until ``open()``."""
-        client = self._client
+        publishes the last will; it stays down until ``open()``."""
+        link = self.link
+        client = link._client if link is not None else None
         paho = getattr(client, "_client", None)  # aiomqtt's paho client: its socket
         sock = paho.socket() if paho is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        # run() sees the lost connection, and with _stop set it does not come back (the
-        # link's own reconnection is for real agents; a virtual device's is the watcher's).
-        self._stop.set()
-        self._wake.set()
-        task, self.task = self.task, None
-        if task is not None:
-            with contextlib.suppress(Exception):  # on a timeout wait_for cancels it
-                await asyncio.wait_for(task, 5)
+                sock.shutdown(socket.SHUT_RDWR)  # before stop(): its goodbye cannot go out
+        if link is not None:
+            await link.stop()
+        await self._join()
         lost = getattr(client, "_disconnected", None)  # aiomqtt keeps the loss's exception
         if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
             lost.exception()  # retrieved: asyncio does not log it as forgotten
+
+    async def _join(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            with contextlib.suppress(Exception):  # on a timeout wait_for cancels it
+                await asyncio.wait_for(task, 10)
 
 
 class MqttFleet:
     """A running virtual fleet on a broker. Build with ``MqttFleet.start(spec, broker)``."""
 
-    def __init__(self, model: SimFleet, broker: wire.BrokerAddress, links: dict[str, SimLink]):
+    def __init__(
+        self, model: SimFleet, broker: wire.BrokerAddress, links: dict[str, Connection]
+    ) -> None:
         self.model = model
         self.broker = broker
         self.url = broker.key
@@ -143,7 +175,7 @@ class MqttFleet:
 
     def connected(self) -> int:
         """How many devices are connected to the broker now."""
-        return sum(1 for link in self.links.values() if link.connected.is_set())
+        return sum(1 for link in self.links.values() if link.connected)
 
     @classmethod
     @asynccontextmanager
@@ -162,7 +194,7 @@ class MqttFleet:
             raise InputError(f"--broker {broker!r}: expected mqtt://HOST[:PORT] without a path")
         model = SimFleet(spec, lambda _i, dev_id: f"{address.key}/{dev_id}", clock=clock)
         links = {
-            dev_id: SimLink(
+            dev_id: Connection(
                 LinkSettings(
                     broker=address.key,
                     device_id=dev_id,
@@ -194,10 +226,10 @@ class MqttFleet:
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(CONNECT_GATE)
 
-        async def connect(link: SimLink) -> None:
+        async def connect(link: Connection) -> None:
             async with gate:
                 link.open()
-                await link.connected.wait()
+                await link.wait_connected()
 
         starting = [connect(link) for link in self.links.values() if not self._down(link.dev)]
         try:
@@ -230,12 +262,9 @@ class MqttFleet:
         up = [link for link in self.links.values() if link.up]
         gate = asyncio.Semaphore(CONNECT_GATE)
 
-        async def stop(link: SimLink) -> None:
+        async def stop(link: Connection) -> None:
             async with gate:
                 await link.stop()
-                if link.task is not None:
-                    with contextlib.suppress(BaseException):
-                        await asyncio.wait_for(link.task, 10)
 
         await asyncio.gather(*(stop(link) for link in up))
         await self._clear_retained()

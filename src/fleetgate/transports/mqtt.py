@@ -191,6 +191,9 @@ class _BrokerLink:
             timeout=self.channel.connect,
             max_inflight_messages=self.channel.inflight,
         )
+        # aiomqtt logs a warning for every publish while more than 10 are pending: a deployment
+        # step publishes to `concurrency` devices at once by design (the demo printed hundreds).
+        client.pending_calls_threshold = 1_000_000
         try:
             await asyncio.wait_for(client.__aenter__(), self.channel.connect)
         except asyncio.TimeoutError:
@@ -213,7 +216,12 @@ class _BrokerLink:
             raise ChannelDown("connection-refused", f"broker {self.broker.key}: {exc}") from None
         try:
             await client.subscribe(wire.ALL_REPLIES, qos=wire.QOS)
-            await client.subscribe(wire.ALL_STATUS, qos=wire.QOS)
+            # Status at QoS 0: subscribing delivers every device's retained status at once, and
+            # a broker queues at most so many QoS 1 messages per client (Mosquitto's
+            # max_queued_messages, 1000 by default) and drops the rest: at 10,000 devices a
+            # QoS 1 subscription got 1,020 of them, and replies queued behind the flood can be
+            # dropped too. Presence is advisory; replies stay QoS 1.
+            await client.subscribe(wire.ALL_STATUS, qos=0)
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)

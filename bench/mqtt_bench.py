@@ -13,11 +13,14 @@ CPU time is its own) and a fresh temporary directory:
 2. A signed release of the example app (``bench/engine_bench.py``'s ``build_release``), a SQLite
    store with the sim's inventory, a ``Controller`` over ``HttpTransport`` (its router sends
    ``mqtt://`` devices to the ``MqttChannel``: one connection to the broker), concurrency C.
-3. Timed: ``start`` + ``drive`` to AWAITING_APPROVAL (zero soak) + approval + ``drive`` to
+3. mqtt only, untimed: the controller connects to the broker and takes in every device's
+   retained status (``warmup_s``, reported apart: a long-running controller has done it
+   long before; one that connected that second would be answering pings behind N messages).
+4. Timed: ``start`` + ``drive`` to AWAITING_APPROVAL (zero soak) + approval + ``drive`` to
    COMPLETE — the whole deployment. Wall (``perf_counter``), controller CPU (``process_time``),
    sim CPU and broker CPU (utime + stime from ``/proc/PID/stat``; the broker is the system
-   Mosquitto, found with ``pgrep -x mosquitto``: only read, never signalled).
-4. Connections the broker held: ``$SYS/broker/clients/connected``, subscribed for the whole
+   Mosquitto, found by its pid file or ``pgrep -x mosquitto``: only read, never signalled).
+5. Connections the broker held: ``$SYS/broker/clients/connected``, subscribed for the whole
    run and until one more value arrives after it (Mosquitto refreshes ``$SYS`` every 10 s by
    default); the highest value seen. Other clients of a shared broker count too: the table
    shows it for the HTTP run as well, the baseline.
@@ -63,6 +66,8 @@ class Run:
     sim_cpu_s: float = 0.0
     broker_cpu_s: float | None = None
     broker_connections_max: int | None = None
+    warmup_s: float | None = None  # mqtt: connect + every device's retained status received
+    presences: int | None = None
     error: str = ""
 
 
@@ -170,7 +175,10 @@ async def deploy(run: Run, sim: Sim, work: Path, broker: str) -> None:
         Store.open(f"sqlite+aiosqlite:///{work}/fg.db") as store,
         HttpTransport(TokenSource(), concurrency=c) as transport,
     ):
-        await store.replace_devices(load_inventory(sim.inventory))
+        devices = load_inventory(sim.inventory)
+        await store.replace_devices(devices)
+        if run.channel == "mqtt":
+            await warm_up(run, transport, devices)
         ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub, concurrency=c))
         w0, c0, s0 = time.perf_counter(), time.process_time(), cpu_of(sim.proc.pid)
         b0 = cpu_of(mosquitto) if mosquitto else None
@@ -185,8 +193,27 @@ async def deploy(run: Run, sim: Sim, work: Path, broker: str) -> None:
         if mosquitto and b0 is not None:
             run.broker_cpu_s = cpu_of(mosquitto) - b0
         run.outcome = state.phase.value + (f": {state.halt_reason}" if state.halt_reason else "")
+        if state.phase is not Phase.COMPLETE:
+            why = {str(e.details.get("error")) for e in await store.events(dep) if e.details}
+            run.error = "; ".join(sorted(w for w in why if w != "None")[:3])
     await one_more(seen, watcher)
     run.broker_connections_max = max(seen) if seen else None
+
+
+async def warm_up(run: Run, transport: Any, devices: list[Any]) -> None:
+    """Open the controller's broker connection and wait until it holds every device's retained
+    status (at most 60 s): the state of a controller that has been running, not one that
+    connected this second and is still taking N status messages in (reported apart)."""
+    t0 = time.perf_counter()
+    await transport.ping(devices[0])
+
+    def known() -> int:
+        return sum(1 for d in devices if transport.mqtt.presence(d.id) is not None)
+
+    while known() < len(devices) and time.perf_counter() - t0 < 60:
+        await asyncio.sleep(0.2)
+    run.warmup_s = time.perf_counter() - t0
+    run.presences = known()
 
 
 def worker(channel: str, devices: int, concurrency: int, broker: str) -> Run:
@@ -233,6 +260,10 @@ def report(runs: list[Run]) -> None:
             f"{r.controller_cpu_s:>11.2f}{r.sim_cpu_s:>11.2f}{broker:>14}{conns:>14}"
             f"{r.sim_ready_s:>13.1f}"
         )
+        if r.warmup_s is not None:
+            print(f"{'':>9}controller warm-up {r.warmup_s:.1f} s ({r.presences:,} statuses)")
+        if r.outcome and not r.outcome.startswith("COMPLETE"):
+            print(f"{'':>9}{r.outcome}")
         if r.error:
             print(f"{'':>9}ERROR: {r.error}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -1,9 +1,9 @@
 """``MqttFleet``: a ``SimFleet`` whose devices each hold their own connection to an MQTT broker.
 
 Every virtual device is a ``DeviceLink`` (agent/mqtt_link.py, the real agent's) with its own
-client id, its own last will and its own retained ``status`` (docs/adr/0014): the broker sees N
-devices, exactly as it would see N real agents, and the controller's ``MqttChannel`` cannot tell
-them apart. The measured cost of that honesty is small (docs/performance.md "MQTT channel").
+client id, its own last will and its own retained ``status`` (docs/adr/0015): the broker sees
+N devices, exactly as it would see N real agents, and the controller's ``MqttChannel`` cannot
+tell them apart. What that costs: docs/performance.md "MQTT channel".
 
 Contract:
 - Addresses are ``<broker>/<device-id>`` (``mqtt://127.0.0.1:1883/orin-a-01``), the form the

@@ -216,12 +216,7 @@ class _BrokerLink:
             raise ChannelDown("connection-refused", f"broker {self.broker.key}: {exc}") from None
         try:
             await client.subscribe(wire.ALL_REPLIES, qos=wire.QOS)
-            # Status at QoS 0: subscribing delivers every device's retained status at once, and
-            # a broker queues at most so many QoS 1 messages per client (Mosquitto's
-            # max_queued_messages, 1000 by default) and drops the rest: at 10,000 devices a
-            # QoS 1 subscription got 1,020 of them, and replies queued behind the flood can be
-            # dropped too. Presence is advisory; replies stay QoS 1.
-            await client.subscribe(wire.ALL_STATUS, qos=0)
+            await client.subscribe(wire.ALL_STATUS, qos=wire.QOS)
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)

@@ -7,7 +7,10 @@ What it sets up, all on 127.0.0.1 and under ``.fleetgate/demo/`` (made fresh eac
 - a virtual fleet (``sim``) of N − k devices speaking the agent protocol, and k **real agent
   processes**, each supervising the real demo app; the agents are bootstrapped with v1.0.0
   through the same protocol, so they have a known-good release to roll back to;
-- the inventory of both, imported into the store (the SQLite default unless ``--db``);
+- the inventory of both, imported into the store (the SQLite default unless ``--db``); over
+  MQTT only the virtual devices are imported and the real agents enrol themselves
+  (``fleetgate agent enroll`` against the service's API served for the purpose, one
+  single-use token each, then accepted: sim/demo_enrol.py, docs/enrolment.md "In the demo");
 - a controller that deploys v2.0.0 with a demo policy (short soaks: the policy says
   ``allow_short_soak = true``, and the audit log records it).
 

@@ -129,9 +129,13 @@ class DemoEnrolment:
         out = raw_out.decode(errors="replace").strip()  # "enrolled ID in group G: pending"
         if proc.returncode != 0:
             err = raw_err.decode(errors="replace").strip().splitlines()
-            raise FleetgateError(
-                f"demo: {dev_id}: fleetgate agent enroll failed: {err[-1] if err else out}"
-            )
+            why = err[-1] if err else out
+            if "(HTTP 409)" in why:
+                why += (
+                    f"; the store knows {dev_id} by a key no longer in {self.keys}:"
+                    " run it on a fresh store (fleetgate --db URL demo …)"
+                )
+            raise FleetgateError(f"demo: {dev_id}: fleetgate agent enroll failed: {why}")
         self.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not kept.exists():
             shutil.copy2(key, kept)

@@ -128,6 +128,31 @@ async def test_a_device_enrols_itself_and_waits_for_acceptance(tmp_path: Path) -
         assert not (tmp_path / "x.toml").exists() and not (tmp_path / "credential").exists()
 
 
+async def test_a_device_reached_over_mqtt_dials_out_and_listens_nowhere(tmp_path: Path) -> None:
+    """The broker's port in an mqtt:// address is not one for the agent to listen on: the
+    config gets no HTTP listener, and the broker the address names."""
+    async with service(tmp_path) as svc:
+        status, doc = await _token(svc, expires="1h")
+        assert status == 201
+        cfg = tmp_path / "device" / "agent.toml"
+        answer = await enroll(
+            EnrolOptions(
+                server=svc.url,
+                token=doc["token"],
+                config=cfg,
+                device_id="mq-1",
+                address="mqtt://127.0.0.1:1883/mq-1",
+                hardware="rpi4",
+            )
+        )
+        assert answer["state"] == "pending"
+        agent = load_config(cfg)
+        assert not agent.http_listen
+        assert agent.mqtt is not None and agent.mqtt.broker == "mqtt://127.0.0.1:1883"
+        dev = await svc.h.store.get_device("mq-1")
+        assert dev is not None and dev.address == "mqtt://127.0.0.1:1883/mq-1"
+
+
 async def test_token_roles_and_list_and_revoke(tmp_path: Path) -> None:
     async with service(tmp_path) as svc:
         status, err = await _token(svc, auto_accept=True)  # operator: admits unreviewed? no

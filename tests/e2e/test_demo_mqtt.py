@@ -50,6 +50,17 @@ async def _run(
         events = await store.events(result.deployment_id)
         assert (await store.verify()).ok
         quarantined = await store.quarantined()
+        # How the real agents came into the inventory: (action, device, token or state).
+        arrivals = [
+            (ev.action, ev.device_id, ev.details.get("state") or ev.details.get("was"))
+            for ev in await store.events()
+            if ev.action in ("device.enrolled", "registry.accepted")
+        ]
+        tokens = {
+            ev.details["token"] for ev in await store.events() if ev.action == "device.enrolled"
+        }
+        agents = {d.id: d for d in await store.list_devices() if d.id.startswith("agent-")}
+        keys = {a: await store.device_key(a) for a in agents}
     state = DeploymentState.empty(result.deployment_id)
     phases: list[str] = []
     for ev in events:  # the phase sequence, as the log replays it
@@ -64,6 +75,10 @@ async def _run(
         "devices": dict(state.device_items()),
         "stages": state.stages,
         "quarantined": sorted(quarantined),
+        "arrivals": arrivals,
+        "tokens": tokens,
+        "agents": agents,
+        "keys": keys,
     }
 
 
@@ -116,6 +131,21 @@ async def test_each_scenario_ends_the_same_over_mqtt_as_over_http(
     assert mqtt["final"] == expected[scenario]
     # The real agents took part over MQTT too (their ids are in the plan).
     assert {"agent-01", "agent-02"} <= set(mqtt["devices"])
+    # Over MQTT they enrolled themselves (pending, one single-use token each) and were
+    # accepted; over HTTP they are imported.
+    assert mqtt["arrivals"] == [
+        ("device.enrolled", "agent-01", "pending"),
+        ("device.enrolled", "agent-02", "pending"),
+        ("registry.accepted", "agent-01", "pending"),
+        ("registry.accepted", "agent-02", "pending"),
+    ]
+    assert len(mqtt["tokens"]) == 2
+    for dev_id, dev in mqtt["agents"].items():
+        assert dev.state.value == "active"
+        assert dev.address == f"{BROKER}/{dev_id}"
+        assert mqtt["keys"][dev_id] is not None  # its own key, proved at enrolment
+        assert dev.token_file and "/credentials/" in dev.token_file  # its own credential
+    assert http["arrivals"] == [] and all(k is None for k in http["keys"].values())
 
 
 async def test_a_device_that_stays_offline_is_skipped_and_quarantined_as_over_http(

@@ -242,7 +242,10 @@ def _prepare(opts: EnrolOptions) -> _Prepared:
     if address is None:
         port = int(listen.rpartition(":")[2]) if listen else DEFAULT_PORT
         address = f"http://{socket.gethostname()}:{port}"
-    if not listen:
+    # Over MQTT the agent dials out and needs no listener: the broker's port in the address
+    # is not one for the agent to listen on.
+    over_mqtt = urlparse(address).scheme in ("mqtt", "mqtts")
+    if not listen and not over_mqtt:
         port = urlparse(address).port or DEFAULT_PORT
         host = urlparse(address).hostname or ""
         listen = f"127.0.0.1:{port}" if host in _LOOPBACK else f"0.0.0.0:{port}"
@@ -281,7 +284,9 @@ def _finish(opts: EnrolOptions, prep: _Prepared, answer: dict[str, Any]) -> None
     _write_private(base / CREDENTIAL_FILE, (prep.credential + "\n").encode())
     device.update({"id": device_id, "hardware": str(hardware), "arch": arch})
     agent.pop("token_env", None)
-    agent.update({"listen": listen, "data_dir": os.path.relpath(data_dir, base)})
+    agent["data_dir"] = os.path.relpath(data_dir, base)
+    if listen:
+        agent["listen"] = listen
     agent["token_file"] = CREDENTIAL_FILE
     if "root" not in agent and "public_key" not in agent:
         trust = answer.get("trust")
@@ -292,6 +297,10 @@ def _finish(opts: EnrolOptions, prep: _Prepared, answer: dict[str, Any]) -> None
     if opts.ca_file is not None and "ca_bundle" not in agent and server.startswith("https"):
         agent["ca_bundle"] = str(opts.ca_file.absolute())
     new_doc = {**doc, "device": device, "agent": agent}
+    address = urlparse(str(prep.body["address"]))
+    if address.scheme in ("mqtt", "mqtts") and "mqtt" not in doc:
+        # An agent reached over MQTT dials out to the broker its address names.
+        new_doc["mqtt"] = {"broker": f"{address.scheme}://{address.netloc}"}
     if config_path.exists():
         config_path.with_name(config_path.name + ".before-enrol").write_bytes(
             config_path.read_bytes()

@@ -7,7 +7,10 @@ What it sets up, all on 127.0.0.1 and under ``.fleetgate/demo/`` (made fresh eac
 - a virtual fleet (``sim``) of N − k devices speaking the agent protocol, and k **real agent
   processes**, each supervising the real demo app; the agents are bootstrapped with v1.0.0
   through the same protocol, so they have a known-good release to roll back to;
-- the inventory of both, imported into the store (the SQLite default unless ``--db``);
+- the inventory of both, imported into the store (the SQLite default unless ``--db``); over
+  MQTT only the virtual devices are imported and the real agents enrol themselves
+  (``fleetgate agent enroll`` against the service's API served for the purpose, one
+  single-use token each, then accepted: sim/demo_enrol.py, docs/enrolment.md "In the demo");
 - a controller that deploys v2.0.0 with a demo policy (short soaks: the policy says
   ``allow_short_soak = true``, and the audit log records it).
 
@@ -44,7 +47,7 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +98,21 @@ def _app_source(work: Path, version: str, mode: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def real_agents(
-    work: Path, count: int, public_key: Path, token_file: Path, broker: str | None = None
+    work: Path,
+    count: int,
+    public_key: Path,
+    token_file: Path,
+    broker: str | None = None,
+    enrol: Callable[[str, Path, str], Awaitable[None]] | None = None,
 ) -> AsyncIterator[list[Device]]:
     """Start ``count`` agent processes; yield their inventory entries; kill them at the end.
 
     With ``broker`` each agent dials out to it (``[mqtt]``, no HTTP listener) and its address
-    is ``<broker>/<device-id>``; otherwise it listens on a free loopback port."""
+    is ``<broker>/<device-id>``; otherwise it listens on a free loopback port. With ``enrol``
+    each agent gets a directory of its own (``fleetgate agent enroll`` keeps ``device.key``
+    and ``credential`` beside the config) and ``enrol(id, config, group)`` runs before the
+    agent starts; the entries yielded are then only what the demo meant, the store has the
+    enrolled records."""
     procs: list[asyncio.subprocess.Process] = []
     devices: list[Device] = []
     groups = ("plant-a", "plant-b", "plant-c")
@@ -108,11 +120,11 @@ async def real_agents(
         for i in range(count):
             dev_id = f"agent-{i + 1:02d}"
             port, app_port = _free_port(), _free_port()
-            cfg = work / f"{dev_id}.toml"
-            # TODO(issue 9, self-enrolment: branch issue9-enroll): over MQTT the agents should
-            # enrol themselves (``fleetgate agent enroll --server URL --token T``) and the
-            # controller add them to the inventory; until that lands the demo writes their
-            # inventory entries below, as it does over HTTP.
+            cfg, data_dir = work / f"{dev_id}.toml", work / dev_id
+            if enrol is not None:
+                cfg = work / dev_id / "agent.toml"
+                data_dir = cfg.parent / "data"
+                cfg.parent.mkdir()
             listen = "" if broker else f'listen = "127.0.0.1:{port}"\n'
             mqtt = (
                 f'[mqtt]\nbroker = "{broker}"\nsession_expiry_s = {DEMO_SESSION_EXPIRY_S}\n'
@@ -122,10 +134,12 @@ async def real_agents(
             cfg.write_text(
                 f'[device]\nid = "{dev_id}"\nhardware = "gateway"\narch = "x86_64"\n'
                 f'software = {{ os = "linux" }}\n[agent]\n{listen}'
-                f'data_dir = "{work / dev_id}"\ntoken_file = "{token_file}"\n'
+                f'data_dir = "{data_dir}"\ntoken_file = "{token_file}"\n'
                 f'public_key = "{public_key}"\nhealth_timeout_s = 15\nprobe_interval_s = 1\n'
                 f'[app]\nmode = "process"\nport = {app_port}\n{mqtt}'
             )
+            if enrol is not None:
+                await enrol(dev_id, cfg, groups[i % 3])
             log = (work / f"{dev_id}.log").open("wb")
             procs.append(
                 await asyncio.create_subprocess_exec(
@@ -240,6 +254,7 @@ async def run_demo(
     from fleetgate.core.state import Phase, exit_code
     from fleetgate.engine.service import Controller, ControllerConfig, Decision
     from fleetgate.registry import devices_to_yaml
+    from fleetgate.sim.demo_enrol import DemoEnrolment, enrolment_api
     from fleetgate.sim.faults import parse_fault
     from fleetgate.sim.fleetspec import FleetSpec
     from fleetgate.sim.server import VirtualFleet
@@ -286,38 +301,59 @@ async def run_demo(
         say(f"channel: MQTT through {broker} (every device dials out to the broker)")
     else:
         sim_fleet = VirtualFleet.start(spec)
-    async with (
-        sim_fleet as vf,
-        real_agents(
-            work, n_agents, pub_path, token_file, vf.url if over_mqtt else None
-        ) as agent_devs,
-        Store.open(db) as store,
-        HttpTransport(TokenSource()) as transport,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        vf = await stack.enter_async_context(sim_fleet)
+        store = await stack.enter_async_context(Store.open(db))
+        transport = await stack.enter_async_context(HttpTransport(TokenSource()))
         sim_devs = [
             dataclasses.replace(d, token_file=str(token_file), token_env=None) for d in vf.devices
         ]
-        fleet = sim_devs + agent_devs
-        (work / "fleet.yaml").write_text(devices_to_yaml(fleet))
+        ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub_path))
+
+        async def import_(devs: list[Device]) -> None:
+            (work / "fleet.yaml").write_text(devices_to_yaml(devs))
+            async with store.transaction():
+                await store.replace_devices(devs)
+                await store.append(
+                    Event(
+                        ts=utc_now_iso(),
+                        deployment_id=None,
+                        action="registry.imported",
+                        actor="demo",
+                        details={"file": str(work / "fleet.yaml"), "devices": len(devs)},
+                    )
+                )
+
+        if over_mqtt:
+            # The virtual devices are imported (an inventory file, as a provisioning system
+            # would hand over); the real agents then enrol themselves into that inventory.
+            await import_(sim_devs)
+            say(f"inventory: {len(sim_devs)} virtual devices imported from fleet.yaml")
+            async with enrolment_api(store, ctl, work, pub_path) as url:
+                say(
+                    f"enrolment: the service's API on {url}; each real agent enrols itself "
+                    "with a single-use token and waits (pending) to be accepted"
+                )
+                enrolment = DemoEnrolment(store, url, vf.url, work.parent / "demo-keys", say)
+                await stack.enter_async_context(
+                    real_agents(work, n_agents, pub_path, token_file, vf.url, enrolment)
+                )
+                agent_devs = await enrolment.accept()
+            how = "self-enrolled"
+        else:
+            agent_devs = await stack.enter_async_context(
+                real_agents(work, n_agents, pub_path, token_file)
+            )
+            how = "imported"
         await _wait_ready(transport, agent_devs)
         await _bootstrap(transport, agent_devs, work / "blobs", v1.path, pub)
-        async with store.transaction():
-            await store.replace_devices(fleet)
-            await store.append(
-                Event(
-                    ts=utc_now_iso(),
-                    deployment_id=None,
-                    action="registry.imported",
-                    actor="demo",
-                    details={"file": str(work / "fleet.yaml"), "devices": len(fleet)},
-                )
-            )
+        if not over_mqtt:
+            await import_(sim_devs + agent_devs)
         say(
             f"fleet: {len(sim_devs)} virtual devices + {len(agent_devs)} real agents "
-            f"({', '.join(d.id for d in agent_devs)}) running the demo app v1.0.0"
+            f"({', '.join(d.id for d in agent_devs)}, {how}) running the demo app v1.0.0"
         )
 
-        ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub_path))
         await _end_earlier_demos(ctl, store, say)
         dep = await ctl.start(v2.path, policy, policy_doc=DEMO_POLICY, actor="demo")
         state = await ctl.state(dep)

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,15 @@ async def deploy(run: Run, sim: Sim, work: Path, broker: str) -> None:
             run.broker_cpu_s = cpu_of(mosquitto) - b0
         run.outcome = state.phase.value + (f": {state.halt_reason}" if state.halt_reason else "")
         if state.phase is not Phase.COMPLETE:
-            why = {str(e.details.get("error")) for e in await store.events(dep) if e.details}
-            run.error = "; ".join(sorted(w for w in why if w != "None")[:3])
+            # Which devices were set aside, and why: counted by event and reason (the most
+            # frequent first), so a PARTIAL outcome explains itself.
+            why: Counter[str] = Counter()
+            for e in await store.events(dep):
+                if e.device_id is None or e.outcome == "ok":
+                    continue
+                reason = e.details.get("reason") or e.details.get("error") or e.details.get("code")
+                why[f"{e.action} ({e.outcome}): {str(reason)[:120]}"] += 1
+            run.error = "; ".join(f"{n} x {w}" for w, n in why.most_common(4))
     await one_more(seen, watcher)
     run.broker_connections_max = max(seen) if seen else None
 

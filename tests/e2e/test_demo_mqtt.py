@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from fleetgate.api.embedded import api_in_process
 from fleetgate.core.machine import apply
 from fleetgate.core.state import DeploymentState, DeviceStatus
 from fleetgate.sim.demo import SCENARIOS, run_demo
@@ -45,6 +46,7 @@ async def _run(
         home=where / "home",
         say=lambda _l: None,
         on_approval=on_approval,
+        serve_api=api_in_process,
     )
     async with Store.open(db) as store:
         events = await store.events(result.deployment_id)

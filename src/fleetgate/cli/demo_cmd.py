@@ -41,6 +41,7 @@ def _ask(prompt: str) -> bool:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
+    from fleetgate.api.embedded import api_in_process
     from fleetgate.errors import InputError
     from fleetgate.sim.demo import run_demo
 
@@ -58,6 +59,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         broker=args.broker,
         ask=_ask,
         say=lambda line: print(f"demo: {line}", file=sys.stderr),
+        serve_api=api_in_process,
     )
     sys.stdout.write(result.report)
     print(f"demo: deployment {result.deployment_id} ended {result.phase}", file=sys.stderr)

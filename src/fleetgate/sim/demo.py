@@ -54,6 +54,11 @@ from typing import Any
 
 from fleetgate.core.model import Arch, Device, DeviceState, Monitoring, Resources
 
+# Serves the controller's API on a loopback URL for as long as the block runs (store,
+# controller, work dir, public key): the MQTT demo's agents enrol through it. The CLI passes
+# ``api.embedded.api_in_process``; the simulator itself does not import the API layer.
+ServeApi = Callable[[Any, Any, Path, Path], contextlib.AbstractAsyncContextManager[str]]
+
 SCENARIOS = ("happy", "bad-canary", "wave-degradation", "unreachable", "rollback-failure")
 CHANNELS = ("http", "mqtt")
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -243,6 +248,7 @@ async def run_demo(
     ask: Callable[[str], bool] | None = None,
     say: Callable[[str], None] = print,
     on_approval: Callable[[Any, Any], None] | None = None,
+    serve_api: ServeApi | None = None,
 ) -> DemoResult:
     """One demo deployment. ``on_approval(fleet, state)`` (tests) runs where the scenarios inject
     their wave faults, after the approval and before the fleet rollout."""
@@ -254,7 +260,7 @@ async def run_demo(
     from fleetgate.core.state import Phase, exit_code
     from fleetgate.engine.service import Controller, ControllerConfig, Decision
     from fleetgate.registry import devices_to_yaml
-    from fleetgate.sim.demo_enrol import DemoEnrolment, enrolment_api
+    from fleetgate.sim.demo_enrol import DemoEnrolment
     from fleetgate.sim.faults import parse_fault
     from fleetgate.sim.fleetspec import FleetSpec
     from fleetgate.sim.server import VirtualFleet
@@ -294,6 +300,8 @@ async def run_demo(
 
         raise InputError(f"--channel {channel!r}: expected one of {', '.join(CHANNELS)}")
     over_mqtt = channel == "mqtt"
+    if over_mqtt and serve_api is None:
+        raise ValueError("run_demo: --channel mqtt needs serve_api (api.embedded.api_in_process)")
     if over_mqtt:
         from fleetgate.sim.mqtt_fleet import MqttFleet
 
@@ -329,7 +337,8 @@ async def run_demo(
             # would hand over); the real agents then enrol themselves into that inventory.
             await import_(sim_devs)
             say(f"inventory: {len(sim_devs)} virtual devices imported from fleet.yaml")
-            async with enrolment_api(store, ctl, work, pub_path) as url:
+            assert serve_api is not None
+            async with serve_api(store, ctl, work, pub_path) as url:
                 say(
                     f"enrolment: the service's API on {url}; each real agent enrols itself "
                     "with a single-use token and waits (pending) to be accepted"

@@ -1,8 +1,8 @@
 """The MQTT demo's real agents enrol themselves (docs/enrolment.md), as a real fleet does.
 
-``enrolment_api`` serves the app ``fleetgate serve`` runs (``api.app.create_app``) in-process on
-a free loopback port, over the demo's own store. ``DemoEnrolment`` is the operator's and the
-device's side: for each agent, one single-use token for its group, then the real
+The API is served in-process by ``api.embedded.api_in_process``, which the CLI hands to
+``run_demo`` (the simulator does not import the API layer). ``DemoEnrolment`` is the
+operator's and the device's side: for each agent, one single-use token for its group, then the real
 ``fleetgate agent enroll`` CLI (a subprocess, as on a device) before ``agent run``. The tokens
 do not auto-accept: the agents arrive ``pending`` and the demo accepts exactly them, the step an
 operator takes with ``fleetgate registry accept``, so the demo shows the whole life cycle.
@@ -11,11 +11,9 @@ operator takes with ``fleetgate registry accept``, so the demo shows the whole l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,50 +22,6 @@ from fleetgate.core.model import Device, Monitoring
 from fleetgate.errors import FleetgateError
 
 TOKEN_TTL_S = 600  # long enough for the demo's start, short enough not to matter if left
-
-
-@contextlib.asynccontextmanager
-async def enrolment_api(
-    store: Any, controller: Any, work: Path, public_key: Path
-) -> AsyncIterator[str]:
-    """The service's API on ``http://127.0.0.1:PORT`` for as long as the block runs."""
-    import uvicorn
-
-    from fleetgate.api.app import create_app
-    from fleetgate.api.context import ApiContext
-    from fleetgate.api.metrics import Metrics
-
-    ctx = ApiContext(
-        store=store,
-        controller=controller,
-        blob_dir=work / "blobs",
-        public_key=public_key,
-        max_upload_bytes=0,  # the demo uploads no releases through the API
-        metrics=Metrics(),
-        credentials_dir=work / "credentials",
-    )
-    # The demo binds the port itself: no race for a free port, and no bind failure inside
-    # uvicorn (which answers one with SystemExit).
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="on")
-    )
-    # serve() would take over SIGINT/SIGTERM; the demo's own handling stays in charge.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises what stopped it
-                raise FleetgateError("demo: the enrolment API did not start")
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 class DemoEnrolment:

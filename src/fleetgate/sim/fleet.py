@@ -130,3 +130,37 @@ class SimFleet:
         tmp.write_text(devices_to_yaml(devices, header=header), encoding="utf-8")
         tmp.replace(path)
         return token_path
+
+
+class RunningFleet:
+    """What a running fleet (``VirtualFleet`` over HTTP, ``MqttFleet`` on a broker) offers
+    about its devices: the model's, whatever front end carries the calls."""
+
+    model: SimFleet
+
+    @property
+    def devices(self) -> list[Device]:
+        return self.model.devices
+
+    @property
+    def token(self) -> str:
+        return self.model.token
+
+    @property
+    def spec(self) -> FleetSpec:
+        return self.model.spec
+
+    def device(self, device_id: str) -> VirtualDevice:
+        return self.model.device(device_id)
+
+    def device_state(self, device_id: str) -> DeviceSnapshot:
+        return self.model.device_state(device_id)
+
+    def inject(self, fault: FaultSpec | str) -> list[str]:
+        return self.model.inject(fault)
+
+    def clear_faults(self, device_ids: list[str] | None = None) -> None:
+        self.model.clear_faults(device_ids)
+
+    def write_inventory(self, path: Path, token_file: Path | None = None) -> Path:
+        return self.model.write_inventory(path, token_file)

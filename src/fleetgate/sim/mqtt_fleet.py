@@ -34,18 +34,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fleetgate.agent.mqtt_link import DeviceLink, LinkSettings
 from fleetgate.core import mqttwire as wire
-from fleetgate.core.model import Device
 from fleetgate.errors import InputError
 from fleetgate.sim.device import VirtualDevice
-from fleetgate.sim.device_state import DeviceSnapshot
 from fleetgate.sim.dispatch import answer
-from fleetgate.sim.faults import FaultSpec
-from fleetgate.sim.fleet import SimFleet
+from fleetgate.sim.fleet import RunningFleet, SimFleet
 from fleetgate.sim.fleetspec import FleetSpec
 
 CONNECT_GATE = 256
@@ -135,7 +131,7 @@ class Connection:
                 await asyncio.wait_for(task, 10)
 
 
-class MqttFleet:
+class MqttFleet(RunningFleet):
     """A running virtual fleet on a broker. Build with ``MqttFleet.start(spec, broker)``."""
 
     def __init__(
@@ -145,33 +141,6 @@ class MqttFleet:
         self.broker = broker
         self.url = broker.key
         self.links = links
-
-    @property
-    def devices(self) -> list[Device]:
-        return self.model.devices
-
-    @property
-    def token(self) -> str:
-        return self.model.token
-
-    @property
-    def spec(self) -> FleetSpec:
-        return self.model.spec
-
-    def device(self, device_id: str) -> VirtualDevice:
-        return self.model.device(device_id)
-
-    def device_state(self, device_id: str) -> DeviceSnapshot:
-        return self.model.device_state(device_id)
-
-    def inject(self, fault: FaultSpec | str) -> list[str]:
-        return self.model.inject(fault)  # the watcher applies connection faults
-
-    def clear_faults(self, device_ids: list[str] | None = None) -> None:
-        self.model.clear_faults(device_ids)
-
-    def write_inventory(self, path: Path, token_file: Path | None = None) -> Path:
-        return self.model.write_inventory(path, token_file)
 
     def connected(self) -> int:
         """How many devices are connected to the broker now."""

@@ -33,17 +33,14 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from fleetgate.core.model import Device
 from fleetgate.errors import FleetgateError, InputError
 from fleetgate.sim.device import COMMANDS, VirtualDevice
 from fleetgate.sim.device_state import DeviceSnapshot, SimReply, refusal
-from fleetgate.sim.faults import FaultSpec
-from fleetgate.sim.fleet import SimFleet
+from fleetgate.sim.fleet import RunningFleet, SimFleet
 from fleetgate.sim.fleetspec import FleetSpec
 
 READS = ("ping", "facts", "health", "logs")
@@ -89,7 +86,7 @@ def snapshot_json(snap: DeviceSnapshot) -> dict[str, Any]:
     }
 
 
-class VirtualFleet:
+class VirtualFleet(RunningFleet):
     """A running virtual fleet. Build with ``VirtualFleet.start(spec, host=..., port=...)``."""
 
     def __init__(
@@ -99,33 +96,6 @@ class VirtualFleet:
         self.url = url
         self._runner = runner
         self.calls = calls  # requests served per call name (``GET /_sim/calls``)
-
-    @property
-    def devices(self) -> list[Device]:
-        return self.model.devices
-
-    @property
-    def token(self) -> str:
-        return self.model.token
-
-    @property
-    def spec(self) -> FleetSpec:
-        return self.model.spec
-
-    def device(self, device_id: str) -> VirtualDevice:
-        return self.model.device(device_id)
-
-    def device_state(self, device_id: str) -> DeviceSnapshot:
-        return self.model.device_state(device_id)
-
-    def inject(self, fault: FaultSpec | str) -> list[str]:
-        return self.model.inject(fault)
-
-    def clear_faults(self, device_ids: list[str] | None = None) -> None:
-        self.model.clear_faults(device_ids)
-
-    def write_inventory(self, path: Path, token_file: Path | None = None) -> Path:
-        return self.model.write_inventory(path, token_file)
 
     @classmethod
     @asynccontextmanager

@@ -21,7 +21,7 @@ from fleetgate.core.machine import fold
 from fleetgate.core.model import Device, HealthSample
 from fleetgate.core.state import DeviceStatus, Phase
 from fleetgate.engine.service import Controller, Decision
-from fleetgate.transports.base import Facts, RollbackResult
+from fleetgate.transports.base import ActivateResult, Facts, RollbackResult
 from fleetgate.transports.memory import MemoryTransport
 
 T = TypeVar("T")
@@ -31,7 +31,7 @@ ZERO_SOAK = {**FAST_POLICY, "soak": {"canary": 0, "between_waves": 0}}
 
 class Counting(MemoryTransport):
     """Counts every call by name; ``old_agent``: answers as an agent before issue 12 (no
-    health inside facts or rollback answers, no rollback copy in health)."""
+    health inside facts, activate or rollback answers, no rollback copy in health)."""
 
     def __init__(self, inner: MemoryTransport, old_agent: bool = False) -> None:
         super().__init__(inner.fleet)
@@ -50,7 +50,7 @@ class Counting(MemoryTransport):
         self.by_device[(command, device.id)] += 1
         out = await super().call(device, command, body, parse)
         if self.old_agent:
-            if isinstance(out, Facts | RollbackResult):
+            if isinstance(out, Facts | ActivateResult | RollbackResult):
                 return replace(out, health=None)  # type: ignore[return-value]
             if isinstance(out, HealthSample):
                 return replace(out, rollback_available=None)  # type: ignore[return-value]
@@ -99,6 +99,37 @@ async def test_every_deployed_device_is_checked_after_every_wave_with_one_prefli
         assert all(e.details["sample"] is not None for e in baselines)
         checked_copy = next(e for e in events if e.action == "confirm.checked")
         assert sorted(checked_copy.details["rollback_copies"]["ok"]) == sorted(state.devices)
+
+
+def health_events_by_device(events: list[Any], state: Any) -> dict[str, tuple[int, int]]:
+    """device -> (its ``device.health`` verdicts, of which smoke tests), the drill canary aside
+    (its drill adds rounds of its own)."""
+    out = {}
+    for i in state.devices:
+        if i == state.drill_device:
+            continue
+        mine = [e for e in events if e.action == "device.health" and e.device_id == i]
+        out[i] = (len(mine), sum(e.details["round"] == "smoke" for e in mine))
+    return out
+
+
+@pytest.mark.parametrize("old_agent", [False, True], ids=["carried", "old-agent"])
+async def test_the_smoke_test_judges_the_health_the_activate_answer_carried(
+    tmp_path: Path, old_agent: bool
+) -> None:
+    """Every activated device has its smoke-test verdict, and (an agent that carries health
+    with its activate answer) none of them cost a health call: every other verdict did."""
+    async with harness(tmp_path, policy=ZERO_SOAK) as h:
+        transport = Counting(h.controller.transport, old_agent=old_agent)
+        dep = await run_to_complete(h, transport)
+        events = await h.events(dep)
+        state = fold(dep, events)
+        verdicts = health_events_by_device(events, state)
+        assert verdicts and all(smoke == 1 for _n, smoke in verdicts.values()), verdicts
+        asked = {i: transport.by_device[("health", i)] for i in verdicts}
+        # The old agent also gets its baseline asked apart (no health in its facts answer).
+        expected = {i: n + 1 if old_agent else n - 1 for i, (n, _smoke) in verdicts.items()}
+        assert asked == expected
 
 
 async def test_an_agent_without_carried_health_is_asked_apart(tmp_path: Path) -> None:
@@ -194,3 +225,21 @@ def test_gc_tuning_raises_the_young_threshold_and_never_enables_a_disabled_colle
         assert gc.get_threshold()[0] == GEN0_THRESHOLD * 2
     finally:
         gc.set_threshold(*saved)
+
+
+async def test_a_device_that_goes_dark_once_its_release_runs_still_fails(tmp_path: Path) -> None:
+    """Its activate answer (and the health sample in it) arrived; the smoke test judges that
+    sample, and the commit that follows meets the dead link: the device is failed and never
+    counted healthy on the release, exactly as when the smoke test asked the device itself."""
+    async with harness(tmp_path, policy=ZERO_SOAK) as h:
+        dep = await h.start()
+        dark = (await h.controller.state(dep)).canaries[0]
+        h.fleet.inject(f"unreachable:version=2.0.0,device={dark}")
+        state = await h.controller.drive(dep)
+        events = await h.events(dep)
+        mine = [e.action for e in events if e.device_id == dark]
+        assert "device.activated" in mine and "device.commit_failed" in mine, mine
+        assert "device.committed" not in mine
+        # Failed, then (a canary failed) the canaries are rolled back: this one cannot be reached.
+        assert state.devices[dark] is D.ROLLBACK_FAILED, state.devices[dark]
+        assert state.canary_verdict == "FAIL"

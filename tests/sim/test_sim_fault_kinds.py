@@ -37,8 +37,14 @@ async def test_unreachable_after_a_version_goes_live(channel):
     d = fleet.devices[0]
     fleet.inject(f"unreachable:version=2.0.0,device={d.id}")
     assert (await deploy(t, d)).ok
+    # The activate answer carried the device's health (taken before it went dark): it answers
+    # the one health call that follows the activate (the smoke test; the commit after it is
+    # what meets the dead link). Every later call goes to the device and finds it unreachable.
+    assert (await t.health(d)).release == V2.release_id
     with pytest.raises(TransportUnavailable):
         await t.health(d)
+    with pytest.raises(TransportUnavailable):
+        await t.ping(d)
 
 
 async def test_flaky_drops_the_first_k_requests(channel):

@@ -73,7 +73,13 @@ async def test_http_transport_drives_a_real_agent(agent_kit):
         assert (await t.stage(dev, **stage_kw(v1_stage, "dep-1", 1))).status == "staged"
         replay = await t.stage(dev, **stage_kw(v1_stage, "dep-1", 1))
         assert replay.replayed and replay.release == v1
-        assert (await t.activate(dev, deployment_id="dep-1", seq=2, release=v1)).ok
+        first = await t.activate(dev, deployment_id="dep-1", seq=2, release=v1)
+        # Issue 12: the real agent answers with the started release's health (the smoke test's
+        # sample); a replay of the same command carries none (it is history).
+        assert first.ok and first.health is not None and first.health.release == v1
+        assert first.health.app_up and first.health.device_id == "edge-1"
+        again = await t.activate(dev, deployment_id="dep-1", seq=2, release=v1)
+        assert again.replayed and again.health is None
         sample = await t.health(dev)
         assert sample.device_id == "edge-1" and sample.release == v1 and sample.app_up
 

@@ -106,6 +106,7 @@ async def test_headers_and_path_prefix(recorder):
         "seq": 700_003,
         "seq_base": 7,
         "release": "r",
+        "with_health": True,  # issue 12: the answer carries the smoke test's sample
     }
 
 

@@ -541,7 +541,12 @@ async def activate(
         log.warning("activate %s: start failed: %s", rid, error)
         return Reply(200, {"status": "start-failed", **base, "error": error, "logs": _tail(svc)})
     await asyncio.to_thread(_prune, svc, staging=False)
-    return Reply(200, {"status": "active", **base})
+    reply: dict[str, Any] = {"status": "active", **base}
+    if body.get("with_health") is True:
+        # Issue 12: the started release's health now: the controller's smoke test judges it
+        # without a call of its own.
+        reply["health"] = await svc.health()
+    return Reply(200, reply)
 
 
 # -- rollback -------------------------------------------------------------------------------------

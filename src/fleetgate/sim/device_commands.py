@@ -153,7 +153,10 @@ async def activate(dev: VirtualDevice, body: dict[str, Any], rec: Record, again:
         return SimReply(200, {"status": "start-failed", **base, "error": error, "logs": logs})
     dev.app_log.append(f"[{rid}] healthy")
     prune(dev, KEEP_RELEASES - 1)
-    return SimReply(200, {"status": "active", **base})
+    reply: dict[str, Any] = {"status": "active", **base}
+    if body.get("with_health") is True:
+        reply["health"] = dev.health()  # issue 12: the smoke test's sample, in this answer
+    return SimReply(200, reply)
 
 
 async def rollback(dev: VirtualDevice, body: dict[str, Any], rec: Record, again: bool) -> SimReply:

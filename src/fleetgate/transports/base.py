@@ -106,6 +106,10 @@ def activate_body(deployment_id: str, seq: int, release: str) -> dict[str, Any]:
         "seq": seq,
         "seq_base": seq_base_of(seq),
         "release": release,
+        # Issue 12: answer with the started release's health too: the controller's smoke test
+        # judges that sample instead of asking for one. An agent that does not know the field
+        # ignores it (the controller then asks ``health`` apart).
+        "with_health": True,
     }
 
 

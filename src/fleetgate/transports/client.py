@@ -22,6 +22,11 @@ Contract (docs/protocol.md is the wire contract, docs/transports.md the seam):
   controller records the facts and ``last_seen`` in the inventory); it must not block.
 - ``on_call(command, seconds)``, if given, is called after every call, answered or not, with
   the wall time including the wait for a slot (the API's agent-latency histogram).
+- A health sample a device volunteers with a successful ``activate`` answer (issue 12: the
+  body asks ``with_health``) is kept for that device and answers its **next** ``health`` call,
+  once, if that call comes within ``VOLUNTEERED_MAX_AGE_S``: the engine's smoke test, made right
+  after the activate is recorded, costs no second round trip and sees exactly what a call would
+  have seen then. Anything later (a soak round, a wave gate) goes to the device.
 - Lifecycle: ``async with client:`` … ``aclose()`` closes the channel. Idempotent.
 """
 
@@ -60,6 +65,11 @@ log = logging.getLogger("fleetgate.transport")
 T = TypeVar("T")
 OnCall = Callable[[str, float], None]
 
+# How old a volunteered health sample may be when the next health call would use it. The
+# smoke test follows its activate within milliseconds (one store append); a few seconds cover
+# a loaded controller. Older, the device is asked: a sample never stands in for a later check.
+VOLUNTEERED_MAX_AGE_S = 5.0
+
 
 class DeviceClient:
     def __init__(
@@ -79,6 +89,9 @@ class DeviceClient:
         self._slots = asyncio.Semaphore(concurrency) if concurrency is not None else None
         # Told of every successful facts answer (engine/facts_refresh.py FactsRecorder).
         self.on_facts: Callable[[Device, Facts], None] | None = None
+        # device id -> (monotonic time, sample) volunteered with an activate answer; at most
+        # one per device, removed by the next health call (used or too old).
+        self._volunteered: dict[str, tuple[float, HealthSample]] = {}
 
     async def aclose(self) -> None:
         await self.channel.aclose()
@@ -156,6 +169,9 @@ class DeviceClient:
         return facts
 
     async def health(self, device: Device) -> HealthSample:
+        kept = self._volunteered.pop(device.id, None)
+        if kept is not None and time.monotonic() - kept[0] <= VOLUNTEERED_MAX_AGE_S:
+            return kept[1]
         return await self.call(device, "health", None, parse_health)
 
     async def logs(self, device: Device, lines: int = 200) -> DeviceLogs:
@@ -181,7 +197,11 @@ class DeviceClient:
         self, device: Device, *, deployment_id: str, seq: int, release: str
     ) -> ActivateResult:
         body = activate_body(deployment_id, seq, release)
-        return await self.call(device, "activate", body, ActivateResult.parse)
+        self._volunteered.pop(device.id, None)  # never a sample from before this activate
+        result = await self.call(device, "activate", body, ActivateResult.parse)
+        if result.ok and result.health is not None:
+            self._volunteered[device.id] = (time.monotonic(), result.health)
+        return result
 
     async def commit(
         self, device: Device, *, deployment_id: str, seq: int, release: str

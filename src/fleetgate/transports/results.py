@@ -227,6 +227,10 @@ class ActivateResult:
     error: str | None = None
     logs: tuple[str, ...] = ()
     replayed: bool = False
+    # Issue 12: the device's health once the activated release answered healthy (a fresh,
+    # successful answer only: a replayed one is history, a failed start has nothing to judge),
+    # so the smoke test needs no call of its own.
+    health: HealthSample | None = None
 
     @property
     def ok(self) -> bool:
@@ -242,6 +246,7 @@ class ActivateResult:
             error=r.opt_text("error"),
             logs=r.strings("logs"),
             replayed=r.flag("replayed", False),
+            health=None if r.flag("replayed", False) else _opt_health(device_id, data, "activate"),
         )
 
 

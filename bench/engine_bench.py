@@ -40,6 +40,16 @@ Each run's report ends with ONE JSON line that scripts parse (the last line of t
 more (``ctl_us_per_call_deploy``/``_rollback``, calls by name, outcome, db, load average).
 ``--devices 100000`` works (on PostgreSQL too); it takes long, so give ``--timeout``.
 
+Where the controller's CPU goes (issue 12 item 5, "use both cores"): per phase, from
+``/proc/self/task/<tid>/stat`` (utime + stime, clock ticks), the event loop's thread
+(``main_thread_cpu_deploy_s`` / ``_rollback_s``), aiosqlite's connection threads — SQLite's own
+work, which a writer process could take over — (``store_thread_cpu_…``) and the rest
+(``other_thread_cpu_…``: the process's CPU minus those two, so threads that ended count there);
+on PostgreSQL the CPU of every ``postgres`` server process on the machine
+(``db_server_cpu_…``: the store writer that already is another process); and the whole
+machine's busy CPU seconds (``machine_cpu_…``, /proc/stat: the controller, the sim, the
+database, and anything else running — the machine is shared, compare back-to-back runs only).
+
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
 functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
 """
@@ -78,6 +88,12 @@ class Timing:
     events: int = 0
     rss_mib: float = 0.0  # the controller's peak RSS so far, at the end of this phase
     gc_s: float = 0.0  # time in the cyclic garbage collector during this phase
+    # The controller's CPU split by thread (issue 12 item 5: what could a second process take?)
+    main_cpu_s: float = 0.0  # the event loop's thread
+    store_cpu_s: float = 0.0  # aiosqlite's connection threads (SQLite's own work)
+    other_cpu_s: float = 0.0  # every other thread, and threads that ended during the phase
+    db_server_cpu_s: float = 0.0  # PostgreSQL's server processes (0 on SQLite)
+    machine_cpu_s: float = 0.0  # busy CPU seconds of the whole machine (/proc/stat)
 
 
 @dataclass
@@ -216,11 +232,18 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) -> tuple[T, Timing]:
     """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
+    pg = res.db == "postgresql"
+    th0, pg0, m0 = thread_cpu(), postgres_cpu() if pg else {}, machine_busy_s()
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
     out = await coro
     res.running = ""
     t = Timing(time.perf_counter() - w0, time.process_time() - c0, sim.cpu_s() - s0)
     t.gc_s = GcClock.total - g0
+    t.main_cpu_s, t.store_cpu_s = split_threads(th0, thread_cpu())
+    t.other_cpu_s = max(0.0, t.cpu_s - t.main_cpu_s - t.store_cpu_s)
+    if pg:
+        t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in postgres_cpu().items())
+    t.machine_cpu_s = machine_busy_s() - m0
     t.rss_mib = rss_mib()
     res.phases[name] = t
     print(f"  [{res.devices} c{res.concurrency}] {name}: {t.wall_s:.2f} s", file=sys.stderr)
@@ -245,6 +268,76 @@ class GcClock:
                 cls.total += time.thread_time() - cls._t0
 
         gc.callbacks.append(cb)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_s(stat: str) -> float:
+    """utime + stime from a /proc/…/stat line (fields after the ``(comm)``)."""
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of every live thread of this process, by native id, with a role:
+    ``main`` (the event loop), ``store`` (an aiosqlite connection's worker thread: aiosqlite
+    names none, so it is known by its target, ``_connection_worker_thread``) or ``other``."""
+    import threading
+
+    main = threading.main_thread().native_id
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        try:
+            cpu = _stat_cpu_s((task / "stat").read_text())
+        except OSError:
+            continue  # the thread ended meanwhile: its CPU falls into "other"
+        name = names.get(tid, "")
+        role = "main" if tid == main else "store" if "_connection_worker" in name else "other"
+        out[tid] = (role, cpu)
+    return out
+
+
+def split_threads(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> tuple[float, float]:
+    """(main thread, store threads) CPU seconds between two ``thread_cpu`` samples; a thread
+    born in between counts from zero (one that ended is lost here and lands in "other")."""
+    main = store = 0.0
+    for tid, (role, cpu) in after.items():
+        spent = cpu - before.get(tid, (role, 0.0))[1]
+        if role == "main":
+            main += spent
+        elif role == "store":
+            store += spent
+    return main, store
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL server process on this machine, by pid (the
+    backends serving the controller, and the WAL writer, checkpointer … that its writes cause;
+    other clients' backends too, if any run: the machine is shared)."""
+    out: dict[int, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if stat.partition("(")[2].startswith("postgres)"):
+            out[int(proc.name)] = _stat_cpu_s(stat)
+    return out
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot, all CPUs (/proc/stat: everything but
+    idle and iowait), so a phase's figure covers the controller, the sim, the database and
+    whatever else ran."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
 
 
 def rss_mib() -> float:
@@ -458,6 +551,16 @@ def report(r: RunResult) -> None:
                 f"   agent calls/device, {kind}: {summary[f'agent_calls_{kind}']:.2f} ({by}); "
                 f"controller CPU per call {summary[f'ctl_us_per_call_{kind}']:.0f} µs"
             )
+    for kind in ("deploy", "rollback"):
+        if summary[f"{kind}_cpu_s"]:
+            print(
+                f"   controller CPU by thread, {kind}: event loop "
+                f"{summary[f'main_thread_cpu_{kind}_s']:.2f} s, store (aiosqlite) "
+                f"{summary[f'store_thread_cpu_{kind}_s']:.2f} s, other "
+                f"{summary[f'other_thread_cpu_{kind}_s']:.2f} s; PostgreSQL server "
+                f"{summary[f'db_server_cpu_{kind}_s']:.2f} s; machine busy "
+                f"{summary[f'machine_cpu_{kind}_s']:.2f} CPU s"
+            )
     print(json.dumps(summary), flush=True)
 
 
@@ -490,6 +593,19 @@ def figures(r: RunResult) -> dict[str, Any]:
         "sim_cpu_rollback_s": round(rb.sim_cpu_s, 3),
         "gc_deploy_s": round(sum(p.gc_s for p in dep), 3),
         "gc_rollback_s": round(rb.gc_s, 3),
+        # issue 12 item 5: the controller's CPU by thread, the database server's, the machine's
+        "main_thread_cpu_deploy_s": round(sum(p.main_cpu_s for p in dep), 3),
+        "store_thread_cpu_deploy_s": round(sum(p.store_cpu_s for p in dep), 3),
+        "other_thread_cpu_deploy_s": round(sum(p.other_cpu_s for p in dep), 3),
+        "main_thread_cpu_rollback_s": round(rb.main_cpu_s, 3),
+        "store_thread_cpu_rollback_s": round(rb.store_cpu_s, 3),
+        "other_thread_cpu_rollback_s": round(rb.other_cpu_s, 3),
+        "db_server_cpu_deploy_s": round(sum(p.db_server_cpu_s for p in dep), 3),
+        "db_server_cpu_rollback_s": round(rb.db_server_cpu_s, 3),
+        "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
+        "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
+        "events_deploy": sum(p.events for p in dep),
+        "events_rollback": rb.events,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "error": r.error or None,
     }

@@ -3,6 +3,7 @@
     .venv/bin/python bench/engine_bench.py [--devices 1000 10000] [--concurrency 200 500]
                                            [--db sqlite|postgresql+asyncpg://USER@HOST/DB]
                                            [--skip-rollback] [--profile DIR] [--timeout S]
+                                           [--writer-process]
 
 For each fleet size × controller concurrency, in a fresh worker process (so its CPU time and
 peak RSS are its own) and a fresh temporary directory:
@@ -49,6 +50,8 @@ on PostgreSQL the CPU of every ``postgres`` server process on the machine
 (``db_server_cpu_…``: the store writer that already is another process); and the whole
 machine's busy CPU seconds (``machine_cpu_…``, /proc/stat: the controller, the sim, the
 database, and anything else running — the machine is shared, compare back-to-back runs only).
+``--writer-process``: the recorders append through ``bench/writer_child.py``'s prototype writer
+process (its CPU: ``writer_cpu_deploy_s`` / ``_rollback_s``) — a measurement, not a feature.
 
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
 functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
@@ -93,6 +96,7 @@ class Timing:
     store_cpu_s: float = 0.0  # aiosqlite's connection threads (SQLite's own work)
     other_cpu_s: float = 0.0  # every other thread, and threads that ended during the phase
     db_server_cpu_s: float = 0.0  # PostgreSQL's server processes (0 on SQLite)
+    writer_cpu_s: float = 0.0  # the writer process's (``--writer-process``; else 0)
     machine_cpu_s: float = 0.0  # busy CPU seconds of the whole machine (/proc/stat)
 
 
@@ -110,6 +114,7 @@ class RunResult:
     error: str = ""
     running: str = ""  # the phase in progress (names the one a timeout interrupted)
     db: str = "sqlite"
+    writer_process: bool = False
     # agent calls (requests the sim served) per phase, by call name
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -234,6 +239,7 @@ async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) 
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
     pg = res.db == "postgresql"
     th0, pg0, m0 = thread_cpu(), postgres_cpu() if pg else {}, machine_busy_s()
+    k0 = WRITER[0].cpu_s() if WRITER else 0.0
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
     out = await coro
     res.running = ""
@@ -244,10 +250,14 @@ async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) 
     if pg:
         t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in postgres_cpu().items())
     t.machine_cpu_s = machine_busy_s() - m0
+    t.writer_cpu_s = WRITER[0].cpu_s() - k0 if WRITER else 0.0
     t.rss_mib = rss_mib()
     res.phases[name] = t
     print(f"  [{res.devices} c{res.concurrency}] {name}: {t.wall_s:.2f} s", file=sys.stderr)
     return out, t
+
+
+WRITER: list[Any] = []  # the prototype writer process's sink, with --writer-process
 
 
 class GcClock:
@@ -349,8 +359,41 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool,
     try:
         await _drive_run(res, sim, work, rollback, url)
     finally:
+        while WRITER:
+            await WRITER.pop().close()
         if schema is not None:
             await drop_schema(url, schema)
+
+
+def use_writer_process(ctl: Any, url: str) -> Any:
+    """Make ``ctl``'s recorders append through ``writer_child.RemoteSink`` (the prototype store
+    writer in a second process, issue 12 item 5) instead of ``ctl.store``; returns the sink
+    (not started). Bench-only: it replaces the controller's private ``_recorder``."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from writer_child import RemoteSink
+
+    from fleetgate.engine.recorder import Recorder
+
+    sink = RemoteSink(url)
+
+    @contextlib.asynccontextmanager
+    async def _recorder(view: Any, fence: Any) -> AsyncIterator[Recorder]:
+        rec = Recorder(
+            sink,
+            view.state,
+            ctl.clock.now_iso,
+            fence=fence,
+            ledger=view.ledger,
+            last_seq=view.last_seq,
+            observer=view.observe_recorded,
+        )
+        async with rec:
+            yield rec
+
+    ctl._recorder = _recorder
+    return sink
 
 
 async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool, url: str) -> None:
@@ -379,6 +422,10 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
         HttpTransport(TokenSource(), concurrency=c) as transport,
     ):
         ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub, concurrency=c))
+        if res.writer_process:
+            sink = use_writer_process(ctl, url)
+            WRITER.append(sink)
+            await sink.start()
         seen = (await store.chain_head())[0]
 
         async def count() -> int:
@@ -437,9 +484,14 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
 
 
 def worker(
-    devices: int, concurrency: int, rollback: bool, profile: Path | None, db: str
+    devices: int,
+    concurrency: int,
+    rollback: bool,
+    profile: Path | None,
+    db: str,
+    writer_process: bool = False,
 ) -> RunResult:
-    res = RunResult(devices, concurrency, db=db_kind(db))
+    res = RunResult(devices, concurrency, db=db_kind(db), writer_process=writer_process)
     with tempfile.TemporaryDirectory(prefix="fg-engine-bench-") as tmp:
         work = Path(tmp)
         sim = SimProcess(devices, work)
@@ -480,6 +532,8 @@ def run_worker(n: int, c: int, args: argparse.Namespace) -> RunResult:
     cmd = [sys.executable, __file__, "--worker", str(n), str(c), "--db", args.db]
     if args.skip_rollback:
         cmd.append("--skip-rollback")
+    if args.writer_process:
+        cmd.append("--writer-process")
     if args.profile:
         cmd += ["--profile", str(args.profile)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True)
@@ -558,7 +612,8 @@ def report(r: RunResult) -> None:
                 f"{summary[f'main_thread_cpu_{kind}_s']:.2f} s, store (aiosqlite) "
                 f"{summary[f'store_thread_cpu_{kind}_s']:.2f} s, other "
                 f"{summary[f'other_thread_cpu_{kind}_s']:.2f} s; PostgreSQL server "
-                f"{summary[f'db_server_cpu_{kind}_s']:.2f} s; machine busy "
+                f"{summary[f'db_server_cpu_{kind}_s']:.2f} s; writer process "
+                f"{summary[f'writer_cpu_{kind}_s']:.2f} s; machine busy "
                 f"{summary[f'machine_cpu_{kind}_s']:.2f} CPU s"
             )
     print(json.dumps(summary), flush=True)
@@ -604,6 +659,9 @@ def figures(r: RunResult) -> dict[str, Any]:
         "db_server_cpu_rollback_s": round(rb.db_server_cpu_s, 3),
         "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
         "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
+        "writer_process": r.writer_process,
+        "writer_cpu_deploy_s": round(sum(p.writer_cpu_s for p in dep), 3),
+        "writer_cpu_rollback_s": round(rb.writer_cpu_s, 3),
         "events_deploy": sum(p.events for p in dep),
         "events_rollback": rb.events,
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -637,6 +695,12 @@ def main() -> None:
         help="'sqlite' (a file per run) or postgresql[+asyncpg]://USER@HOST/DB (fresh schema)",
     )
     ap.add_argument("--skip-rollback", action="store_true")
+    ap.add_argument(
+        "--writer-process",
+        action="store_true",
+        help="append events through a prototype store writer in a second process "
+        "(bench/writer_child.py; issue 12 item 5)",
+    )
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
     ap.add_argument(
         "--timeout", type=float, default=3600.0, help="stop a run after this many seconds"
@@ -648,14 +712,14 @@ def main() -> None:
     if args.worker:
         n, c = args.worker
         signal.signal(signal.SIGTERM, _interrupt)
-        res = worker(n, c, not args.skip_rollback, args.profile, args.db)
+        res = worker(n, c, not args.skip_rollback, args.profile, args.db, args.writer_process)
         print(json.dumps(asdict(res)), flush=True)
         return
     print(
         f"fleetgate engine bench ({revision()}): {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}; "
         f"sim in its own process, HttpTransport over 127.0.0.1, {db_kind(args.db)} store, "
-        "zero soak"
+        "zero soak" + (", events appended by a writer process" if args.writer_process else "")
     )
     for n in args.devices:
         for c in args.concurrency:

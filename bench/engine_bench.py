@@ -46,8 +46,9 @@ Where the controller's CPU goes (issue 12 item 5, "use both cores"): per phase, 
 (``main_thread_cpu_deploy_s`` / ``_rollback_s``), aiosqlite's connection threads — SQLite's own
 work, which a writer process could take over — (``store_thread_cpu_…``) and the rest
 (``other_thread_cpu_…``: the process's CPU minus those two, so threads that ended count there);
-on PostgreSQL the CPU of every ``postgres`` server process on the machine
-(``db_server_cpu_…``: the store writer that already is another process); and the whole
+on PostgreSQL the CPU of the server's backends serving this controller (matched by client
+port) and of its background processes (``db_server_cpu_…``: the store writer that already is
+another process); and the whole
 machine's busy CPU seconds (``machine_cpu_…``, /proc/stat: the controller, the sim, the
 database, and anything else running — the machine is shared, compare back-to-back runs only).
 ``--writer-process``: the recorders append through ``bench/writer_child.py``'s prototype writer
@@ -234,11 +235,14 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 # -- one run (worker process) ----------------------------------------------------------------------
-async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) -> tuple[T, Timing]:
+async def timed(
+    res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T], url: str = ""
+) -> tuple[T, Timing]:
     """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
     pg = res.db == "postgresql"
-    th0, pg0, m0 = thread_cpu(), postgres_cpu() if pg else {}, machine_busy_s()
+    pg0 = await postgres_cpu(url) if pg else {}
+    th0, m0 = thread_cpu(), machine_busy_s()
     k0 = WRITER[0].cpu_s() if WRITER else 0.0
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
     out = await coro
@@ -248,7 +252,8 @@ async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) 
     t.main_cpu_s, t.store_cpu_s = split_threads(th0, thread_cpu())
     t.other_cpu_s = max(0.0, t.cpu_s - t.main_cpu_s - t.store_cpu_s)
     if pg:
-        t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in postgres_cpu().items())
+        pg1 = await postgres_cpu(url)
+        t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in pg1.items())
     t.machine_cpu_s = machine_busy_s() - m0
     t.writer_cpu_s = WRITER[0].cpu_s() - k0 if WRITER else 0.0
     t.rss_mib = rss_mib()
@@ -325,21 +330,55 @@ def split_threads(
     return main, store
 
 
-def postgres_cpu() -> dict[int, float]:
-    """CPU seconds so far of every PostgreSQL server process on this machine, by pid (the
-    backends serving the controller, and the WAL writer, checkpointer … that its writes cause;
-    other clients' backends too, if any run: the machine is shared)."""
+async def postgres_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL server processes that work for this controller, by
+    pid: the backends whose client port is one of this process's connections to the server
+    (``pg_stat_activity.client_port``), and the server's own background processes (WAL writer,
+    checkpointer …: they work for every writer). Other clients' backends are left out — the
+    machine is shared, and another session's tests may use the same server."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    plain = make_url(url).difference_update_query(["schema"]).set(drivername="postgresql")
+    conn = await asyncpg.connect(plain.render_as_string(False), timeout=10)
+    try:
+        rows = await conn.fetch("SELECT pid, backend_type, client_port FROM pg_stat_activity")
+    finally:
+        await conn.close()
+    mine = own_ports(int(plain.port or 5432))
     out: dict[int, float] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    for row in rows:
+        if row["backend_type"] == "client backend" and row["client_port"] not in mine:
             continue
         try:
-            stat = (proc / "stat").read_text()
+            out[int(row["pid"])] = _stat_cpu_s(Path(f"/proc/{row['pid']}/stat").read_text())
         except OSError:
             continue
-        if stat.partition("(")[2].startswith("postgres)"):
-            out[int(proc.name)] = _stat_cpu_s(stat)
     return out
+
+
+def own_ports(server_port: int) -> set[int]:
+    """Local TCP ports of this process's connections to ``server_port`` (/proc/net/tcp*, the
+    sockets matched to this process's descriptors by inode)."""
+    inodes: set[str] = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes and int(cols[2].rpartition(":")[2], 16) == server_port:
+                ports.add(int(cols[1].rpartition(":")[2], 16))
+    return ports
 
 
 def machine_busy_s() -> float:
@@ -438,9 +477,9 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
 
         calls0 = await sim.calls()
         start = ctl.start(bundle, policy, policy_doc=POLICY, actor="bench")
-        dep, ph = await timed(res, "start", sim, start)
+        dep, ph = await timed(res, "start", sim, start, url)
         ph.events = await count()
-        state, ph = await timed(res, "to_approval", sim, ctl.drive(dep))
+        state, ph = await timed(res, "to_approval", sim, ctl.drive(dep), url)
         ph.events = await count()
         calls1 = await sim.calls()
         res.calls["deploy"] = diff(calls1, calls0)
@@ -448,11 +487,11 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
             res.outcome = f"{state.phase.value} before approval: {state.halt_reason}"
             return
         approve = ctl.record_human(dep, "approval.granted", "bench", comment="benchmark")
-        _, ph = await timed(res, "approval", sim, approve)
+        _, ph = await timed(res, "approval", sim, approve, url)
         ph.events = await count()
         calls2 = await sim.calls()
         res.calls["approval"] = diff(calls2, calls1)  # the human's step: not the deployment's
-        state, ph = await timed(res, "rollout", sim, ctl.drive(dep))
+        state, ph = await timed(res, "rollout", sim, ctl.drive(dep), url)
         ph.events = await count()
         calls3 = await sim.calls()
         for k, n in diff(calls3, calls2).items():
@@ -465,7 +504,7 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
         views = getattr(ctl, "views", None)
         if views is not None:
             views.drop(dep)
-        _, ph = await timed(res, "load+fold", sim, ctl.state(dep))
+        _, ph = await timed(res, "load+fold", sim, ctl.state(dep), url)
         ph.events = seen  # the log's length (this store holds one deployment)
         if state.phase is P.COMPLETE and rollback:
 
@@ -476,7 +515,7 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
                 return await ctl.drive(dep)
 
             calls4 = await sim.calls()  # load+fold calls no agent; read again all the same
-            state, ph = await timed(res, "rollback", sim, roll_back())
+            state, ph = await timed(res, "rollback", sim, roll_back(), url)
             ph.events = await count()
             res.calls["rollback"] = diff(await sim.calls(), calls4)
             back = sum(1 for s in state.devices.values() if s.value == "rolled_back")

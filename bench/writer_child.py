@@ -16,6 +16,7 @@ recorder's flusher is serial). The benchmarks measure whether it pays
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import socket
@@ -66,7 +67,9 @@ class RemoteSink:
         assert self._io is not None, "RemoteSink.start() first"
         reader, writer = self._io
         async with self._lock:
-            writer.write(frame(pickle.dumps((new, fence, expect_last), protocol=PROTOCOL)))
+            # list(): a list subclass would need its class in the child
+            batch = list(new)
+            writer.write(frame(pickle.dumps((batch, fence, expect_last), protocol=PROTOCOL)))
             kind, value = pickle.loads(await read_frame(reader))
         if kind == "ok":
             return [value]
@@ -81,8 +84,9 @@ class RemoteSink:
 
     async def close(self) -> None:
         if self._io is not None:
-            self._io[1].write(FRAME.pack(0))
-            await self._io[1].drain()
+            with contextlib.suppress(ConnectionError):  # a child that died: wait() says so
+                self._io[1].write(FRAME.pack(0))
+                await self._io[1].drain()
             self._io[1].close()
             self._io = None
         try:

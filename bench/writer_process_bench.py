@@ -12,9 +12,13 @@ the work. This measures both sides on this machine, in one run:
    wrapped to keep a copy of every batch the recorder's group commit hands it: the events, their
    details and the batch sizes are the engine's own.
 2. **In-process append** (today): the batches replayed, in order and one at a time (the
-   recorder's flusher is serial too), into a fresh SQLite store in this process. CPU by thread
-   from ``/proc/self/task``: the event loop's (normalise, seal, SQLAlchemy, futures) and
-   aiosqlite's (SQLite itself), in µs per event.
+   recorder's flusher is serial too), with the lease's fence and the deployment's last seq where
+   the engine gave them, into a fresh SQLite store in this process. CPU by thread from
+   ``/proc/self/task``: the event loop's (normalise, seal, SQLAlchemy, futures) and aiosqlite's
+   (SQLite itself), in µs per event. And the in-process alternative to a second process: the
+   same appends (checks, seal, rows) written with the standard library's ``sqlite3`` in one
+   ``asyncio.to_thread`` call per batch (no SQLAlchemy, one thread hop instead of one per
+   statement).
 3. **Writer process**: the same batches sent to a child process over a Unix socketpair
    (asyncio streams, 4-byte length + pickle of the ``Event`` list), awaiting its answer (the last
    seq) before the next batch, as the recorder awaits the commit. ``ack``: the child unpickles and
@@ -65,15 +69,24 @@ HEALTH = json.dumps(
 
 
 # -- 1. the engine's own batches -----------------------------------------------------------------
-def capture(devices: int) -> list[list[Event]]:
+class Batch(list[Event]):
+    """A batch as the engine appended it; ``fenced``: with the lease's fence and the
+    deployment's last seq (the recorder's appends), which the replays check as well."""
+
+    fenced = False
+
+
+def capture(devices: int) -> list[Batch]:
     """Every batch ``Store.append_many`` is given during a deployment + rollback."""
     from fleetgate.store import Store
 
-    batches: list[list[Event]] = []
+    batches: list[Batch] = []
     original = Store.append_many
 
     async def keep(self: Store, new: Any, **kw: Any) -> Any:
-        batches.append(list(new))
+        batch = Batch(new)
+        batch.fenced = kw.get("fence") is not None
+        batches.append(batch)
         return await original(self, new, **kw)
 
     Store.append_many = keep  # type: ignore[method-assign]
@@ -93,16 +106,106 @@ def capture(devices: int) -> list[list[Event]]:
 
 
 # -- 2. in process -------------------------------------------------------------------------------
-async def append_in_process(batches: list[list[Event]], url: str) -> dict[str, float]:
+def advance(last: int, batch: Batch, end_seq: int, dep: str) -> int:
+    """The deployment's newest seq once ``batch`` was stored ending at ``end_seq``."""
+    first = end_seq - len(batch) + 1
+    for i, ev in enumerate(batch):
+        if ev.deployment_id == dep:
+            last = first + i
+    return last
+
+
+async def fence_for(store: Any, batches: list[Batch]) -> Any:
+    """A lease on the captured deployment in a fresh store: the fence the replays append with."""
+    dep = next(ev.deployment_id for b in batches if b.fenced for ev in b)
+    lease = await store.acquire_lease(dep, "bench", 3600.0)
+    assert lease is not None
+    return lease.fence
+
+
+async def append_in_process(batches: list[Batch], url: str) -> dict[str, float]:
+    """Today's path: ``Store.append_many`` (SQLAlchemy Core over aiosqlite), fenced as the
+    recorder's appends are."""
     from fleetgate.store import Store
 
     async with Store.open(url) as store:
+        fence, last = await fence_for(store, batches), 0
         th0, c0, w0 = eb.thread_cpu(), time.process_time(), time.perf_counter()
         for batch in batches:
-            await store.append_many(batch)
+            if batch.fenced:
+                stored = await store.append_many(batch, fence=fence, expect_last=last)
+            else:
+                stored = await store.append_many(batch)
+            last = advance(last, batch, stored[-1].seq, fence.deployment_id)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         main, store_cpu = eb.split_threads(th0, eb.thread_cpu())
     return {"wall_s": wall, "cpu_s": cpu, "main_s": main, "store_s": store_cpu}
+
+
+def append_sync(conn: Any, batch: Batch, fence: Any, last: int) -> int:
+    """One batch as ``audit_log.append_events`` writes it (the same checks, seal and rows),
+    with the standard library's sqlite3 in one call: no SQLAlchemy, one thread hop per batch."""
+    from fleetgate.core.events import seal
+    from fleetgate.store.audit_log import _normalised
+
+    prepared = [_normalised(ev) for ev in batch]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if batch.fenced:
+            row = conn.execute(
+                "SELECT holder, epoch FROM leases WHERE deployment_id = ?", (fence.deployment_id,)
+            ).fetchone()
+            if row is None or tuple(row) != (fence.holder, fence.epoch):
+                raise RuntimeError("lease lost")
+        seq, prev = conn.execute(
+            "SELECT last_seq, last_hash FROM chain_head WHERE id = 1"
+        ).fetchone()
+        if batch.fenced:
+            (now,) = conn.execute(
+                "SELECT max(seq) FROM events WHERE deployment_id = ?", (batch[0].deployment_id,)
+            ).fetchone()
+            if (now or 0) != last:
+                raise RuntimeError("log moved")
+        rows = []
+        for ev, details in prepared:
+            seq += 1
+            st = seal(seq, ev, prev, details)
+            prev = st.hash
+            row = (seq, st.ts, st.deployment_id, st.device_id, st.actor, st.action)
+            rows.append((*row, st.outcome, details.decode(), st.prev_hash, st.hash))
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("UPDATE chain_head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, prev))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(seq)
+
+
+async def append_raw(batches: list[Batch], url: str) -> dict[str, float]:
+    """The alternative to a second process: the same appends, one ``to_thread`` hop per batch
+    into the standard library's sqlite3 (the normalising and sealing run in that thread)."""
+    import sqlite3
+
+    from fleetgate.store import Store
+
+    async with Store.open(url) as store:  # the schema, migrated; and the lease
+        fence = await fence_for(store, batches)
+    path = url.partition(":///")[2]
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 30000")
+    last = 0
+    th0, c0, w0 = eb.thread_cpu(), time.process_time(), time.perf_counter()
+    for batch in batches:
+        seq = await asyncio.to_thread(append_sync, conn, batch, fence, last)
+        last = advance(last, batch, seq, fence.deployment_id)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    after = eb.thread_cpu()
+    conn.close()
+    main, _ = eb.split_threads(th0, after)
+    return {"wall_s": wall, "cpu_s": cpu, "main_s": main, "store_s": cpu - main}
 
 
 # -- 3./4. the child process ---------------------------------------------------------------------
@@ -163,14 +266,14 @@ class Child:
         self.proc.wait(30)
 
 
-async def send_batches(batches: list[list[Event]]) -> dict[str, float]:
+async def send_batches(batches: list[Batch]) -> dict[str, float]:
     """The batches to a child that only answers (the handing over alone)."""
     child = Child("ack")
     try:
         reader, writer = await child.open()
         c0, w0 = time.process_time(), time.perf_counter()
         for batch in batches:
-            payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(list(batch), protocol=pickle.HIGHEST_PROTOCOL)
             writer.write(FRAME.pack(len(payload)) + payload)
             SEQ.unpack(await _read_frame(reader))
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
@@ -180,14 +283,22 @@ async def send_batches(batches: list[list[Event]]) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "child_cpu_s": child_cpu}
 
 
-async def write_remote(batches: list[list[Event]], url: str) -> dict[str, float]:
+async def write_remote(batches: list[Batch], url: str) -> dict[str, float]:
     """The batches through ``writer_child.RemoteSink``: the prototype writer process."""
-    sink = RemoteSink(url)
+    from fleetgate.store import Store
+
+    async with Store.open(url) as store:
+        fence = await fence_for(store, batches)
+    sink, last = RemoteSink(url), 0
     try:
         await sink.start()
         k0, c0, w0 = sink.cpu_s(), time.process_time(), time.perf_counter()
         for batch in batches:
-            await sink.append_many(batch)
+            if batch.fenced:
+                stored = await sink.append_many(batch, fence=fence, expect_last=last)
+            else:
+                stored = await sink.append_many(batch)
+            last = advance(last, batch, stored[-1].seq, fence.deployment_id)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         child_cpu = sink.cpu_s() - k0
     finally:
@@ -272,7 +383,7 @@ def main() -> None:
     batches = capture(args.devices)
     events = sum(len(b) for b in batches)
     sizes = sorted(len(b) for b in batches)
-    payload = sum(len(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL)) for b in batches)
+    payload = sum(len(pickle.dumps(list(b), protocol=5)) for b in batches)
     print(
         f"captured {len(batches):,} batches, {events:,} events from a {args.devices:,}-device "
         f"deployment + rollback: batch size median {sizes[len(sizes) // 2]}, max {sizes[-1]}; "
@@ -288,6 +399,7 @@ def main() -> None:
         inproc = repeat(
             args.repeat, lambda: append_in_process(batches, fresh_url(tmp, next(count)))
         )
+        raw = repeat(args.repeat, lambda: append_raw(batches, fresh_url(tmp, next(count))))
         ack = repeat(args.repeat, lambda: send_batches(batches))
         write = repeat(args.repeat, lambda: write_remote(batches, fresh_url(tmp, next(count))))
     one = repeat(args.repeat, lambda: round_trips(min(args.messages, 5000), 1))
@@ -297,6 +409,7 @@ def main() -> None:
         return round(x / n * 1e6, 1)
 
     ip, ak, wr = best(inproc, "cpu_s"), best(ack, "cpu_s"), best(write, "cpu_s")
+    rw = best(raw, "cpu_s")
     o1, om = best(one, "cpu_s"), best(many, "cpu_s")
     n1 = min(args.messages, 5000)
     out = {
@@ -308,6 +421,10 @@ def main() -> None:
         "inproc_store_thread_us_per_event": us(ip["store_s"], events),
         "inproc_process_us_per_event": us(ip["cpu_s"], events),
         "inproc_wall_s": round(ip["wall_s"], 3),
+        "raw_main_us_per_event": us(rw["main_s"], events),
+        "raw_thread_us_per_event": us(rw["store_s"], events),
+        "raw_process_us_per_event": us(rw["cpu_s"], events),
+        "raw_wall_s": round(rw["wall_s"], 3),
         "ack_sender_us_per_event": us(ak["cpu_s"], events),
         "ack_wall_s": round(ak["wall_s"], 3),
         "write_sender_us_per_event": us(wr["cpu_s"], events),
@@ -327,6 +444,11 @@ def main() -> None:
         f"{out['inproc_process_us_per_event']} (wall {ip['wall_s']:.2f} s)"
     )
     print(
+        f"   in process, sqlite3 in one thread hop per batch: event loop "
+        f"{out['raw_main_us_per_event']}, thread {out['raw_thread_us_per_event']}, process "
+        f"{out['raw_process_us_per_event']} (wall {rw['wall_s']:.2f} s)"
+    )
+    print(
         f"   to a child that only answers: sender {out['ack_sender_us_per_event']} "
         f"(wall {ak['wall_s']:.2f} s); to a child that writes: sender "
         f"{out['write_sender_us_per_event']}, child {out['write_child_us_per_event']} "
@@ -334,6 +456,7 @@ def main() -> None:
     )
     for name, runs, key in (
         ("in process (process CPU)", inproc, "cpu_s"),
+        ("in process, sqlite3 (process CPU)", raw, "cpu_s"),
         ("to a child, ack (sender CPU)", ack, "cpu_s"),
         ("to a child, write (sender CPU)", write, "cpu_s"),
     ):

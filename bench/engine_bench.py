@@ -3,7 +3,7 @@
     .venv/bin/python bench/engine_bench.py [--devices 1000 10000] [--concurrency 200 500]
                                            [--db sqlite|postgresql+asyncpg://USER@HOST/DB]
                                            [--skip-rollback] [--profile DIR] [--timeout S]
-                                           [--writer-process]
+                                           [--writer-process] [--lean-append]
 
 For each fleet size × controller concurrency, in a fresh worker process (so its CPU time and
 peak RSS are its own) and a fresh temporary directory:
@@ -53,6 +53,8 @@ machine's busy CPU seconds (``machine_cpu_…``, /proc/stat: the controller, the
 database, and anything else running — the machine is shared, compare back-to-back runs only).
 ``--writer-process``: the recorders append through ``bench/writer_child.py``'s prototype writer
 process (its CPU: ``writer_cpu_deploy_s`` / ``_rollback_s``) — a measurement, not a feature.
+``--lean-append`` (SQLite): they append with ``bench/lean_append.py`` (the same append in
+sqlite3, one thread hop per batch), in this process, or in the writer process with both flags.
 
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
 functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
@@ -116,6 +118,7 @@ class RunResult:
     running: str = ""  # the phase in progress (names the one a timeout interrupted)
     db: str = "sqlite"
     writer_process: bool = False
+    lean_append: bool = False
     # agent calls (requests the sim served) per phase, by call name
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -243,7 +246,8 @@ async def timed(
     pg = res.db == "postgresql"
     pg0 = await postgres_cpu(url) if pg else {}
     th0, m0 = thread_cpu(), machine_busy_s()
-    k0 = WRITER[0].cpu_s() if WRITER else 0.0
+    remote = [w for w in WRITER if hasattr(w, "cpu_s")]
+    k0 = remote[0].cpu_s() if remote else 0.0
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
     out = await coro
     res.running = ""
@@ -255,7 +259,7 @@ async def timed(
         pg1 = await postgres_cpu(url)
         t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in pg1.items())
     t.machine_cpu_s = machine_busy_s() - m0
-    t.writer_cpu_s = WRITER[0].cpu_s() - k0 if WRITER else 0.0
+    t.writer_cpu_s = remote[0].cpu_s() - k0 if remote else 0.0
     t.rss_mib = rss_mib()
     res.phases[name] = t
     print(f"  [{res.devices} c{res.concurrency}] {name}: {t.wall_s:.2f} s", file=sys.stderr)
@@ -297,7 +301,8 @@ def _stat_cpu_s(stat: str) -> float:
 def thread_cpu() -> dict[int, tuple[str, float]]:
     """CPU seconds of every live thread of this process, by native id, with a role:
     ``main`` (the event loop), ``store`` (an aiosqlite connection's worker thread: aiosqlite
-    names none, so it is known by its target, ``_connection_worker_thread``) or ``other``."""
+    names none, so it is known by its target, ``_connection_worker_thread``; or
+    ``--lean-append``'s thread) or ``other``."""
     import threading
 
     main = threading.main_thread().native_id
@@ -310,7 +315,8 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
         except OSError:
             continue  # the thread ended meanwhile: its CPU falls into "other"
         name = names.get(tid, "")
-        role = "main" if tid == main else "store" if "_connection_worker" in name else "other"
+        store = "_connection_worker" in name or name.startswith("lean-append")
+        role = "main" if tid == main else "store" if store else "other"
         out[tid] = (role, cpu)
     return out
 
@@ -404,18 +410,25 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool,
             await drop_schema(url, schema)
 
 
-def use_writer_process(ctl: Any, url: str) -> Any:
-    """Make ``ctl``'s recorders append through ``writer_child.RemoteSink`` (the prototype store
-    writer in a second process, issue 12 item 5) instead of ``ctl.store``; returns the sink
-    (not started). Bench-only: it replaces the controller's private ``_recorder``."""
+def use_sink(ctl: Any, url: str, writer_process: bool, lean: bool) -> Any:
+    """Make ``ctl``'s recorders append through a prototype sink (issue 12 item 5) instead of
+    ``ctl.store``: ``writer_child.RemoteSink`` (a writer process; ``lean``: it writes with
+    ``bench/lean_append.py``) or, ``lean`` alone, ``lean_append.LeanSqliteSink`` in this process.
+    Returns the sink (a RemoteSink is not started yet). Bench-only: it replaces the controller's
+    private ``_recorder``."""
     import contextlib
     from collections.abc import AsyncIterator
 
+    from lean_append import LeanSqliteSink
     from writer_child import RemoteSink
 
     from fleetgate.engine.recorder import Recorder
 
-    sink = RemoteSink(url)
+    if not url.startswith("sqlite") and lean:
+        raise SystemExit("--lean-append: SQLite only")
+    sink: Any = (
+        RemoteSink(url, lean=lean) if writer_process else LeanSqliteSink(url.partition(":///")[2])
+    )
 
     @contextlib.asynccontextmanager
     async def _recorder(view: Any, fence: Any) -> AsyncIterator[Recorder]:
@@ -461,10 +474,11 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
         HttpTransport(TokenSource(), concurrency=c) as transport,
     ):
         ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub, concurrency=c))
-        if res.writer_process:
-            sink = use_writer_process(ctl, url)
+        if res.writer_process or res.lean_append:
+            sink = use_sink(ctl, url, res.writer_process, res.lean_append)
             WRITER.append(sink)
-            await sink.start()
+            if res.writer_process:
+                await sink.start()
         seen = (await store.chain_head())[0]
 
         async def count() -> int:
@@ -529,8 +543,10 @@ def worker(
     profile: Path | None,
     db: str,
     writer_process: bool = False,
+    lean_append: bool = False,
 ) -> RunResult:
     res = RunResult(devices, concurrency, db=db_kind(db), writer_process=writer_process)
+    res.lean_append = lean_append
     with tempfile.TemporaryDirectory(prefix="fg-engine-bench-") as tmp:
         work = Path(tmp)
         sim = SimProcess(devices, work)
@@ -573,6 +589,8 @@ def run_worker(n: int, c: int, args: argparse.Namespace) -> RunResult:
         cmd.append("--skip-rollback")
     if args.writer_process:
         cmd.append("--writer-process")
+    if args.lean_append:
+        cmd.append("--lean-append")
     if args.profile:
         cmd += ["--profile", str(args.profile)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True)
@@ -699,6 +717,7 @@ def figures(r: RunResult) -> dict[str, Any]:
         "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
         "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
         "writer_process": r.writer_process,
+        "lean_append": r.lean_append,
         "writer_cpu_deploy_s": round(sum(p.writer_cpu_s for p in dep), 3),
         "writer_cpu_rollback_s": round(rb.writer_cpu_s, 3),
         "events_deploy": sum(p.events for p in dep),
@@ -740,6 +759,12 @@ def main() -> None:
         help="append events through a prototype store writer in a second process "
         "(bench/writer_child.py; issue 12 item 5)",
     )
+    ap.add_argument(
+        "--lean-append",
+        action="store_true",
+        help="SQLite: append events with sqlite3 in one thread hop per batch "
+        "(bench/lean_append.py); with --writer-process, in the writer process",
+    )
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
     ap.add_argument(
         "--timeout", type=float, default=3600.0, help="stop a run after this many seconds"
@@ -751,14 +776,24 @@ def main() -> None:
     if args.worker:
         n, c = args.worker
         signal.signal(signal.SIGTERM, _interrupt)
-        res = worker(n, c, not args.skip_rollback, args.profile, args.db, args.writer_process)
+        res = worker(
+            n,
+            c,
+            not args.skip_rollback,
+            args.profile,
+            args.db,
+            args.writer_process,
+            args.lean_append,
+        )
         print(json.dumps(asdict(res)), flush=True)
         return
     print(
         f"fleetgate engine bench ({revision()}): {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}; "
         f"sim in its own process, HttpTransport over 127.0.0.1, {db_kind(args.db)} store, "
-        "zero soak" + (", events appended by a writer process" if args.writer_process else "")
+        "zero soak"
+        + (", events appended by a writer process" if args.writer_process else "")
+        + (", lean sqlite3 appends" if args.lean_append else "")
     )
     for n in args.devices:
         for c in args.concurrency:

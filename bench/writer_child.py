@@ -2,9 +2,10 @@
 
 ``RemoteSink`` is an ``EventSink`` (what ``Recorder`` appends through) whose ``append_many``
 pickles ``(events, fence, expect_last)`` onto a Unix socketpair to a child process — this file
-run as ``python writer_child.py URL FD`` — that opens its own ``Store`` on the same URL and calls
-``Store.append_many`` with them: the fence and the log's last seq are checked in the child's
-write transaction exactly as in process, and the chain is sealed there. The child answers with
+run as ``python writer_child.py URL FD store|lean`` — that opens its own ``Store`` on the same
+URL and calls ``Store.append_many`` with them (``lean``: ``bench/lean_append.py``'s sqlite3
+append): the fence and the log's last seq are checked in the child's write transaction exactly
+as in process, and the chain is sealed there. The child answers with
 the batch's last ``StoredEvent`` (the recorder only reads its seq; the whole list would cost an
 unpickle per event for nothing) or with the error, which is raised in the controller again.
 
@@ -43,11 +44,12 @@ def frame(payload: bytes) -> bytes:
 
 
 class RemoteSink:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, lean: bool = False) -> None:
         mine, theirs = socket.socketpair()
         self._sock = mine
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, url, str(theirs.fileno())], pass_fds=[theirs.fileno()]
+            [sys.executable, __file__, url, str(theirs.fileno()), "lean" if lean else "store"],
+            pass_fds=[theirs.fileno()],
         )
         theirs.close()
         self._lock = asyncio.Lock()
@@ -96,11 +98,16 @@ class RemoteSink:
             self.proc.wait()
 
 
-async def serve(url: str, fd: int) -> None:
+async def serve(url: str, fd: int, lean: bool) -> None:
+    from lean_append import append_sync, connect
+
     from fleetgate.store import Store
 
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     async with Store.open(url) as store:
+        # lean: bench/lean_append.py's sqlite3 append, called right here — a writer process
+        # may block, it has nothing else to do
+        conn = connect(url.partition(":///")[2]) if lean else None
         writer.write(frame(b"ready"))
         while True:
             (n,) = FRAME.unpack(await reader.readexactly(FRAME.size))
@@ -108,7 +115,10 @@ async def serve(url: str, fd: int) -> None:
                 break
             new, fence, expect_last = pickle.loads(await reader.readexactly(n))
             try:
-                stored = await store.append_many(new, fence=fence, expect_last=expect_last)
+                if conn is not None:
+                    stored = append_sync(conn, new, fence, expect_last)
+                else:
+                    stored = await store.append_many(new, fence=fence, expect_last=expect_last)
                 answer = pickle.dumps(("ok", stored[-1]), protocol=PROTOCOL)
             except Exception as exc:  # handed back to the recorder, which fails as in process
                 try:
@@ -121,4 +131,4 @@ async def serve(url: str, fd: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(serve(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "lean"))

@@ -17,15 +17,16 @@ the work. This measures both sides on this machine, in one run:
    ``/proc/self/task``: the event loop's (normalise, seal, SQLAlchemy, futures) and aiosqlite's
    (SQLite itself), in µs per event. And the in-process alternative to a second process: the
    same appends (checks, seal, rows) written with the standard library's ``sqlite3`` in one
-   ``asyncio.to_thread`` call per batch (no SQLAlchemy, one thread hop instead of one per
+   thread hop per batch (``bench/lean_append.py``: no SQLAlchemy, one hop instead of one per
    statement).
 3. **Writer process**: the same batches sent to a child process over a Unix socketpair
    (asyncio streams, 4-byte length + pickle of the ``Event`` list), awaiting its answer (the last
    seq) before the next batch, as the recorder awaits the commit. ``ack``: the child unpickles and
    answers at once (the handing over alone); ``write``: the child appends the batch to its own
    SQLite store with ``Store.append_many`` and answers with the last seq (a working prototype of
-   the writer process). This process's CPU (all of it is the sender's) per event, the child's,
-   and the wall time.
+   the writer process: ``bench/writer_child.py``); ``lean``: the child writes with
+   ``bench/lean_append.py`` instead. This process's CPU (all of it is the sender's) per event,
+   the child's, and the wall time.
 4. **Device calls across a socket** (a calls shard): ``--messages`` small JSON requests (what
    the controller would tell a shard: device, call, seq) each answered by the child with a small
    JSON body (the sim's health answer), 1 in flight and ``--concurrency`` in flight over one
@@ -57,6 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_bench as eb
+from lean_append import LeanSqliteSink
 from writer_child import RemoteSink
 
 from fleetgate.core.events import Event
@@ -142,68 +144,24 @@ async def append_in_process(batches: list[Batch], url: str) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "main_s": main, "store_s": store_cpu}
 
 
-def append_sync(conn: Any, batch: Batch, fence: Any, last: int) -> int:
-    """One batch as ``audit_log.append_events`` writes it (the same checks, seal and rows),
-    with the standard library's sqlite3 in one call: no SQLAlchemy, one thread hop per batch."""
-    from fleetgate.core.events import seal
-    from fleetgate.store.audit_log import _normalised
-
-    prepared = [_normalised(ev) for ev in batch]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if batch.fenced:
-            row = conn.execute(
-                "SELECT holder, epoch FROM leases WHERE deployment_id = ?", (fence.deployment_id,)
-            ).fetchone()
-            if row is None or tuple(row) != (fence.holder, fence.epoch):
-                raise RuntimeError("lease lost")
-        seq, prev = conn.execute(
-            "SELECT last_seq, last_hash FROM chain_head WHERE id = 1"
-        ).fetchone()
-        if batch.fenced:
-            (now,) = conn.execute(
-                "SELECT max(seq) FROM events WHERE deployment_id = ?", (batch[0].deployment_id,)
-            ).fetchone()
-            if (now or 0) != last:
-                raise RuntimeError("log moved")
-        rows = []
-        for ev, details in prepared:
-            seq += 1
-            st = seal(seq, ev, prev, details)
-            prev = st.hash
-            row = (seq, st.ts, st.deployment_id, st.device_id, st.actor, st.action)
-            rows.append((*row, st.outcome, details.decode(), st.prev_hash, st.hash))
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        conn.execute("UPDATE chain_head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, prev))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return int(seq)
-
-
 async def append_raw(batches: list[Batch], url: str) -> dict[str, float]:
     """The alternative to a second process: the same appends, one ``to_thread`` hop per batch
     into the standard library's sqlite3 (the normalising and sealing run in that thread)."""
-    import sqlite3
-
     from fleetgate.store import Store
 
     async with Store.open(url) as store:  # the schema, migrated; and the lease
         fence = await fence_for(store, batches)
-    path = url.partition(":///")[2]
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 30000")
-    last = 0
+    sink, last = LeanSqliteSink(url.partition(":///")[2]), 0
     th0, c0, w0 = eb.thread_cpu(), time.process_time(), time.perf_counter()
     for batch in batches:
-        seq = await asyncio.to_thread(append_sync, conn, batch, fence, last)
-        last = advance(last, batch, seq, fence.deployment_id)
+        if batch.fenced:
+            stored = await sink.append_many(batch, fence=fence, expect_last=last)
+        else:
+            stored = await sink.append_many(batch)
+        last = advance(last, batch, stored[-1].seq, fence.deployment_id)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     after = eb.thread_cpu()
-    conn.close()
+    await sink.close()
     main, _ = eb.split_threads(th0, after)
     return {"wall_s": wall, "cpu_s": cpu, "main_s": main, "store_s": cpu - main}
 
@@ -283,13 +241,14 @@ async def send_batches(batches: list[Batch]) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "child_cpu_s": child_cpu}
 
 
-async def write_remote(batches: list[Batch], url: str) -> dict[str, float]:
-    """The batches through ``writer_child.RemoteSink``: the prototype writer process."""
+async def write_remote(batches: list[Batch], url: str, lean: bool) -> dict[str, float]:
+    """The batches through ``writer_child.RemoteSink``: the prototype writer process (``lean``:
+    writing with ``lean_append.append_sync``)."""
     from fleetgate.store import Store
 
     async with Store.open(url) as store:
         fence = await fence_for(store, batches)
-    sink, last = RemoteSink(url), 0
+    sink, last = RemoteSink(url, lean=lean), 0
     try:
         await sink.start()
         k0, c0, w0 = sink.cpu_s(), time.process_time(), time.perf_counter()
@@ -401,7 +360,12 @@ def main() -> None:
         )
         raw = repeat(args.repeat, lambda: append_raw(batches, fresh_url(tmp, next(count))))
         ack = repeat(args.repeat, lambda: send_batches(batches))
-        write = repeat(args.repeat, lambda: write_remote(batches, fresh_url(tmp, next(count))))
+        write = repeat(
+            args.repeat, lambda: write_remote(batches, fresh_url(tmp, next(count)), False)
+        )
+        write_lean = repeat(
+            args.repeat, lambda: write_remote(batches, fresh_url(tmp, next(count)), True)
+        )
     one = repeat(args.repeat, lambda: round_trips(min(args.messages, 5000), 1))
     many = repeat(args.repeat, lambda: round_trips(args.messages, args.concurrency))
 
@@ -409,7 +373,7 @@ def main() -> None:
         return round(x / n * 1e6, 1)
 
     ip, ak, wr = best(inproc, "cpu_s"), best(ack, "cpu_s"), best(write, "cpu_s")
-    rw = best(raw, "cpu_s")
+    rw, wl = best(raw, "cpu_s"), best(write_lean, "cpu_s")
     o1, om = best(one, "cpu_s"), best(many, "cpu_s")
     n1 = min(args.messages, 5000)
     out = {
@@ -430,6 +394,9 @@ def main() -> None:
         "write_sender_us_per_event": us(wr["cpu_s"], events),
         "write_child_us_per_event": us(wr["child_cpu_s"], events),
         "write_wall_s": round(wr["wall_s"], 3),
+        "write_lean_sender_us_per_event": us(wl["cpu_s"], events),
+        "write_lean_child_us_per_event": us(wl["child_cpu_s"], events),
+        "write_lean_wall_s": round(wl["wall_s"], 3),
         "rpc1_sender_us_per_msg": us(o1["cpu_s"], n1),
         "rpc1_rtt_us": us(o1["wall_s"], n1),
         "rpc_sender_us_per_msg": us(om["cpu_s"], args.messages),
@@ -452,13 +419,18 @@ def main() -> None:
         f"   to a child that only answers: sender {out['ack_sender_us_per_event']} "
         f"(wall {ak['wall_s']:.2f} s); to a child that writes: sender "
         f"{out['write_sender_us_per_event']}, child {out['write_child_us_per_event']} "
-        f"(wall {wr['wall_s']:.2f} s)"
+        f"(wall {wr['wall_s']:.2f} s); to a child writing with sqlite3: sender "
+        f"{out['write_lean_sender_us_per_event']}, child {out['write_lean_child_us_per_event']} "
+        f"(wall {wl['wall_s']:.2f} s)"
     )
     for name, runs, key in (
         ("in process (process CPU)", inproc, "cpu_s"),
         ("in process, sqlite3 (process CPU)", raw, "cpu_s"),
         ("to a child, ack (sender CPU)", ack, "cpu_s"),
         ("to a child, write (sender CPU)", write, "cpu_s"),
+        ("to a child, write (child CPU)", write, "child_cpu_s"),
+        ("to a child, sqlite3 (sender CPU)", write_lean, "cpu_s"),
+        ("to a child, sqlite3 (child CPU)", write_lean, "child_cpu_s"),
     ):
         print(f"   all runs, {name}: " + ", ".join(f"{us(r[key], events)}" for r in runs))
     print(

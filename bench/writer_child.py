@@ -27,8 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fleetgate import errors
 from fleetgate.core.events import Event, StoredEvent
-from fleetgate.errors import StoreError
+from fleetgate.errors import FleetgateError, StoreError
 
 FRAME = struct.Struct("!I")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -75,8 +76,8 @@ class RemoteSink:
             kind, value = pickle.loads(await read_frame(reader))
         if kind == "ok":
             return [value]
-        if isinstance(value, BaseException):
-            raise value
+        if kind == "fleetgate":
+            raise rebuild(*value)
         raise StoreError(f"writer process: {value}")
 
     def cpu_s(self) -> float:
@@ -96,6 +97,15 @@ class RemoteSink:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def rebuild(name: str, message: str, attrs: dict[str, Any]) -> FleetgateError:
+    """A fleetgate error sent by the child, as the same class with the same attributes."""
+    cls = getattr(errors, name)
+    exc: FleetgateError = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(attrs)
+    return exc
 
 
 async def serve(url: str, fd: int, lean: bool) -> None:
@@ -121,10 +131,12 @@ async def serve(url: str, fd: int, lean: bool) -> None:
                     stored = await store.append_many(new, fence=fence, expect_last=expect_last)
                 answer = pickle.dumps(("ok", stored[-1]), protocol=PROTOCOL)
             except Exception as exc:  # handed back to the recorder, which fails as in process
-                try:
-                    answer = pickle.dumps(("error", exc), protocol=PROTOCOL)
-                    pickle.loads(answer)  # an exception that cannot be rebuilt goes as text
-                except Exception:
+                if isinstance(exc, FleetgateError) and hasattr(errors, type(exc).__name__):
+                    # By name and attributes: fleetgate's errors take keyword-only arguments,
+                    # which pickle cannot rebuild (LeaseLost, LogMoved: the engine needs them).
+                    value: Any = (type(exc).__name__, str(exc), vars(exc))
+                    answer = pickle.dumps(("fleetgate", value), protocol=PROTOCOL)
+                else:
                     answer = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
             writer.write(frame(answer))
     writer.close()

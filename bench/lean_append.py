@@ -108,3 +108,91 @@ class LeanSqliteSink:
     async def close(self) -> None:
         self._pool.submit(self._conn.close).result()
         self._pool.shutdown()
+
+
+# -- the same statements through SQLAlchemy Core, synchronously: which half of the saving is
+# -- the per-statement thread hops (aiosqlite) and which is SQLAlchemy's own per-row work?
+def sa_engine(path: str) -> Any:
+    """A synchronous SQLAlchemy engine on the stdlib driver, with the store's pragmas and
+    ``BEGIN IMMEDIATE`` (as ``fleetgate.store.engine`` sets up its async one)."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def append_sa_sync(
+    engine: Any,
+    new: Sequence[Event],
+    fence: Fence | None = None,
+    expect_last: int | None = None,
+) -> list[StoredEvent]:
+    """``audit_log.append_events``'s statements (SQLAlchemy Core, the same tables and rows) on a
+    synchronous connection: one thread hop per batch instead of one per statement."""
+    from sqlalchemy import func, insert, select, update
+
+    from fleetgate.store.audit_log import _to_row
+    from fleetgate.store.schema import chain_head, events, leases
+
+    if not new:
+        return []
+    prepared = [_normalised(ev) for ev in new]
+    with engine.connect() as conn, conn.begin():
+        if fence is not None:
+            row = conn.execute(
+                select(leases).where(leases.c.deployment_id == fence.deployment_id)
+            ).first()
+            current = None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
+            if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
+                raise lease_lost(fence, current)
+        head = conn.execute(select(chain_head.c.last_seq, chain_head.c.last_hash)).one()
+        seq, prev = int(head[0]), str(head[1])
+        if expect_last is not None:
+            dep = str(new[0].deployment_id)
+            last = conn.execute(
+                select(func.max(events.c.seq)).where(events.c.deployment_id == dep)
+            ).scalar()
+            if int(last or 0) != expect_last:
+                raise LogMoved(f"deployment {dep}: its log moved", deployment_id=dep)
+        sealed: list[StoredEvent] = []
+        rows: list[dict[str, Any]] = []
+        for ev, details in prepared:
+            seq += 1
+            st = seal(seq, ev, prev, details)
+            prev = st.hash
+            sealed.append(st)
+            rows.append(_to_row(st, details.decode()))
+        conn.execute(insert(events), rows)
+        conn.execute(update(chain_head).values(last_seq=seq, last_hash=prev))
+    return sealed
+
+
+class SaSyncSink(LeanSqliteSink):
+    """``append_sa_sync`` in one dedicated thread."""
+
+    def __init__(self, path: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lean-append")
+        self._engine = sa_engine(path)
+
+    async def append_many(
+        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
+    ) -> list[StoredEvent]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, append_sa_sync, self._engine, new, fence, expect_last
+        )
+
+    async def close(self) -> None:
+        self._pool.submit(self._engine.dispose).result()
+        self._pool.shutdown()

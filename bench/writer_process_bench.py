@@ -18,7 +18,8 @@ the work. This measures both sides on this machine, in one run:
    (SQLite itself), in µs per event. And the in-process alternative to a second process: the
    same appends (checks, seal, rows) written with the standard library's ``sqlite3`` in one
    thread hop per batch (``bench/lean_append.py``: no SQLAlchemy, one hop instead of one per
-   statement).
+   statement); and, to tell the two savings apart, the store's own SQLAlchemy Core statements on
+   a synchronous connection in one thread hop per batch (``append_sa_sync``).
 3. **Writer process**: the same batches sent to a child process over a Unix socketpair
    (asyncio streams, 4-byte length + pickle of the ``Event`` list), awaiting its answer (the last
    seq) before the next batch, as the recorder awaits the commit. ``ack``: the child unpickles and
@@ -58,7 +59,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_bench as eb
-from lean_append import LeanSqliteSink
+from lean_append import LeanSqliteSink, SaSyncSink
 from writer_child import RemoteSink
 
 from fleetgate.core.events import Event
@@ -144,14 +145,15 @@ async def append_in_process(batches: list[Batch], url: str) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "main_s": main, "store_s": store_cpu}
 
 
-async def append_raw(batches: list[Batch], url: str) -> dict[str, float]:
+async def append_raw(batches: list[Batch], url: str, sa: bool = False) -> dict[str, float]:
     """The alternative to a second process: the same appends, one ``to_thread`` hop per batch
     into the standard library's sqlite3 (the normalising and sealing run in that thread)."""
     from fleetgate.store import Store
 
     async with Store.open(url) as store:  # the schema, migrated; and the lease
         fence = await fence_for(store, batches)
-    sink, last = LeanSqliteSink(url.partition(":///")[2]), 0
+    path = url.partition(":///")[2]
+    sink, last = (SaSyncSink(path) if sa else LeanSqliteSink(path)), 0
     th0, c0, w0 = eb.thread_cpu(), time.process_time(), time.perf_counter()
     for batch in batches:
         if batch.fenced:
@@ -359,6 +361,7 @@ def main() -> None:
             args.repeat, lambda: append_in_process(batches, fresh_url(tmp, next(count)))
         )
         raw = repeat(args.repeat, lambda: append_raw(batches, fresh_url(tmp, next(count))))
+        sa = repeat(args.repeat, lambda: append_raw(batches, fresh_url(tmp, next(count)), True))
         ack = repeat(args.repeat, lambda: send_batches(batches))
         write = repeat(
             args.repeat, lambda: write_remote(batches, fresh_url(tmp, next(count)), False)
@@ -373,7 +376,7 @@ def main() -> None:
         return round(x / n * 1e6, 1)
 
     ip, ak, wr = best(inproc, "cpu_s"), best(ack, "cpu_s"), best(write, "cpu_s")
-    rw, wl = best(raw, "cpu_s"), best(write_lean, "cpu_s")
+    rw, wl, sy = best(raw, "cpu_s"), best(write_lean, "cpu_s"), best(sa, "cpu_s")
     o1, om = best(one, "cpu_s"), best(many, "cpu_s")
     n1 = min(args.messages, 5000)
     out = {
@@ -389,6 +392,10 @@ def main() -> None:
         "raw_thread_us_per_event": us(rw["store_s"], events),
         "raw_process_us_per_event": us(rw["cpu_s"], events),
         "raw_wall_s": round(rw["wall_s"], 3),
+        "sa_sync_main_us_per_event": us(sy["main_s"], events),
+        "sa_sync_thread_us_per_event": us(sy["store_s"], events),
+        "sa_sync_process_us_per_event": us(sy["cpu_s"], events),
+        "sa_sync_wall_s": round(sy["wall_s"], 3),
         "ack_sender_us_per_event": us(ak["cpu_s"], events),
         "ack_wall_s": round(ak["wall_s"], 3),
         "write_sender_us_per_event": us(wr["cpu_s"], events),
@@ -416,6 +423,11 @@ def main() -> None:
         f"{out['raw_process_us_per_event']} (wall {rw['wall_s']:.2f} s)"
     )
     print(
+        f"   in process, SQLAlchemy Core on sqlite3 in one thread hop per batch: event loop "
+        f"{out['sa_sync_main_us_per_event']}, thread {out['sa_sync_thread_us_per_event']}, "
+        f"process {out['sa_sync_process_us_per_event']} (wall {sy['wall_s']:.2f} s)"
+    )
+    print(
         f"   to a child that only answers: sender {out['ack_sender_us_per_event']} "
         f"(wall {ak['wall_s']:.2f} s); to a child that writes: sender "
         f"{out['write_sender_us_per_event']}, child {out['write_child_us_per_event']} "
@@ -426,6 +438,7 @@ def main() -> None:
     for name, runs, key in (
         ("in process (process CPU)", inproc, "cpu_s"),
         ("in process, sqlite3 (process CPU)", raw, "cpu_s"),
+        ("in process, SQLAlchemy sync (process CPU)", sa, "cpu_s"),
         ("to a child, ack (sender CPU)", ack, "cpu_s"),
         ("to a child, write (sender CPU)", write, "cpu_s"),
         ("to a child, write (child CPU)", write, "child_cpu_s"),

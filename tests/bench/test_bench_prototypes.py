@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import engine_bench
-from lean_append import LeanSqliteSink
+from lean_append import LeanSqliteSink, SaSyncSink
 from writer_child import RemoteSink
 
 from fleetgate.core.events import Event
@@ -42,7 +42,7 @@ async def _reference(tmp_path: Path) -> list[tuple[int, str]]:
         return [(e.seq, e.hash) for e in await store.events()]
 
 
-@pytest.mark.parametrize("where", ["in process", "writer process"])
+@pytest.mark.parametrize("where", ["in process", "in process, SQLAlchemy", "writer process"])
 async def test_prototype_sinks_write_the_stores_chain(tmp_path: Path, where: str) -> None:
     want = await _reference(tmp_path)
     url = f"sqlite+aiosqlite:///{tmp_path}/proto.db"
@@ -52,6 +52,8 @@ async def test_prototype_sinks_write_the_stores_chain(tmp_path: Path, where: str
         sink: LeanSqliteSink | RemoteSink
         if where == "in process":
             sink = LeanSqliteSink(f"{tmp_path}/proto.db")
+        elif where == "in process, SQLAlchemy":
+            sink = SaSyncSink(f"{tmp_path}/proto.db")
         else:
             sink = RemoteSink(url, lean=True)
             await sink.start()

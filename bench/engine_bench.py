@@ -3,6 +3,7 @@
     .venv/bin/python bench/engine_bench.py [--devices 1000 10000] [--concurrency 200 500]
                                            [--db sqlite|postgresql+asyncpg://USER@HOST/DB]
                                            [--skip-rollback] [--profile DIR] [--timeout S]
+                                           [--writer-process] [--lean-append]
 
 For each fleet size × controller concurrency, in a fresh worker process (so its CPU time and
 peak RSS are its own) and a fresh temporary directory:
@@ -39,6 +40,21 @@ Each run's report ends with ONE JSON line that scripts parse (the last line of t
 ``agent_calls_deploy``, ``agent_calls_rollback`` (per device), ``peak_rss_mib`` (controller), and
 more (``ctl_us_per_call_deploy``/``_rollback``, calls by name, outcome, db, load average).
 ``--devices 100000`` works (on PostgreSQL too); it takes long, so give ``--timeout``.
+
+Where the controller's CPU goes (issue 12 item 5, "use both cores"): per phase, from
+``/proc/self/task/<tid>/stat`` (utime + stime, clock ticks), the event loop's thread
+(``main_thread_cpu_deploy_s`` / ``_rollback_s``), aiosqlite's connection threads — SQLite's own
+work, which a writer process could take over — (``store_thread_cpu_…``) and the rest
+(``other_thread_cpu_…``: the process's CPU minus those two, so threads that ended count there);
+on PostgreSQL the CPU of the server's backends serving this controller (matched by client
+port) and of its background processes (``db_server_cpu_…``: the store writer that already is
+another process); and the whole
+machine's busy CPU seconds (``machine_cpu_…``, /proc/stat: the controller, the sim, the
+database, and anything else running — the machine is shared, compare back-to-back runs only).
+``--writer-process``: the recorders append through ``bench/writer_child.py``'s prototype writer
+process (its CPU: ``writer_cpu_deploy_s`` / ``_rollback_s``) — a measurement, not a feature.
+``--lean-append`` (SQLite): they append with ``bench/lean_append.py`` (the same append in
+sqlite3, one thread hop per batch), in this process, or in the writer process with both flags.
 
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
 functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
@@ -78,6 +94,13 @@ class Timing:
     events: int = 0
     rss_mib: float = 0.0  # the controller's peak RSS so far, at the end of this phase
     gc_s: float = 0.0  # time in the cyclic garbage collector during this phase
+    # The controller's CPU split by thread (issue 12 item 5: what could a second process take?)
+    main_cpu_s: float = 0.0  # the event loop's thread
+    store_cpu_s: float = 0.0  # aiosqlite's connection threads (SQLite's own work)
+    other_cpu_s: float = 0.0  # every other thread, and threads that ended during the phase
+    db_server_cpu_s: float = 0.0  # PostgreSQL's server processes (0 on SQLite)
+    writer_cpu_s: float = 0.0  # the writer process's (``--writer-process``; else 0)
+    machine_cpu_s: float = 0.0  # busy CPU seconds of the whole machine (/proc/stat)
 
 
 @dataclass
@@ -94,6 +117,8 @@ class RunResult:
     error: str = ""
     running: str = ""  # the phase in progress (names the one a timeout interrupted)
     db: str = "sqlite"
+    writer_process: bool = False
+    lean_append: bool = False
     # agent calls (requests the sim served) per phase, by call name
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -213,18 +238,35 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 # -- one run (worker process) ----------------------------------------------------------------------
-async def timed(res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T]) -> tuple[T, Timing]:
+async def timed(
+    res: RunResult, name: str, sim: SimProcess, coro: Awaitable[T], url: str = ""
+) -> tuple[T, Timing]:
     """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
+    pg = res.db == "postgresql"
+    pg0 = await postgres_cpu(url) if pg else {}
+    th0, m0 = thread_cpu(), machine_busy_s()
+    remote = [w for w in WRITER if hasattr(w, "cpu_s")]
+    k0 = remote[0].cpu_s() if remote else 0.0
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
     out = await coro
     res.running = ""
     t = Timing(time.perf_counter() - w0, time.process_time() - c0, sim.cpu_s() - s0)
     t.gc_s = GcClock.total - g0
+    t.main_cpu_s, t.store_cpu_s = split_threads(th0, thread_cpu())
+    t.other_cpu_s = max(0.0, t.cpu_s - t.main_cpu_s - t.store_cpu_s)
+    if pg:
+        pg1 = await postgres_cpu(url)
+        t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in pg1.items())
+    t.machine_cpu_s = machine_busy_s() - m0
+    t.writer_cpu_s = remote[0].cpu_s() - k0 if remote else 0.0
     t.rss_mib = rss_mib()
     res.phases[name] = t
     print(f"  [{res.devices} c{res.concurrency}] {name}: {t.wall_s:.2f} s", file=sys.stderr)
     return out, t
+
+
+WRITER: list[Any] = []  # the prototype writer process's sink, with --writer-process
 
 
 class GcClock:
@@ -247,6 +289,112 @@ class GcClock:
         gc.callbacks.append(cb)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_s(stat: str) -> float:
+    """utime + stime from a /proc/…/stat line (fields after the ``(comm)``)."""
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of every live thread of this process, by native id, with a role:
+    ``main`` (the event loop), ``store`` (an aiosqlite connection's worker thread: aiosqlite
+    names none, so it is known by its target, ``_connection_worker_thread``; or
+    ``--lean-append``'s thread) or ``other``."""
+    import threading
+
+    main = threading.main_thread().native_id
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        try:
+            cpu = _stat_cpu_s((task / "stat").read_text())
+        except OSError:
+            continue  # the thread ended meanwhile: its CPU falls into "other"
+        name = names.get(tid, "")
+        store = "_connection_worker" in name or name.startswith("lean-append")
+        role = "main" if tid == main else "store" if store else "other"
+        out[tid] = (role, cpu)
+    return out
+
+
+def split_threads(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> tuple[float, float]:
+    """(main thread, store threads) CPU seconds between two ``thread_cpu`` samples; a thread
+    born in between counts from zero (one that ended is lost here and lands in "other")."""
+    main = store = 0.0
+    for tid, (role, cpu) in after.items():
+        spent = cpu - before.get(tid, (role, 0.0))[1]
+        if role == "main":
+            main += spent
+        elif role == "store":
+            store += spent
+    return main, store
+
+
+async def postgres_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL server processes that work for this controller, by
+    pid: the backends whose client port is one of this process's connections to the server
+    (``pg_stat_activity.client_port``), and the server's own background processes (WAL writer,
+    checkpointer …: they work for every writer). Other clients' backends are left out — the
+    machine is shared, and another session's tests may use the same server."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    plain = make_url(url).difference_update_query(["schema"]).set(drivername="postgresql")
+    conn = await asyncpg.connect(plain.render_as_string(False), timeout=10)
+    try:
+        rows = await conn.fetch("SELECT pid, backend_type, client_port FROM pg_stat_activity")
+    finally:
+        await conn.close()
+    mine = own_ports(int(plain.port or 5432))
+    out: dict[int, float] = {}
+    for row in rows:
+        if row["backend_type"] == "client backend" and row["client_port"] not in mine:
+            continue
+        try:
+            out[int(row["pid"])] = _stat_cpu_s(Path(f"/proc/{row['pid']}/stat").read_text())
+        except OSError:
+            continue
+    return out
+
+
+def own_ports(server_port: int) -> set[int]:
+    """Local TCP ports of this process's connections to ``server_port`` (/proc/net/tcp*, the
+    sockets matched to this process's descriptors by inode)."""
+    inodes: set[str] = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes and int(cols[2].rpartition(":")[2], 16) == server_port:
+                ports.add(int(cols[1].rpartition(":")[2], 16))
+    return ports
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot, all CPUs (/proc/stat: everything but
+    idle and iowait), so a phase's figure covers the controller, the sim, the database and
+    whatever else ran."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -256,8 +404,48 @@ async def drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool,
     try:
         await _drive_run(res, sim, work, rollback, url)
     finally:
+        while WRITER:
+            await WRITER.pop().close()
         if schema is not None:
             await drop_schema(url, schema)
+
+
+def use_sink(ctl: Any, url: str, writer_process: bool, lean: bool) -> Any:
+    """Make ``ctl``'s recorders append through a prototype sink (issue 12 item 5) instead of
+    ``ctl.store``: ``writer_child.RemoteSink`` (a writer process; ``lean``: it writes with
+    ``bench/lean_append.py``) or, ``lean`` alone, ``lean_append.LeanSqliteSink`` in this process.
+    Returns the sink (a RemoteSink is not started yet). Bench-only: it replaces the controller's
+    private ``_recorder``."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from lean_append import LeanSqliteSink
+    from writer_child import RemoteSink
+
+    from fleetgate.engine.recorder import Recorder
+
+    if not url.startswith("sqlite") and lean:
+        raise SystemExit("--lean-append: SQLite only")
+    sink: Any = (
+        RemoteSink(url, lean=lean) if writer_process else LeanSqliteSink(url.partition(":///")[2])
+    )
+
+    @contextlib.asynccontextmanager
+    async def _recorder(view: Any, fence: Any) -> AsyncIterator[Recorder]:
+        rec = Recorder(
+            sink,
+            view.state,
+            ctl.clock.now_iso,
+            fence=fence,
+            ledger=view.ledger,
+            last_seq=view.last_seq,
+            observer=view.observe_recorded,
+        )
+        async with rec:
+            yield rec
+
+    ctl._recorder = _recorder
+    return sink
 
 
 async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool, url: str) -> None:
@@ -286,6 +474,11 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
         HttpTransport(TokenSource(), concurrency=c) as transport,
     ):
         ctl = Controller(store, transport, ControllerConfig(work / "blobs", pub, concurrency=c))
+        if res.writer_process or res.lean_append:
+            sink = use_sink(ctl, url, res.writer_process, res.lean_append)
+            WRITER.append(sink)
+            if res.writer_process:
+                await sink.start()
         seen = (await store.chain_head())[0]
 
         async def count() -> int:
@@ -298,9 +491,9 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
 
         calls0 = await sim.calls()
         start = ctl.start(bundle, policy, policy_doc=POLICY, actor="bench")
-        dep, ph = await timed(res, "start", sim, start)
+        dep, ph = await timed(res, "start", sim, start, url)
         ph.events = await count()
-        state, ph = await timed(res, "to_approval", sim, ctl.drive(dep))
+        state, ph = await timed(res, "to_approval", sim, ctl.drive(dep), url)
         ph.events = await count()
         calls1 = await sim.calls()
         res.calls["deploy"] = diff(calls1, calls0)
@@ -308,11 +501,11 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
             res.outcome = f"{state.phase.value} before approval: {state.halt_reason}"
             return
         approve = ctl.record_human(dep, "approval.granted", "bench", comment="benchmark")
-        _, ph = await timed(res, "approval", sim, approve)
+        _, ph = await timed(res, "approval", sim, approve, url)
         ph.events = await count()
         calls2 = await sim.calls()
         res.calls["approval"] = diff(calls2, calls1)  # the human's step: not the deployment's
-        state, ph = await timed(res, "rollout", sim, ctl.drive(dep))
+        state, ph = await timed(res, "rollout", sim, ctl.drive(dep), url)
         ph.events = await count()
         calls3 = await sim.calls()
         for k, n in diff(calls3, calls2).items():
@@ -325,7 +518,7 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
         views = getattr(ctl, "views", None)
         if views is not None:
             views.drop(dep)
-        _, ph = await timed(res, "load+fold", sim, ctl.state(dep))
+        _, ph = await timed(res, "load+fold", sim, ctl.state(dep), url)
         ph.events = seen  # the log's length (this store holds one deployment)
         if state.phase is P.COMPLETE and rollback:
 
@@ -336,7 +529,7 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
                 return await ctl.drive(dep)
 
             calls4 = await sim.calls()  # load+fold calls no agent; read again all the same
-            state, ph = await timed(res, "rollback", sim, roll_back())
+            state, ph = await timed(res, "rollback", sim, roll_back(), url)
             ph.events = await count()
             res.calls["rollback"] = diff(await sim.calls(), calls4)
             back = sum(1 for s in state.devices.values() if s.value == "rolled_back")
@@ -344,9 +537,16 @@ async def _drive_run(res: RunResult, sim: SimProcess, work: Path, rollback: bool
 
 
 def worker(
-    devices: int, concurrency: int, rollback: bool, profile: Path | None, db: str
+    devices: int,
+    concurrency: int,
+    rollback: bool,
+    profile: Path | None,
+    db: str,
+    writer_process: bool = False,
+    lean_append: bool = False,
 ) -> RunResult:
-    res = RunResult(devices, concurrency, db=db_kind(db))
+    res = RunResult(devices, concurrency, db=db_kind(db), writer_process=writer_process)
+    res.lean_append = lean_append
     with tempfile.TemporaryDirectory(prefix="fg-engine-bench-") as tmp:
         work = Path(tmp)
         sim = SimProcess(devices, work)
@@ -387,6 +587,10 @@ def run_worker(n: int, c: int, args: argparse.Namespace) -> RunResult:
     cmd = [sys.executable, __file__, "--worker", str(n), str(c), "--db", args.db]
     if args.skip_rollback:
         cmd.append("--skip-rollback")
+    if args.writer_process:
+        cmd.append("--writer-process")
+    if args.lean_append:
+        cmd.append("--lean-append")
     if args.profile:
         cmd += ["--profile", str(args.profile)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True)
@@ -458,6 +662,17 @@ def report(r: RunResult) -> None:
                 f"   agent calls/device, {kind}: {summary[f'agent_calls_{kind}']:.2f} ({by}); "
                 f"controller CPU per call {summary[f'ctl_us_per_call_{kind}']:.0f} µs"
             )
+    for kind in ("deploy", "rollback"):
+        if summary[f"{kind}_cpu_s"]:
+            print(
+                f"   controller CPU by thread, {kind}: event loop "
+                f"{summary[f'main_thread_cpu_{kind}_s']:.2f} s, store (aiosqlite) "
+                f"{summary[f'store_thread_cpu_{kind}_s']:.2f} s, other "
+                f"{summary[f'other_thread_cpu_{kind}_s']:.2f} s; PostgreSQL server "
+                f"{summary[f'db_server_cpu_{kind}_s']:.2f} s; writer process "
+                f"{summary[f'writer_cpu_{kind}_s']:.2f} s; machine busy "
+                f"{summary[f'machine_cpu_{kind}_s']:.2f} CPU s"
+            )
     print(json.dumps(summary), flush=True)
 
 
@@ -490,6 +705,23 @@ def figures(r: RunResult) -> dict[str, Any]:
         "sim_cpu_rollback_s": round(rb.sim_cpu_s, 3),
         "gc_deploy_s": round(sum(p.gc_s for p in dep), 3),
         "gc_rollback_s": round(rb.gc_s, 3),
+        # issue 12 item 5: the controller's CPU by thread, the database server's, the machine's
+        "main_thread_cpu_deploy_s": round(sum(p.main_cpu_s for p in dep), 3),
+        "store_thread_cpu_deploy_s": round(sum(p.store_cpu_s for p in dep), 3),
+        "other_thread_cpu_deploy_s": round(sum(p.other_cpu_s for p in dep), 3),
+        "main_thread_cpu_rollback_s": round(rb.main_cpu_s, 3),
+        "store_thread_cpu_rollback_s": round(rb.store_cpu_s, 3),
+        "other_thread_cpu_rollback_s": round(rb.other_cpu_s, 3),
+        "db_server_cpu_deploy_s": round(sum(p.db_server_cpu_s for p in dep), 3),
+        "db_server_cpu_rollback_s": round(rb.db_server_cpu_s, 3),
+        "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
+        "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
+        "writer_process": r.writer_process,
+        "lean_append": r.lean_append,
+        "writer_cpu_deploy_s": round(sum(p.writer_cpu_s for p in dep), 3),
+        "writer_cpu_rollback_s": round(rb.writer_cpu_s, 3),
+        "events_deploy": sum(p.events for p in dep),
+        "events_rollback": rb.events,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "error": r.error or None,
     }
@@ -521,6 +753,18 @@ def main() -> None:
         help="'sqlite' (a file per run) or postgresql[+asyncpg]://USER@HOST/DB (fresh schema)",
     )
     ap.add_argument("--skip-rollback", action="store_true")
+    ap.add_argument(
+        "--writer-process",
+        action="store_true",
+        help="append events through a prototype store writer in a second process "
+        "(bench/writer_child.py; issue 12 item 5)",
+    )
+    ap.add_argument(
+        "--lean-append",
+        action="store_true",
+        help="SQLite: append events with sqlite3 in one thread hop per batch "
+        "(bench/lean_append.py); with --writer-process, in the writer process",
+    )
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
     ap.add_argument(
         "--timeout", type=float, default=3600.0, help="stop a run after this many seconds"
@@ -532,7 +776,15 @@ def main() -> None:
     if args.worker:
         n, c = args.worker
         signal.signal(signal.SIGTERM, _interrupt)
-        res = worker(n, c, not args.skip_rollback, args.profile, args.db)
+        res = worker(
+            n,
+            c,
+            not args.skip_rollback,
+            args.profile,
+            args.db,
+            args.writer_process,
+            args.lean_append,
+        )
         print(json.dumps(asdict(res)), flush=True)
         return
     print(
@@ -540,6 +792,8 @@ def main() -> None:
         f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}; "
         f"sim in its own process, HttpTransport over 127.0.0.1, {db_kind(args.db)} store, "
         "zero soak"
+        + (", events appended by a writer process" if args.writer_process else "")
+        + (", lean sqlite3 appends" if args.lean_append else "")
     )
     for n in args.devices:
         for c in args.concurrency:

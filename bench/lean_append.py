@@ -1,0 +1,198 @@
+"""A lean SQLite append, for the benchmarks only (issue 12 item 5: the alternative to a writer
+process).
+
+``append_sync`` writes one batch exactly as ``fleetgate.store.audit_log.append_events`` does
+inside ``Store.append_many`` — ``BEGIN IMMEDIATE``, the lease's fence checked, the chain head
+read, the deployment's last seq checked, every event normalised and sealed onto the chain, the
+rows inserted, the head moved, ``COMMIT`` — but with the standard library's ``sqlite3`` in one
+synchronous call: no SQLAlchemy, and one thread hop per batch (``LeanSqliteSink``) instead of
+one per statement (aiosqlite). Same pragmas as the store's engine (WAL, foreign keys, a 30 s
+busy timeout), same durability (SQLite's default ``synchronous``).
+
+``LeanSqliteSink`` is an ``EventSink`` (what ``Recorder`` appends through) running
+``append_sync`` in one dedicated thread; ``bench/engine_bench.py --lean-append`` puts it under
+the controller's recorders. Not production code: errors other than the fence's and the log's
+are not mapped to ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fleetgate.core.events import Event, StoredEvent, seal
+from fleetgate.errors import LogMoved
+from fleetgate.store.audit_log import _normalised
+from fleetgate.store.leases import Fence, Lease, lease_lost
+
+INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def append_sync(
+    conn: sqlite3.Connection,
+    new: Sequence[Event],
+    fence: Fence | None = None,
+    expect_last: int | None = None,
+) -> list[StoredEvent]:
+    if not new:
+        return []
+    prepared = [_normalised(ev) for ev in new]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if fence is not None:
+            row = conn.execute(
+                "SELECT deployment_id, holder, expires_at, epoch FROM leases "
+                "WHERE deployment_id = ?",
+                (fence.deployment_id,),
+            ).fetchone()
+            current = None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
+            if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
+                raise lease_lost(fence, current)
+        seq, prev = conn.execute(
+            "SELECT last_seq, last_hash FROM chain_head WHERE id = 1"
+        ).fetchone()
+        if expect_last is not None:
+            dep = str(new[0].deployment_id)
+            (last,) = conn.execute(
+                "SELECT max(seq) FROM events WHERE deployment_id = ?", (dep,)
+            ).fetchone()
+            if (last or 0) != expect_last:
+                raise LogMoved(
+                    f"deployment {dep}: its log moved (seq {last} is newer than {expect_last})",
+                    deployment_id=dep,
+                )
+        sealed: list[StoredEvent] = []
+        rows: list[tuple[Any, ...]] = []
+        for ev, details in prepared:
+            seq += 1
+            st = seal(seq, ev, prev, details)
+            prev = st.hash
+            sealed.append(st)
+            head = (seq, st.ts, st.deployment_id, st.device_id, st.actor, st.action)
+            rows.append((*head, st.outcome, details.decode(), st.prev_hash, st.hash))
+        conn.executemany(INSERT, rows)
+        conn.execute("UPDATE chain_head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, prev))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return sealed
+
+
+class LeanSqliteSink:
+    """``append_sync`` in one dedicated thread (sqlite3 connections are not for sharing)."""
+
+    def __init__(self, path: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lean-append")
+        self._conn = self._pool.submit(connect, path).result()
+
+    async def append_many(
+        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
+    ) -> list[StoredEvent]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, append_sync, self._conn, new, fence, expect_last
+        )
+
+    async def close(self) -> None:
+        self._pool.submit(self._conn.close).result()
+        self._pool.shutdown()
+
+
+# -- the same statements through SQLAlchemy Core, synchronously: which half of the saving is
+# -- the per-statement thread hops (aiosqlite) and which is SQLAlchemy's own per-row work?
+def sa_engine(path: str) -> Any:
+    """A synchronous SQLAlchemy engine on the stdlib driver, with the store's pragmas and
+    ``BEGIN IMMEDIATE`` (as ``fleetgate.store.engine`` sets up its async one)."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def append_sa_sync(
+    engine: Any,
+    new: Sequence[Event],
+    fence: Fence | None = None,
+    expect_last: int | None = None,
+) -> list[StoredEvent]:
+    """``audit_log.append_events``'s statements (SQLAlchemy Core, the same tables and rows) on a
+    synchronous connection: one thread hop per batch instead of one per statement."""
+    from sqlalchemy import func, insert, select, update
+
+    from fleetgate.store.audit_log import _to_row
+    from fleetgate.store.schema import chain_head, events, leases
+
+    if not new:
+        return []
+    prepared = [_normalised(ev) for ev in new]
+    with engine.connect() as conn, conn.begin():
+        if fence is not None:
+            row = conn.execute(
+                select(leases).where(leases.c.deployment_id == fence.deployment_id)
+            ).first()
+            current = None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
+            if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
+                raise lease_lost(fence, current)
+        head = conn.execute(select(chain_head.c.last_seq, chain_head.c.last_hash)).one()
+        seq, prev = int(head[0]), str(head[1])
+        if expect_last is not None:
+            dep = str(new[0].deployment_id)
+            last = conn.execute(
+                select(func.max(events.c.seq)).where(events.c.deployment_id == dep)
+            ).scalar()
+            if int(last or 0) != expect_last:
+                raise LogMoved(f"deployment {dep}: its log moved", deployment_id=dep)
+        sealed: list[StoredEvent] = []
+        rows: list[dict[str, Any]] = []
+        for ev, details in prepared:
+            seq += 1
+            st = seal(seq, ev, prev, details)
+            prev = st.hash
+            sealed.append(st)
+            rows.append(_to_row(st, details.decode()))
+        conn.execute(insert(events), rows)
+        conn.execute(update(chain_head).values(last_seq=seq, last_hash=prev))
+    return sealed
+
+
+class SaSyncSink(LeanSqliteSink):
+    """``append_sa_sync`` in one dedicated thread."""
+
+    def __init__(self, path: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lean-append")
+        self._engine = sa_engine(path)
+
+    async def append_many(
+        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
+    ) -> list[StoredEvent]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, append_sa_sync, self._engine, new, fence, expect_last
+        )
+
+    async def close(self) -> None:
+        self._pool.submit(self._engine.dispose).result()
+        self._pool.shutdown()

@@ -101,6 +101,7 @@ class Timing:
     db_server_cpu_s: float = 0.0  # PostgreSQL's server processes (0 on SQLite)
     writer_cpu_s: float = 0.0  # the writer process's (``--writer-process``; else 0)
     machine_cpu_s: float = 0.0  # busy CPU seconds of the whole machine (/proc/stat)
+    sys_cpu_s: float = 0.0  # the controller's CPU in the kernel (``os.times().system``)
 
 
 @dataclass
@@ -245,7 +246,7 @@ async def timed(
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
     pg = res.db == "postgresql"
     pg0 = await postgres_cpu(url) if pg else {}
-    th0, m0 = thread_cpu(), machine_busy_s()
+    th0, m0, sys0 = thread_cpu(), machine_busy_s(), os.times().system
     remote = [w for w in WRITER if hasattr(w, "cpu_s")]
     k0 = remote[0].cpu_s() if remote else 0.0
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
@@ -259,6 +260,7 @@ async def timed(
         pg1 = await postgres_cpu(url)
         t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in pg1.items())
     t.machine_cpu_s = machine_busy_s() - m0
+    t.sys_cpu_s = os.times().system - sys0
     t.writer_cpu_s = remote[0].cpu_s() - k0 if remote else 0.0
     t.rss_mib = rss_mib()
     res.phases[name] = t
@@ -716,6 +718,9 @@ def figures(r: RunResult) -> dict[str, Any]:
         "db_server_cpu_rollback_s": round(rb.db_server_cpu_s, 3),
         "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
         "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
+        # the controller's kernel share (page-cache reads and WAL writes, sends, epoll)
+        "sys_cpu_deploy_s": round(sum(p.sys_cpu_s for p in dep), 3),
+        "sys_cpu_rollback_s": round(rb.sys_cpu_s, 3),
         "writer_process": r.writer_process,
         "lean_append": r.lean_append,
         "writer_cpu_deploy_s": round(sum(p.writer_cpu_s for p in dep), 3),

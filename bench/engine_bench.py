@@ -94,6 +94,7 @@ class Timing:
     events: int = 0
     rss_mib: float = 0.0  # the controller's peak RSS so far, at the end of this phase
     gc_s: float = 0.0  # time in the cyclic garbage collector during this phase
+    gc_full_s: float = 0.0  # of which in full collections
     # The controller's CPU split by thread (issue 12 item 5: what could a second process take?)
     main_cpu_s: float = 0.0  # the event loop's thread
     store_cpu_s: float = 0.0  # aiosqlite's connection threads (SQLite's own work)
@@ -244,6 +245,7 @@ async def timed(
 ) -> tuple[T, Timing]:
     """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
+    f0 = GcClock.full
     pg = res.db == "postgresql"
     pg0 = await postgres_cpu(url) if pg else {}
     th0, m0, sys0 = thread_cpu(), machine_busy_s(), os.times().system
@@ -253,7 +255,7 @@ async def timed(
     out = await coro
     res.running = ""
     t = Timing(time.perf_counter() - w0, time.process_time() - c0, sim.cpu_s() - s0)
-    t.gc_s = GcClock.total - g0
+    t.gc_s, t.gc_full_s = GcClock.total - g0, GcClock.full - f0
     t.main_cpu_s, t.store_cpu_s = split_threads(th0, thread_cpu())
     t.other_cpu_s = max(0.0, t.cpu_s - t.main_cpu_s - t.store_cpu_s)
     if pg:
@@ -276,6 +278,7 @@ class GcClock:
     start and stop of each collection, which runs in the thread that allocates)."""
 
     total = 0.0
+    full = 0.0  # of which in full (oldest-generation) collections: they scan the whole heap
     _t0 = 0.0
 
     @classmethod
@@ -286,7 +289,10 @@ class GcClock:
             if phase == "start":
                 cls._t0 = time.thread_time()
             else:
-                cls.total += time.thread_time() - cls._t0
+                spent = time.thread_time() - cls._t0
+                cls.total += spent
+                if info.get("generation") == 2:
+                    cls.full += spent
 
         gc.callbacks.append(cb)
 
@@ -707,6 +713,8 @@ def figures(r: RunResult) -> dict[str, Any]:
         "sim_cpu_rollback_s": round(rb.sim_cpu_s, 3),
         "gc_deploy_s": round(sum(p.gc_s for p in dep), 3),
         "gc_rollback_s": round(rb.gc_s, 3),
+        "gc_full_deploy_s": round(sum(p.gc_full_s for p in dep), 3),
+        "gc_full_rollback_s": round(rb.gc_full_s, 3),
         # issue 12 item 5: the controller's CPU by thread, the database server's, the machine's
         "main_thread_cpu_deploy_s": round(sum(p.main_cpu_s for p in dep), 3),
         "store_thread_cpu_deploy_s": round(sum(p.store_cpu_s for p in dep), 3),

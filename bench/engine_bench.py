@@ -94,6 +94,7 @@ class Timing:
     events: int = 0
     rss_mib: float = 0.0  # the controller's peak RSS so far, at the end of this phase
     gc_s: float = 0.0  # time in the cyclic garbage collector during this phase
+    gc_full_s: float = 0.0  # of which in full collections
     # The controller's CPU split by thread (issue 12 item 5: what could a second process take?)
     main_cpu_s: float = 0.0  # the event loop's thread
     store_cpu_s: float = 0.0  # aiosqlite's connection threads (SQLite's own work)
@@ -101,6 +102,7 @@ class Timing:
     db_server_cpu_s: float = 0.0  # PostgreSQL's server processes (0 on SQLite)
     writer_cpu_s: float = 0.0  # the writer process's (``--writer-process``; else 0)
     machine_cpu_s: float = 0.0  # busy CPU seconds of the whole machine (/proc/stat)
+    sys_cpu_s: float = 0.0  # the controller's CPU in the kernel (``os.times().system``)
 
 
 @dataclass
@@ -243,22 +245,24 @@ async def timed(
 ) -> tuple[T, Timing]:
     """Run ``coro``; its wall, controller-CPU and sim-CPU seconds become ``res.phases[name]``."""
     w0, c0, s0, g0 = time.perf_counter(), time.process_time(), sim.cpu_s(), GcClock.total
+    f0 = GcClock.full
     pg = res.db == "postgresql"
     pg0 = await postgres_cpu(url) if pg else {}
-    th0, m0 = thread_cpu(), machine_busy_s()
+    th0, m0, sys0 = thread_cpu(), machine_busy_s(), os.times().system
     remote = [w for w in WRITER if hasattr(w, "cpu_s")]
     k0 = remote[0].cpu_s() if remote else 0.0
     res.running = f"{name} (started {time.strftime('%H:%M:%S')})"
     out = await coro
     res.running = ""
     t = Timing(time.perf_counter() - w0, time.process_time() - c0, sim.cpu_s() - s0)
-    t.gc_s = GcClock.total - g0
+    t.gc_s, t.gc_full_s = GcClock.total - g0, GcClock.full - f0
     t.main_cpu_s, t.store_cpu_s = split_threads(th0, thread_cpu())
     t.other_cpu_s = max(0.0, t.cpu_s - t.main_cpu_s - t.store_cpu_s)
     if pg:
         pg1 = await postgres_cpu(url)
         t.db_server_cpu_s = sum(max(0.0, v - pg0.get(i, 0.0)) for i, v in pg1.items())
     t.machine_cpu_s = machine_busy_s() - m0
+    t.sys_cpu_s = os.times().system - sys0
     t.writer_cpu_s = remote[0].cpu_s() - k0 if remote else 0.0
     t.rss_mib = rss_mib()
     res.phases[name] = t
@@ -274,6 +278,7 @@ class GcClock:
     start and stop of each collection, which runs in the thread that allocates)."""
 
     total = 0.0
+    full = 0.0  # of which in full (oldest-generation) collections: they scan the whole heap
     _t0 = 0.0
 
     @classmethod
@@ -284,7 +289,10 @@ class GcClock:
             if phase == "start":
                 cls._t0 = time.thread_time()
             else:
-                cls.total += time.thread_time() - cls._t0
+                spent = time.thread_time() - cls._t0
+                cls.total += spent
+                if info.get("generation") == 2:
+                    cls.full += spent
 
         gc.callbacks.append(cb)
 
@@ -705,6 +713,8 @@ def figures(r: RunResult) -> dict[str, Any]:
         "sim_cpu_rollback_s": round(rb.sim_cpu_s, 3),
         "gc_deploy_s": round(sum(p.gc_s for p in dep), 3),
         "gc_rollback_s": round(rb.gc_s, 3),
+        "gc_full_deploy_s": round(sum(p.gc_full_s for p in dep), 3),
+        "gc_full_rollback_s": round(rb.gc_full_s, 3),
         # issue 12 item 5: the controller's CPU by thread, the database server's, the machine's
         "main_thread_cpu_deploy_s": round(sum(p.main_cpu_s for p in dep), 3),
         "store_thread_cpu_deploy_s": round(sum(p.store_cpu_s for p in dep), 3),
@@ -716,6 +726,9 @@ def figures(r: RunResult) -> dict[str, Any]:
         "db_server_cpu_rollback_s": round(rb.db_server_cpu_s, 3),
         "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
         "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
+        # the controller's kernel share (page-cache reads and WAL writes, sends, epoll)
+        "sys_cpu_deploy_s": round(sum(p.sys_cpu_s for p in dep), 3),
+        "sys_cpu_rollback_s": round(rb.sys_cpu_s, 3),
         "writer_process": r.writer_process,
         "lean_append": r.lean_append,
         "writer_cpu_deploy_s": round(sum(p.writer_cpu_s for p in dep), 3),

@@ -243,3 +243,55 @@ async def test_a_device_that_goes_dark_once_its_release_runs_still_fails(tmp_pat
         # Failed, then (a canary failed) the canaries are rolled back: this one cannot be reached.
         assert state.devices[dark] is D.ROLLBACK_FAILED, state.devices[dark]
         assert state.canary_verdict == "FAIL"
+
+
+def test_a_drive_freezes_the_heap_it_starts_with_and_gives_it_back() -> None:
+    """Objects alive when a drive starts are exempt from collections during it (a full
+    collection does not rescan a fleet-sized heap); afterwards they are collectable again, so
+    a reference cycle among them is freed (engine/gctune.py)."""
+    import gc
+    import weakref
+
+    from fleetgate.engine.gctune import frozen_heap
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # type: ignore[attr-defined]  # a cycle: only the collector frees it
+    gone = weakref.ref(a)
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0
+        del a, b
+        gc.collect()
+        assert gone() is not None  # frozen: not collected during the drive
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert gone() is None  # given back: the cycle is freed
+
+
+def test_a_failed_drive_still_unfreezes_the_heap() -> None:
+    import gc
+
+    from fleetgate.engine.gctune import frozen_heap
+
+    with pytest.raises(RuntimeError), frozen_heap():
+        raise RuntimeError("drive failed")
+    assert gc.get_freeze_count() == 0
+
+
+async def test_the_driver_judges_against_the_baselines_a_resumed_controller_folds(
+    tmp_path: Path,
+) -> None:
+    """The driving controller keeps one baseline per device, shared with its kept fold, and it
+    is the sample the log holds: a controller that folds the log afresh has the same ones."""
+    async with harness(tmp_path, policy=ZERO_SOAK) as h:
+        dep = await h.start()
+        await h.controller.drive(dep)
+        await h.controller.record_human(dep, "approval.granted", "alice")
+        assert (await h.controller.drive(dep)).phase is Phase.COMPLETE
+        kept = h.controller.views.take(dep)
+        assert kept is not None
+        fresh = await Controller(h.store, h.controller.transport, h.controller.config)._view(dep)
+        assert set(kept.baselines) == set(fresh.state.order)
+        assert kept.baselines == fresh.baselines

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -309,7 +310,10 @@ class HealthSample:
                 raise ValueError(f"metric {key}: {value!r} is not a number")
             if not math.isfinite(value):
                 raise ValueError(f"metric {key}: {value!r} is not finite")
-            frozen[key] = float(value)
+            # Interned: every sample of a fleet names the same few series, and a controller
+            # keeps a sample per device (its baseline) — one copy of each name, not 100,000
+            # (~0.7 KiB per sample; issue 12). An interned string still dies with its last user.
+            frozen[sys.intern(key)] = float(value)
         object.__setattr__(self, "metrics", MappingProxyType(frozen))
 
     @property

@@ -63,7 +63,11 @@ class LogView:
         if a == "deployment.created":
             self.created = d
         elif a == "device.baseline" and e.device_id:
-            self.baselines[e.device_id] = sample_from_dict(e.device_id, d.get("sample"))
+            # A baseline this process records is already in ``baselines`` when the driving
+            # context shares the dict (``Controller._context``): the engine put the sample the
+            # event holds there just before recording it. Read from the log: folded here.
+            if isinstance(e, StoredEvent) or e.device_id not in self.baselines:
+                self.baselines[e.device_id] = sample_from_dict(e.device_id, d.get("sample"))
         elif a == "soak.sampled":
             key = f"{d.get('stage', 0)}:{d.get('round', 'soak')}"
             self.sampled.setdefault(key, []).append(d)

@@ -44,7 +44,7 @@ from fleetgate.engine.controller_base import (
     summary,
 )
 from fleetgate.engine.deciding import HALTABLE, DecideMixin, Decision
-from fleetgate.engine.gctune import tune_gc
+from fleetgate.engine.gctune import frozen_heap, tune_gc
 from fleetgate.engine.leasing import LeaseMixin, holder_is_dead
 from fleetgate.engine.logview import LogView, ViewCache
 from fleetgate.engine.ports import StorePort
@@ -105,11 +105,12 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
         in a soak until its next sample is due; return the state. A decision recorded by
         someone else meanwhile (``LogMoved``) makes it re-read the log and go on from there."""
         tune_gc()  # a process that drives deployments: engine/gctune.py
-        for _ in range(MAX_LOG_MOVES):
-            try:
-                return await self._drive_once(deployment_id)
-            except LogMoved:
-                continue
+        with frozen_heap():  # the heap the drive starts with is not rescanned: engine/gctune.py
+            for _ in range(MAX_LOG_MOVES):
+                try:
+                    return await self._drive_once(deployment_id)
+                except LogMoved:
+                    continue
         raise FleetgateError(
             f"deployment {deployment_id}: its log kept moving under the driver; try again",
             deployment_id=deployment_id,
@@ -246,8 +247,12 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
             devices=devices,
             clock=self.clock,
             concurrency=self.config.concurrency,
+            # The view's own dict, not a copy: a sample per device is the largest per-device
+            # record a controller keeps (issue 12), and the engine adds a device's baseline only
+            # as the sample its ``device.baseline`` event holds (engine.stage), so the view
+            # still follows the log. A drive that fails drops the view (``_drive_once``).
+            baselines=view.baselines,
             # Copies: the engine extends its own as it goes; the view follows the log only.
-            baselines=dict(view.baselines),
             sampled={k: list(v) for k, v in view.sampled.items()},
             control_pre=dict(view.control_pre),
             control_pools={k: list(v) for k, v in view.control_pools.items()},

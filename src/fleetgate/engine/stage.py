@@ -38,7 +38,7 @@ from fleetgate.core.gates import unreachable_decision
 from fleetgate.core.model import DeviceState
 from fleetgate.core.state import DeviceStatus
 from fleetgate.engine.canary_analysis import analysis_applies, hard_bounds_only
-from fleetgate.engine.context import EngineContext, sample_dict
+from fleetgate.engine.context import EngineContext, sample_dict, sample_from_dict
 from fleetgate.engine.verify import baseline_window, check_health
 from fleetgate.errors import DeviceError, FleetgateError, TransportError
 from fleetgate.transports.base import Facts
@@ -248,10 +248,12 @@ async def _deploy_one(ctx: EngineContext, stage: int, dev_id: str) -> None:
                 baseline = await ctx.transport.health(dev)
             except FleetgateError:
                 baseline = None
-        ctx.baselines[dev_id] = baseline
-        await rec.record(
-            "device.baseline", device_id=dev_id, stage=stage, sample=sample_dict(baseline)
-        )
+        doc = sample_dict(baseline)
+        # The baseline as the log holds it: the driving controller judges against the very
+        # sample a resumed one folds from the log (invariant 7), and its ``LogView`` shares
+        # this object instead of keeping a second copy per device (issue 12).
+        ctx.baselines[dev_id] = sample_from_dict(dev_id, doc)
+        await rec.record("device.baseline", device_id=dev_id, stage=stage, sample=doc)
 
     if status is not D.STAGED:
         seq = await ctx.begin_command(dev_id, "stage", stage=stage, release=rel.release_id)

@@ -422,37 +422,16 @@ def use_sink(ctl: Any, url: str, writer_process: bool, lean: bool) -> Any:
     """Make ``ctl``'s recorders append through a prototype sink (issue 12 item 5) instead of
     ``ctl.store``: ``writer_child.RemoteSink`` (a writer process; ``lean``: it writes with
     ``bench/lean_append.py``) or, ``lean`` alone, ``lean_append.LeanSqliteSink`` in this process.
-    Returns the sink (a RemoteSink is not started yet). Bench-only: it replaces the controller's
-    private ``_recorder``."""
-    import contextlib
-    from collections.abc import AsyncIterator
-
+    Returns the sink (a RemoteSink is not started yet)."""
     from lean_append import LeanSqliteSink
     from writer_child import RemoteSink
-
-    from fleetgate.engine.recorder import Recorder
 
     if not url.startswith("sqlite") and lean:
         raise SystemExit("--lean-append: SQLite only")
     sink: Any = (
         RemoteSink(url, lean=lean) if writer_process else LeanSqliteSink(url.partition(":///")[2])
     )
-
-    @contextlib.asynccontextmanager
-    async def _recorder(view: Any, fence: Any) -> AsyncIterator[Recorder]:
-        rec = Recorder(
-            sink,
-            view.state,
-            ctl.clock.now_iso,
-            fence=fence,
-            ledger=view.ledger,
-            last_seq=view.last_seq,
-            observer=view.observe_recorded,
-        )
-        async with rec:
-            yield rec
-
-    ctl._recorder = _recorder
+    ctl.event_sink = sink
     return sink
 
 
@@ -684,6 +663,32 @@ def report(r: RunResult) -> None:
     print(json.dumps(summary), flush=True)
 
 
+# JSON key prefix -> per-phase figure: each gives ``<prefix>_deploy_s`` (summed over the
+# deployment's phases) and ``<prefix>_rollback_s``.
+PER_PHASE = {
+    "sim_cpu": "sim_cpu_s",
+    "gc": "gc_s",
+    "gc_full": "gc_full_s",
+    # issue 12 item 5: the controller's CPU by thread, the database server's, the machine's
+    "main_thread_cpu": "main_cpu_s",
+    "store_thread_cpu": "store_cpu_s",
+    "other_thread_cpu": "other_cpu_s",
+    "db_server_cpu": "db_server_cpu_s",
+    "machine_cpu": "machine_cpu_s",
+    # the controller's kernel share (page-cache reads and WAL writes, sends, epoll)
+    "sys_cpu": "sys_cpu_s",
+    "writer_cpu": "writer_cpu_s",
+}
+
+
+def per_phase(dep: list[Any], rb: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, attr in PER_PHASE.items():
+        out[f"{key}_deploy_s"] = round(sum(getattr(p, attr) for p in dep), 3)
+        out[f"{key}_rollback_s"] = round(getattr(rb, attr), 3)
+    return out
+
+
 def figures(r: RunResult) -> dict[str, Any]:
     """The run's machine-readable line (module docstring: the keys scripts rely on)."""
     ph = r.phases
@@ -709,30 +714,9 @@ def figures(r: RunResult) -> dict[str, Any]:
         "db": r.db,
         "outcome": r.outcome,
         "rollback_outcome": r.rollback_outcome,
-        "sim_cpu_deploy_s": round(sum(p.sim_cpu_s for p in dep), 3),
-        "sim_cpu_rollback_s": round(rb.sim_cpu_s, 3),
-        "gc_deploy_s": round(sum(p.gc_s for p in dep), 3),
-        "gc_rollback_s": round(rb.gc_s, 3),
-        "gc_full_deploy_s": round(sum(p.gc_full_s for p in dep), 3),
-        "gc_full_rollback_s": round(rb.gc_full_s, 3),
-        # issue 12 item 5: the controller's CPU by thread, the database server's, the machine's
-        "main_thread_cpu_deploy_s": round(sum(p.main_cpu_s for p in dep), 3),
-        "store_thread_cpu_deploy_s": round(sum(p.store_cpu_s for p in dep), 3),
-        "other_thread_cpu_deploy_s": round(sum(p.other_cpu_s for p in dep), 3),
-        "main_thread_cpu_rollback_s": round(rb.main_cpu_s, 3),
-        "store_thread_cpu_rollback_s": round(rb.store_cpu_s, 3),
-        "other_thread_cpu_rollback_s": round(rb.other_cpu_s, 3),
-        "db_server_cpu_deploy_s": round(sum(p.db_server_cpu_s for p in dep), 3),
-        "db_server_cpu_rollback_s": round(rb.db_server_cpu_s, 3),
-        "machine_cpu_deploy_s": round(sum(p.machine_cpu_s for p in dep), 3),
-        "machine_cpu_rollback_s": round(rb.machine_cpu_s, 3),
-        # the controller's kernel share (page-cache reads and WAL writes, sends, epoll)
-        "sys_cpu_deploy_s": round(sum(p.sys_cpu_s for p in dep), 3),
-        "sys_cpu_rollback_s": round(rb.sys_cpu_s, 3),
+        **per_phase(dep, rb),
         "writer_process": r.writer_process,
         "lean_append": r.lean_append,
-        "writer_cpu_deploy_s": round(sum(p.writer_cpu_s for p in dep), 3),
-        "writer_cpu_rollback_s": round(rb.writer_cpu_s, 3),
         "events_deploy": sum(p.events for p in dep),
         "events_rollback": rb.events,
         "load_avg_1m": round(os.getloadavg()[0], 2),

@@ -18,17 +18,19 @@ are not mapped to ``StoreError``.
 from __future__ import annotations
 
 import asyncio
+import operator
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fleetgate.core.events import Event, StoredEvent, seal
+from fleetgate.core.events import Event, StoredEvent
 from fleetgate.errors import LogMoved
-from fleetgate.store.audit_log import _normalised
+from fleetgate.store.audit_log import _normalised, seal_run
 from fleetgate.store.leases import Fence, Lease, lease_lost
 
 INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_HEAD = operator.attrgetter("seq", "ts", "deployment_id", "device_id", "actor", "action", "outcome")
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -72,41 +74,51 @@ def append_sync(
                     f"deployment {dep}: its log moved (seq {last} is newer than {expect_last})",
                     deployment_id=dep,
                 )
-        sealed: list[StoredEvent] = []
-        rows: list[tuple[Any, ...]] = []
-        for ev, details in prepared:
-            seq += 1
-            st = seal(seq, ev, prev, details)
-            prev = st.hash
-            sealed.append(st)
-            head = (seq, st.ts, st.deployment_id, st.device_id, st.actor, st.action)
-            rows.append((*head, st.outcome, details.decode(), st.prev_hash, st.hash))
-        conn.executemany(INSERT, rows)
-        conn.execute("UPDATE chain_head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, prev))
+        chained = seal_run(prepared, seq, prev)
+        conn.executemany(
+            INSERT,
+            [(*_HEAD(st), details.decode(), st.prev_hash, st.hash) for st, details in chained],
+        )
+        last = chained[-1][0]
+        conn.execute(
+            "UPDATE chain_head SET last_seq = ?, last_hash = ? WHERE id = 1", (last.seq, last.hash)
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return sealed
+    return [st for st, _d in chained]
 
 
 class LeanSqliteSink:
-    """``append_sync`` in one dedicated thread (sqlite3 connections are not for sharing)."""
+    """``append_sync`` in one dedicated thread (sqlite3 connections are not for sharing).
+    Subclasses change the handle and the append (``SaSyncSink``)."""
 
     def __init__(self, path: str) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lean-append")
-        self._conn = self._pool.submit(connect, path).result()
+        self._handle = self._pool.submit(self._open, path).result()
+
+    def _open(self, path: str) -> Any:
+        return connect(path)
+
+    def _append(
+        self, handle: Any, new: Sequence[Event], fence: Fence | None, expect_last: int | None
+    ) -> list[StoredEvent]:
+        return append_sync(handle, new, fence, expect_last)
+
+    def _release(self, handle: Any) -> None:
+        handle.close()
 
     async def append_many(
         self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
     ) -> list[StoredEvent]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool, append_sync, self._conn, new, fence, expect_last
+            self._pool, self._append, self._handle, new, fence, expect_last
         )
 
     async def close(self) -> None:
-        self._pool.submit(self._conn.close).result()
+        self._pool.submit(self._release, self._handle).result()
         self._pool.shutdown()
 
 
@@ -165,34 +177,23 @@ def append_sa_sync(
             ).scalar()
             if int(last or 0) != expect_last:
                 raise LogMoved(f"deployment {dep}: its log moved", deployment_id=dep)
-        sealed: list[StoredEvent] = []
-        rows: list[dict[str, Any]] = []
-        for ev, details in prepared:
-            seq += 1
-            st = seal(seq, ev, prev, details)
-            prev = st.hash
-            sealed.append(st)
-            rows.append(_to_row(st, details.decode()))
-        conn.execute(insert(events), rows)
-        conn.execute(update(chain_head).values(last_seq=seq, last_hash=prev))
-    return sealed
+        chained = seal_run(prepared, seq, prev)
+        conn.execute(insert(events), [_to_row(st, d.decode()) for st, d in chained])
+        last = chained[-1][0]
+        conn.execute(update(chain_head).values(last_seq=last.seq, last_hash=last.hash))
+    return [st for st, _d in chained]
 
 
 class SaSyncSink(LeanSqliteSink):
     """``append_sa_sync`` in one dedicated thread."""
 
-    def __init__(self, path: str) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lean-append")
-        self._engine = sa_engine(path)
+    def _open(self, path: str) -> Any:
+        return sa_engine(path)
 
-    async def append_many(
-        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
+    def _append(
+        self, handle: Any, new: Sequence[Event], fence: Fence | None, expect_last: int | None
     ) -> list[StoredEvent]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, append_sa_sync, self._engine, new, fence, expect_last
-        )
+        return append_sa_sync(handle, new, fence, expect_last)
 
-    async def close(self) -> None:
-        self._pool.submit(self._engine.dispose).result()
-        self._pool.shutdown()
+    def _release(self, handle: Any) -> None:
+        handle.dispose()

@@ -118,6 +118,18 @@ def advance(last: int, batch: Batch, end_seq: int, dep: str) -> int:
     return last
 
 
+async def replay(sink: Any, batches: list[Batch], fence: Any) -> None:
+    """Append the batches through ``sink`` in order, the recorder's ones fenced and checked
+    against the deployment's newest seq, as the recorder appends them."""
+    last = 0
+    for batch in batches:
+        if batch.fenced:
+            stored = await sink.append_many(batch, fence=fence, expect_last=last)
+        else:
+            stored = await sink.append_many(batch)
+        last = advance(last, batch, stored[-1].seq, fence.deployment_id)
+
+
 async def fence_for(store: Any, batches: list[Batch]) -> Any:
     """A lease on the captured deployment in a fresh store: the fence the replays append with."""
     dep = next(ev.deployment_id for b in batches if b.fenced for ev in b)
@@ -132,14 +144,9 @@ async def append_in_process(batches: list[Batch], url: str) -> dict[str, float]:
     from fleetgate.store import Store
 
     async with Store.open(url) as store:
-        fence, last = await fence_for(store, batches), 0
+        fence = await fence_for(store, batches)
         th0, c0, w0 = eb.thread_cpu(), time.process_time(), time.perf_counter()
-        for batch in batches:
-            if batch.fenced:
-                stored = await store.append_many(batch, fence=fence, expect_last=last)
-            else:
-                stored = await store.append_many(batch)
-            last = advance(last, batch, stored[-1].seq, fence.deployment_id)
+        await replay(store, batches, fence)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         main, store_cpu = eb.split_threads(th0, eb.thread_cpu())
     return {"wall_s": wall, "cpu_s": cpu, "main_s": main, "store_s": store_cpu}
@@ -153,14 +160,9 @@ async def append_raw(batches: list[Batch], url: str, sa: bool = False) -> dict[s
     async with Store.open(url) as store:  # the schema, migrated; and the lease
         fence = await fence_for(store, batches)
     path = url.partition(":///")[2]
-    sink, last = (SaSyncSink(path) if sa else LeanSqliteSink(path)), 0
+    sink = SaSyncSink(path) if sa else LeanSqliteSink(path)
     th0, c0, w0 = eb.thread_cpu(), time.process_time(), time.perf_counter()
-    for batch in batches:
-        if batch.fenced:
-            stored = await sink.append_many(batch, fence=fence, expect_last=last)
-        else:
-            stored = await sink.append_many(batch)
-        last = advance(last, batch, stored[-1].seq, fence.deployment_id)
+    await replay(sink, batches, fence)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     after = eb.thread_cpu()
     await sink.close()
@@ -250,16 +252,11 @@ async def write_remote(batches: list[Batch], url: str, lean: bool) -> dict[str, 
 
     async with Store.open(url) as store:
         fence = await fence_for(store, batches)
-    sink, last = RemoteSink(url, lean=lean), 0
+    sink = RemoteSink(url, lean=lean)
     try:
         await sink.start()
         k0, c0, w0 = sink.cpu_s(), time.process_time(), time.perf_counter()
-        for batch in batches:
-            if batch.fenced:
-                stored = await sink.append_many(batch, fence=fence, expect_last=last)
-            else:
-                stored = await sink.append_many(batch)
-            last = advance(last, batch, stored[-1].seq, fence.deployment_id)
+        await replay(sink, batches, fence)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         child_cpu = sink.cpu_s() - k0
     finally:

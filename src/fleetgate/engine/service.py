@@ -49,7 +49,7 @@ from fleetgate.engine.leasing import LeaseMixin, holder_is_dead
 from fleetgate.engine.logview import LogView, ViewCache
 from fleetgate.engine.ports import StorePort
 from fleetgate.engine.quarantine import sync_quarantine
-from fleetgate.engine.recorder import Recorder
+from fleetgate.engine.recorder import EventSink, Recorder
 from fleetgate.engine.runner import drive
 from fleetgate.engine.starting import SEQ_COUNTER, StartMixin
 from fleetgate.errors import (
@@ -90,6 +90,9 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
     store_clock: StoreClock | None = None
     # The logs this controller folded, kept between calls (``engine.logview``).
     views: ViewCache = field(default_factory=ViewCache, repr=False, compare=False)
+    # Where the recorders append; None: ``store``. (bench/engine_bench.py puts the prototype
+    # writers of ADR 0018 here.)
+    event_sink: EventSink | None = field(default=None, repr=False, compare=False)
 
     # -- start ----------------------------------------------------------------------------
     # -- reading ---------------------------------------------------------------------------
@@ -270,7 +273,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
     @contextlib.asynccontextmanager
     async def _recorder(self, view: LogView, fence: Fence) -> AsyncIterator[Recorder]:
         rec = Recorder(
-            self.store,
+            self.event_sink or self.store,
             view.state,
             self.clock.now_iso,
             fence=fence,

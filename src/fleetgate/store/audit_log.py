@@ -112,21 +112,29 @@ async def append_events(
                 "re-reading it",
                 deployment_id=str(dep),
             )
-    sealed: list[StoredEvent] = []
-    rows: list[dict[str, Any]] = []
+    chained = seal_run(prepared, seq, prev)
+    await conn.execute(insert(events_table), [_to_row(st, d.decode()) for st, d in chained])
+    head = chained[-1][0]
+    await conn.execute(
+        update(chain_head)
+        .where(chain_head.c.id == CHAIN_HEAD_ID)
+        .values(last_seq=head.seq, last_hash=head.hash)
+    )
+    return [st for st, _d in chained]
+
+
+def seal_run(
+    prepared: Sequence[tuple[Event, bytes]], seq: int, prev: str
+) -> list[tuple[StoredEvent, bytes]]:
+    """``prepared`` (``_normalised`` events) sealed in order onto the chain whose head is
+    (``seq``, ``prev``), each with its canonical details JSON (what its row stores)."""
+    out: list[tuple[StoredEvent, bytes]] = []
     for event, details_json in prepared:
         seq += 1
         stored = seal(seq, event, prev, details_json)
         prev = stored.hash
-        sealed.append(stored)
-        rows.append(_to_row(stored, details_json.decode()))
-    await conn.execute(insert(events_table), rows)
-    await conn.execute(
-        update(chain_head)
-        .where(chain_head.c.id == CHAIN_HEAD_ID)
-        .values(last_seq=seq, last_hash=prev)
-    )
-    return sealed
+        out.append((stored, details_json))
+    return out
 
 
 def _to_row(ev: StoredEvent, details_text: str) -> dict[str, Any]:

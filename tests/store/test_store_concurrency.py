@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
+from pathlib import Path
 
 from fleetgate.core.events import Event, StoredEvent
 from fleetgate.store import Store
@@ -117,3 +119,45 @@ async def test_two_processes_open_and_append_at_once(store_url: str) -> None:
         logged = await store.events()
     for name in ("p", "q"):
         assert [e.details["n"] for e in logged if e.details["writer"] == name] == list(range(150))
+
+
+async def test_open_waits_while_another_process_creates_the_store(tmp_path: Path) -> None:
+    """The CI race, made deterministic: a file still in rollback-journal mode whose write lock
+    another connection holds. SQLite refuses the WAL switch at once there (no busy handler: it
+    could deadlock), so a bare ``PRAGMA journal_mode = WAL`` failed the open in ~15 ms. The open
+    must instead wait for the lock, without stalling the event loop, and then work."""
+    path = tmp_path / "fleetgate.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE scratch (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO scratch VALUES (1)")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.5)
+        other.execute("COMMIT")
+
+    tick = asyncio.create_task(ticker())
+    release = asyncio.create_task(release_later())
+    started = asyncio.get_running_loop().time()
+    try:
+        async with Store.open(f"sqlite:///{path}") as store:
+            waited = asyncio.get_running_loop().time() - started
+            await store.append(
+                Event(ts="2026-11-26T08:30:00+00:00", deployment_id=None, action="probe")
+            )
+            assert (await store.verify()).checked == 1
+    finally:
+        tick.cancel()
+        await release
+        other.close()
+    assert waited >= 0.45  # it waited for the other writer rather than failing or racing it
+    assert ticks >= 20  # and the loop ran meanwhile (a blocking wait would leave ~0 ticks)
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"

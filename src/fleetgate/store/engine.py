@@ -20,7 +20,10 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from fleetgate.errors import StoreConfigError
 
@@ -122,9 +126,8 @@ def _sqlite_engine(target: StoreTarget) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            # busy_timeout first: switching to WAL needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(cursor)
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
@@ -135,3 +138,33 @@ def _sqlite_engine(target: StoreTarget) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _ensure_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode, waiting out other processes for up to busy_timeout.
+
+    Switching a file that is still in rollback-journal mode (a store being created by another
+    process at this very moment) reads the header under a shared lock and then upgrades it.
+    SQLite answers that upgrade ``database is locked`` at once, without its busy handler, when
+    another connection holds the write lock (waiting could deadlock). So the switch is retried
+    here; the pause is awaited (this hook runs in SQLAlchemy's greenlet on the event loop, where
+    a blocking sleep would stall every other task). A file that
+    is already WAL — every store after its first open — needs no switch and no retry.
+    """
+    cursor.execute("PRAGMA journal_mode")
+    if cursor.fetchone()[0] == "wal":
+        return
+    # A plain loop, not stamina: this is a lock wait like busy_timeout's own, not a fault worth
+    # a logged retry (stamina would log each one, on stdout under the CLI's JSON output).
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        await_only(asyncio.sleep(pause))
+        pause = min(pause * 2, 0.1)

@@ -1,25 +1,16 @@
-"""A lean SQLite append, for the benchmarks only (issue 12 item 5: the alternative to a writer
-process).
+"""The benchmarks' prototype appends (issue 12 item 5), beside the store's own.
 
-``append_sync`` writes one batch exactly as ``fleetgate.store.audit_log.append_events`` does
-inside ``Store.append_many`` — ``BEGIN IMMEDIATE``, the lease's fence checked, the chain head
-read, the deployment's last seq checked, every event normalised and sealed onto the chain, the
-rows inserted, the head moved, ``COMMIT`` — but with the standard library's ``sqlite3`` in one
-synchronous call: no SQLAlchemy, and one thread hop per batch (``LeanSqliteSink``) instead of
-one per statement (aiosqlite). Same pragmas as the store's engine (WAL, foreign keys, a 30 s
-busy timeout), same durability (SQLite's default ``synchronous``).
-
-``LeanSqliteSink`` is an ``EventSink`` (what ``Recorder`` appends through) running
-``append_sync`` in one dedicated thread; ``bench/engine_bench.py --lean-append`` puts it under
-the controller's recorders. Not production code: errors other than the fence's and the log's
-are not mapped to ``StoreError``.
+``LeanSqliteSink`` runs ``fleetgate.store.sqlite_append.append_sync`` — since ADR 0019 the store's
+own SQLite append — in a dedicated thread, as an ``EventSink`` (what ``Recorder`` appends
+through) that ``bench/engine_bench.py --lean-append`` and the writer-process prototype plug in.
+``SaSyncSink`` runs the same statements through SQLAlchemy Core on a synchronous connection:
+which half of the saving is aiosqlite's per-statement thread hops and which is SQLAlchemy's own
+per-row work. Not production code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import operator
-import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,66 +19,9 @@ from fleetgate.core.events import Event, StoredEvent
 from fleetgate.errors import LogMoved
 from fleetgate.store.audit_log import _normalised, seal_run
 from fleetgate.store.leases import Fence, Lease, lease_lost
+from fleetgate.store.sqlite_append import append_sync, connect
 
-INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_HEAD = operator.attrgetter("seq", "ts", "deployment_id", "device_id", "actor", "action", "outcome")
-
-
-def connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def append_sync(
-    conn: sqlite3.Connection,
-    new: Sequence[Event],
-    fence: Fence | None = None,
-    expect_last: int | None = None,
-) -> list[StoredEvent]:
-    if not new:
-        return []
-    prepared = [_normalised(ev) for ev in new]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if fence is not None:
-            row = conn.execute(
-                "SELECT deployment_id, holder, expires_at, epoch FROM leases "
-                "WHERE deployment_id = ?",
-                (fence.deployment_id,),
-            ).fetchone()
-            current = None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
-            if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
-                raise lease_lost(fence, current)
-        seq, prev = conn.execute(
-            "SELECT last_seq, last_hash FROM chain_head WHERE id = 1"
-        ).fetchone()
-        if expect_last is not None:
-            dep = str(new[0].deployment_id)
-            (last,) = conn.execute(
-                "SELECT max(seq) FROM events WHERE deployment_id = ?", (dep,)
-            ).fetchone()
-            if (last or 0) != expect_last:
-                raise LogMoved(
-                    f"deployment {dep}: its log moved (seq {last} is newer than {expect_last})",
-                    deployment_id=dep,
-                )
-        chained = seal_run(prepared, seq, prev)
-        conn.executemany(
-            INSERT,
-            [(*_HEAD(st), details.decode(), st.prev_hash, st.hash) for st, details in chained],
-        )
-        last = chained[-1][0]
-        conn.execute(
-            "UPDATE chain_head SET last_seq = ?, last_hash = ? WHERE id = 1", (last.seq, last.hash)
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return [st for st, _d in chained]
+__all__ = ["LeanSqliteSink", "SaSyncSink", "append_sync", "connect"]
 
 
 class LeanSqliteSink:

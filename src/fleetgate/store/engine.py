@@ -100,6 +100,14 @@ def parse_store_url(raw: str) -> StoreTarget:
     raise StoreConfigError(f"store URL {shown!r}: database {backend!r} is not supported; {_HINT}")
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver error's message in one line (the database's own words, without SQLAlchemy's
+    statement and background link)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
 def create_store_engine(target: StoreTarget) -> AsyncEngine:
     """An async engine for ``target`` with fleetgate's connection set-up attached."""
     if target.backend == "sqlite":

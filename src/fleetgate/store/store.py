@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -45,10 +46,17 @@ from fleetgate.errors import StoreError, ValidationError
 from fleetgate.registry.codec import device_from_dict, device_to_dict
 from fleetgate.store import audit_log, leases, migrate
 from fleetgate.store.catalog import CatalogMixin
-from fleetgate.store.engine import WRITE_OPTION, StoreTarget, create_store_engine, parse_store_url
+from fleetgate.store.engine import (
+    WRITE_OPTION,
+    StoreTarget,
+    create_store_engine,
+    first_line,
+    parse_store_url,
+)
 from fleetgate.store.enrolment import EnrolmentMixin
 from fleetgate.store.leases import Fence, Lease
 from fleetgate.store.schema import deployments, devices, quarantine, upsert
+from fleetgate.store.sqlite_append import SqliteAppender
 
 # The transaction the current task is inside, if any (see ``Store.transaction``).
 _CURRENT: ContextVar[tuple[Store, AsyncConnection] | None] = ContextVar(
@@ -68,12 +76,6 @@ class DeploymentRecord:
     status: str
     data: Mapping[str, Any]
     wake_at: str | None = None
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
 
 
 def _json_text(data: Mapping[str, Any]) -> str:
@@ -105,6 +107,13 @@ class Store(CatalogMixin, EnrolmentMixin):
     def __init__(self, target: StoreTarget, engine: AsyncEngine) -> None:
         self.target = target
         self._engine = engine
+        # SQLite's append goes through one thread of its own (``sqlite_append``, ADR 0019).
+        self._appender: SqliteAppender | None = None
+        if target.backend == "sqlite":
+            assert target.url.database is not None
+            self._appender = SqliteAppender(
+                str(Path(target.url.database).absolute()), target.display
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -125,6 +134,8 @@ class Store(CatalogMixin, EnrolmentMixin):
         return store
 
     async def close(self) -> None:
+        if self._appender is not None:
+            await self._appender.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -177,7 +188,7 @@ class Store(CatalogMixin, EnrolmentMixin):
         except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
             what = "cannot open store" if opening else "store error on"
             raise StoreError(
-                f"{what} {self.target.display}: {_first_line(exc)}",
+                f"{what} {self.target.display}: {first_line(exc)}",
                 # A refused or lost connection may come back; a missing database or role won't.
                 retryable=isinstance(exc, (OSError, TimeoutError))
                 or (not opening and isinstance(exc, sa_exc.OperationalError)),
@@ -253,6 +264,8 @@ class Store(CatalogMixin, EnrolmentMixin):
         deployment's newest event must still be that seq: else ``LogMoved``."""
         if not new:
             return []
+        if self._appender is not None and self._joined() is None:
+            return await self._appender.append_many(new, fence=fence, expect_last=expect_last)
         async with self._tx(write=True) as conn:
             if fence is not None:
                 await leases.check_fence(conn, fence)

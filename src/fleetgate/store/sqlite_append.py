@@ -80,7 +80,10 @@ def append_sync(
             (last,) = conn.execute(
                 "SELECT max(seq) FROM events WHERE deployment_id = ?", (dep,)
             ).fetchone()
-            if (last or 0) != expect_last:
+            # ``or 0``: no event yet is seq 0, in the message too, as ``audit_log.latest_seq``
+            # says it on the SQLAlchemy path (it said "seq None is newer than …" here).
+            last = last or 0
+            if last != expect_last:
                 raise LogMoved(
                     f"deployment {dep}: its log moved (seq {last} is newer than {expect_last}): "
                     "re-reading it",
@@ -115,6 +118,7 @@ class SqliteAppender:
         self._display = display
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fleetgate-sqlite-append")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     def _run(
         self, new: Sequence[Event], fence: Fence | None, expect_last: int | None
@@ -124,6 +128,12 @@ class SqliteAppender:
                 self._conn = connect(self._path)
             return append_sync(self._conn, new, fence, expect_last)
         except sqlite3.Error as exc:
+            # SQLite opens a file it may not write (immutable, read-only mount at that moment)
+            # read-only and the connection stays so: kept, it would fail every later batch
+            # with this "retryable" error after the file is writable again, while the
+            # SQLAlchemy path recovers. Dropped, the next batch reconnects.
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+                self._close()
             raise StoreError(
                 f"store error on {self._display}: {first_line(exc)}",
                 retryable=isinstance(exc, sqlite3.OperationalError),
@@ -132,6 +142,9 @@ class SqliteAppender:
     async def append_many(
         self, new: Sequence[Event], *, fence: Fence | None = None, expect_last: int | None = None
     ) -> list[StoredEvent]:
+        if self._closed:
+            # Not the executor's RuntimeError: every failure of the store is a StoreError.
+            raise StoreError(f"store {self._display} is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._run, list(new), fence, expect_last)
 
@@ -141,6 +154,11 @@ class SqliteAppender:
             self._conn = None
 
     async def close(self) -> None:
-        """Wait for the batches already submitted, then close the connection and the thread."""
+        """Wait for the batches already submitted, then close the connection and the thread.
+        A second close does nothing (``AsyncEngine.dispose``, the rest of ``Store.close``,
+        may be called twice too; submitting to the shut-down executor raised RuntimeError)."""
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.wrap_future(self._pool.submit(self._close))
         self._pool.shutdown(wait=False)

@@ -53,8 +53,9 @@ machine's busy CPU seconds (``machine_cpu_…``, /proc/stat: the controller, the
 database, and anything else running — the machine is shared, compare back-to-back runs only).
 ``--writer-process``: the recorders append through ``bench/writer_child.py``'s prototype writer
 process (its CPU: ``writer_cpu_deploy_s`` / ``_rollback_s``) — a measurement, not a feature.
-``--lean-append`` (SQLite): they append with ``bench/lean_append.py`` (the same append in
-sqlite3, one thread hop per batch), in this process, or in the writer process with both flags.
+``--lean-append`` (SQLite): they append with ``bench/lean_append.py`` (sqlite3, one thread hop
+per batch): in this process that is what the store itself does since ADR 0019 (kept for the
+combination), in the writer process with both flags.
 
 ``--profile DIR`` writes a cProfile of each worker (``DIR/engine-N-cC.prof``) and prints its top
 functions. Nothing here asserts: it prints figures (docs/performance.md quotes them).
@@ -760,7 +761,8 @@ def main() -> None:
         "--lean-append",
         action="store_true",
         help="SQLite: append events with sqlite3 in one thread hop per batch "
-        "(bench/lean_append.py); with --writer-process, in the writer process",
+        "(bench/lean_append.py; the store's own append since ADR 0019); with --writer-process, "
+        "in the writer process",
     )
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
     ap.add_argument(

@@ -10,50 +10,22 @@ per-row work. Not production code.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fleetgate.core.events import Event, StoredEvent
-from fleetgate.errors import LogMoved
-from fleetgate.store.audit_log import _normalised, seal_run
-from fleetgate.store.leases import Fence, Lease, lease_lost
-from fleetgate.store.sqlite_append import append_sync, connect
+from fleetgate.store.audit_log import _normalised, log_moved, seal_run
+from fleetgate.store.leases import Fence, Lease, check_holding
+from fleetgate.store.sqlite_append import SqliteAppender, append_sync, connect
 
 __all__ = ["LeanSqliteSink", "SaSyncSink", "append_sync", "connect"]
 
 
-class LeanSqliteSink:
-    """``append_sync`` in one dedicated thread (sqlite3 connections are not for sharing).
-    Subclasses change the handle and the append (``SaSyncSink``)."""
+class LeanSqliteSink(SqliteAppender):
+    """The store's own append thread (``SqliteAppender``) as a stand-alone sink on ``path``."""
 
     def __init__(self, path: str) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lean-append")
-        self._handle = self._pool.submit(self._open, path).result()
-
-    def _open(self, path: str) -> Any:
-        return connect(path)
-
-    def _append(
-        self, handle: Any, new: Sequence[Event], fence: Fence | None, expect_last: int | None
-    ) -> list[StoredEvent]:
-        return append_sync(handle, new, fence, expect_last)
-
-    def _release(self, handle: Any) -> None:
-        handle.close()
-
-    async def append_many(
-        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
-    ) -> list[StoredEvent]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, self._append, self._handle, new, fence, expect_last
-        )
-
-    async def close(self) -> None:
-        self._pool.submit(self._release, self._handle).result()
-        self._pool.shutdown()
+        super().__init__(path, path)
 
 
 # -- the same statements through SQLAlchemy Core, synchronously: which half of the saving is
@@ -99,9 +71,9 @@ def append_sa_sync(
             row = conn.execute(
                 select(leases).where(leases.c.deployment_id == fence.deployment_id)
             ).first()
-            current = None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
-            if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
-                raise lease_lost(fence, current)
+            check_holding(
+                fence, None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
+            )
         head = conn.execute(select(chain_head.c.last_seq, chain_head.c.last_hash)).one()
         seq, prev = int(head[0]), str(head[1])
         if expect_last is not None:
@@ -110,7 +82,7 @@ def append_sa_sync(
                 select(func.max(events.c.seq)).where(events.c.deployment_id == dep)
             ).scalar()
             if int(last or 0) != expect_last:
-                raise LogMoved(f"deployment {dep}: its log moved", deployment_id=dep)
+                raise log_moved(dep, int(last or 0), expect_last)
         chained = seal_run(prepared, seq, prev)
         conn.execute(insert(events), [_to_row(st, d.decode()) for st, d in chained])
         last = chained[-1][0]
@@ -118,16 +90,18 @@ def append_sa_sync(
     return [st for st, _d in chained]
 
 
-class SaSyncSink(LeanSqliteSink):
-    """``append_sa_sync`` in one dedicated thread."""
+class SaSyncSink(SqliteAppender):
+    """``append_sa_sync`` in the same kind of dedicated thread."""
 
-    def _open(self, path: str) -> Any:
-        return sa_engine(path)
+    def __init__(self, path: str) -> None:
+        super().__init__(path, path)
+        self._sa = sa_engine(path)
 
-    def _append(
-        self, handle: Any, new: Sequence[Event], fence: Fence | None, expect_last: int | None
+    def _run(
+        self, new: Sequence[Event], fence: Fence | None, expect_last: int | None
     ) -> list[StoredEvent]:
-        return append_sa_sync(handle, new, fence, expect_last)
+        return append_sa_sync(self._sa, new, fence, expect_last)
 
-    def _release(self, handle: Any) -> None:
-        handle.dispose()
+    async def close(self) -> None:
+        await super().close()
+        self._sa.dispose()

@@ -7,6 +7,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from lock_kit import write_lock_held
+
 from fleetgate.core.events import Event, StoredEvent
 from fleetgate.store import Store
 
@@ -127,36 +129,14 @@ async def test_open_waits_while_another_process_creates_the_store(tmp_path: Path
     could deadlock), so a bare ``PRAGMA journal_mode = WAL`` failed the open in ~15 ms. The open
     must instead wait for the lock, without stalling the event loop, and then work."""
     path = tmp_path / "fleetgate.db"
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("CREATE TABLE scratch (x)")
-    other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO scratch VALUES (1)")
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    async def release_later() -> None:
-        await asyncio.sleep(0.5)
-        other.execute("COMMIT")
-
-    tick = asyncio.create_task(ticker())
-    release = asyncio.create_task(release_later())
-    started = asyncio.get_running_loop().time()
-    try:
-        async with Store.open(f"sqlite:///{path}") as store:
-            waited = asyncio.get_running_loop().time() - started
-            await store.append(
-                Event(ts="2026-11-26T08:30:00+00:00", deployment_id=None, action="probe")
-            )
-            assert (await store.verify()).checked == 1
-    finally:
-        tick.cancel()
-        await release
-        other.close()
+    lock = ["CREATE TABLE scratch (x)", "BEGIN IMMEDIATE", "INSERT INTO scratch VALUES (1)"]
+    async with write_lock_held(path, lock) as wait, Store.open(f"sqlite:///{path}") as store:
+        waited = asyncio.get_running_loop().time() - wait.started
+        await store.append(
+            Event(ts="2026-11-26T08:30:00+00:00", deployment_id=None, action="probe")
+        )
+        assert (await store.verify()).checked == 1
+    ticks = wait.ticks
     assert waited >= 0.45  # it waited for the other writer rather than failing or racing it
     assert ticks >= 20  # and the loop ran meanwhile (a blocking wait would leave ~0 ticks)
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]

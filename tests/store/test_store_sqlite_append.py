@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lock_kit import write_lock_held
 
 from fleetgate.core.events import Event
 from fleetgate.errors import StoreError
@@ -98,28 +99,10 @@ async def test_a_full_disk_writes_nothing_and_the_store_goes_on(
 async def test_waits_for_another_writer_without_stalling_the_loop(db: Path) -> None:
     async with Store.open(f"sqlite:///{db}") as store:
         await store.append(ev(1))
-        other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-        other.execute("BEGIN IMMEDIATE")
-        other.execute("UPDATE chain_head SET last_seq = last_seq")
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        async def release() -> None:
-            await asyncio.sleep(0.5)
-            other.execute("COMMIT")
-
-        tick, rel = asyncio.create_task(ticker()), asyncio.create_task(release())
-        try:
+        lock = ["BEGIN IMMEDIATE", "UPDATE chain_head SET last_seq = last_seq"]
+        async with write_lock_held(db, lock) as wait:
             stored = await store.append(ev(2))
-        finally:
-            tick.cancel()
-            await rel
-            other.close()
+        ticks = wait.ticks
         assert stored.seq == 2
         assert ticks >= 20  # the wait was in the append's thread, not on the loop
         assert (await store.verify()).checked == 2

@@ -80,8 +80,21 @@ async def read_head(conn: AsyncConnection, *, for_update: bool = False) -> tuple
         query = query.with_for_update()  # SQLite ignores it; BEGIN IMMEDIATE already serialises.
     row = (await conn.execute(query)).first()
     if row is None:
-        raise StoreError("the store's chain_head row is missing: run `fleetgate audit verify`")
+        raise missing_head()
     return int(row.last_seq), str(row.last_hash)
+
+
+def missing_head() -> StoreError:
+    return StoreError("the store's chain_head row is missing: run `fleetgate audit verify`")
+
+
+def log_moved(deployment_id: str, last: int, expect_last: int) -> LogMoved:
+    """The refusal of an append whose writer missed an event of its deployment."""
+    return LogMoved(
+        f"deployment {deployment_id}: its log moved (seq {last} is newer than {expect_last}): "
+        "re-reading it",
+        deployment_id=deployment_id,
+    )
 
 
 async def latest_seq(conn: AsyncConnection, deployment_id: str) -> int:
@@ -107,11 +120,7 @@ async def append_events(
         dep = str(new[0].deployment_id)
         last = await latest_seq(conn, dep)
         if last != expect_last:
-            raise LogMoved(
-                f"deployment {dep}: its log moved (seq {last} is newer than {expect_last}): "
-                "re-reading it",
-                deployment_id=str(dep),
-            )
+            raise log_moved(dep, last, expect_last)
     chained = seal_run(prepared, seq, prev)
     await conn.execute(insert(events_table), [_to_row(st, d.decode()) for st, d in chained])
     head = chained[-1][0]

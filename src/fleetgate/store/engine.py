@@ -156,8 +156,8 @@ def _ensure_wal(cursor: Any) -> None:
     SQLite answers that upgrade ``database is locked`` at once, without its busy handler, when
     another connection holds the write lock (waiting could deadlock). So the switch is retried
     here; the pause is awaited (this hook runs in SQLAlchemy's greenlet on the event loop, where
-    a blocking sleep would stall every other task). A file that
-    is already WAL — every store after its first open — needs no switch and no retry.
+    a blocking sleep would stall every other task). A file that is already WAL — every store
+    after its first open — needs no switch and no retry.
     """
     cursor.execute("PRAGMA journal_mode")
     if cursor.fetchone()[0] == "wal":

@@ -165,15 +165,20 @@ def lease_lost(fence: Fence, current: Lease | None) -> LeaseLost:
     )
 
 
+def check_holding(fence: Fence, current: Lease | None) -> None:
+    """Raise ``LeaseLost`` unless ``current`` (the lease row read in the writer's transaction)
+    is still the holding ``fence`` names. Every append path checks its fence with this."""
+    if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
+        raise lease_lost(fence, current)
+
+
 async def check_fence(conn: AsyncConnection, fence: Fence) -> None:
     """Raise ``LeaseLost`` unless ``fence`` is the lease's current holding (module docstring)."""
     query = select(leases).where(leases.c.deployment_id == fence.deployment_id)
     # FOR SHARE on PostgreSQL: a take-over's row update waits for this transaction to end.
     # SQLite ignores it: the BEGIN IMMEDIATE write transaction already excludes other writers.
     row = (await conn.execute(query.with_for_update(read=True))).first()
-    current = None if row is None else _lease(row)
-    if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
-        raise lease_lost(fence, current)
+    check_holding(fence, None if row is None else _lease(row))
 
 
 async def next_device_seq(conn: AsyncConnection, device_id: str) -> int:

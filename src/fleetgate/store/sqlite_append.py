@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from fleetgate.core.events import Event, StoredEvent
-from fleetgate.errors import LogMoved, StoreError
-from fleetgate.store.audit_log import _normalised, seal_run
+from fleetgate.errors import StoreError
+from fleetgate.store.audit_log import _normalised, log_moved, missing_head, seal_run
 from fleetgate.store.engine import BUSY_TIMEOUT_MS, first_line
-from fleetgate.store.leases import Fence, Lease, lease_lost
+from fleetgate.store.leases import Fence, Lease, check_holding
 from fleetgate.store.schema import CHAIN_HEAD_ID
 
 INSERT = (
@@ -67,28 +67,20 @@ def append_sync(
                 "WHERE deployment_id = ?",
                 (fence.deployment_id,),
             ).fetchone()
-            current = None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
-            if current is None or (current.holder, current.epoch) != (fence.holder, fence.epoch):
-                raise lease_lost(fence, current)
+            check_holding(
+                fence, None if row is None else Lease(str(row[0]), str(row[1]), str(row[2]), row[3])
+            )
         head = conn.execute(
             "SELECT last_seq, last_hash FROM chain_head WHERE id = ?", (CHAIN_HEAD_ID,)
         ).fetchone()
         if head is None:
-            raise StoreError("the store's chain_head row is missing: run `fleetgate audit verify`")
+            raise missing_head()
         if expect_last is not None:
             dep = str(new[0].deployment_id)
-            (last,) = conn.execute(
-                "SELECT max(seq) FROM events WHERE deployment_id = ?", (dep,)
-            ).fetchone()
-            # ``or 0``: no event yet is seq 0, in the message too, as ``audit_log.latest_seq``
-            # says it on the SQLAlchemy path (it said "seq None is newer than …" here).
-            last = last or 0
+            query = "SELECT max(seq) FROM events WHERE deployment_id = ?"
+            last = conn.execute(query, (dep,)).fetchone()[0] or 0  # no event yet: seq 0
             if last != expect_last:
-                raise LogMoved(
-                    f"deployment {dep}: its log moved (seq {last} is newer than {expect_last}): "
-                    "re-reading it",
-                    deployment_id=dep,
-                )
+                raise log_moved(dep, last, expect_last)
         chained = seal_run(prepared, int(head[0]), str(head[1]))
         conn.executemany(
             INSERT,

@@ -45,6 +45,9 @@ class TokenSource:
         self._base_dir = base_dir
         self._overrides = dict(overrides or {})
         self._files: dict[Path, str] = {}
+        # The same cache by the inventory's spelling of the file: resolving a Path on every
+        # call cost ~4 µs, 1-2 % of the controller's CPU per agent call (issue 12).
+        self._by_name: dict[str, str] = {}
 
     def __repr__(self) -> str:  # never show cached tokens
         return f"TokenSource(files={len(self._files)}, overrides={len(self._overrides)})"
@@ -60,7 +63,12 @@ class TokenSource:
                 raise _no_token(device, f"environment variable {device.token_env} is not set")
             return value
         if device.token_file is not None:
-            return self._from_file(device, device.token_file)
+            cached = self._by_name.get(device.token_file)
+            if cached is None:
+                cached = self._by_name[device.token_file] = self._from_file(
+                    device, device.token_file
+                )
+            return cached
         raise _no_token(device, "the inventory gives neither token_env nor token_file")
 
     def _from_file(self, device: Device, name: str) -> str:

@@ -374,11 +374,17 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
         deployed_by_wave[n] = [i for i in ids if state.devices[i].on_new_release]
         failed_by_wave[n] = [i for i in ids if state.devices[i] in unhealthy]
     # Invariant 10: the matrix counts every device of the wave that failed — to transfer, to
-    # stage, to start, or its health — over every device the wave targeted.
+    # stage, to start, or its health — over every device the wave tried to deploy. Devices set
+    # aside before any install (SKIPPED at pre-flight: unreachable, no disk, no rollback copy,
+    # in maintenance; EXCLUDED with their cell) are not in the denominator: counted, they
+    # diluted the rate — 3 failed of 5 deployed (60 %) read as 3/20 = 15 % and only paused.
+    # Their own rule is the unreachable halt, checked at pre-flight.
+    set_aside = (D.SKIPPED, D.EXCLUDED)
     targeted = list(wave_ids)
+    attempted = [i for i in wave_ids if state.devices[i] not in set_aside]
     not_deployed = [i for i in wave_ids if state.devices[i] is D.DEPLOY_FAILED]
     failed_here = [i for i in wave_ids if state.devices[i] in unhealthy] + not_deployed
-    decision = wave_decision(len(failed_here), len(targeted), ctx.policy.thresholds)
+    decision = wave_decision(len(failed_here), len(attempted), ctx.policy.thresholds)
     scope = rollback_scope(failed_by_wave, deployed_by_wave, stage, ctx.policy.thresholds)
     all_failed = sorted({*(i for ids in failed_by_wave.values() for i in ids), *not_deployed})
 
@@ -404,6 +410,7 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
         action=action.value,
         rate=float(decision.rate),
         targeted=len(targeted),
+        attempted=len(attempted),
         failed=all_failed,
         scope=scope_kind,
         rollback=rollback,

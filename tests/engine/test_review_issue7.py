@@ -391,30 +391,38 @@ async def test_a_set_aside_device_missing_from_the_registry_is_still_listed(
         assert x in await h.store.quarantined()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admission trusts a terminal summary row: a rollback recorded on an ended "
-    "deployment whose row update was lost (killed between the two writes) is not seen",
-)
-async def test_a_stale_terminal_summary_row_does_not_admit_an_overlap(
+async def test_a_decision_landing_before_the_drivers_row_update_is_not_overwritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The driver reaches COMPLETE; before it writes the summary row (a SIGSTOPped process
+    that comes back, say), a human requests a rollback, which writes its own row. The
+    driver's older COMPLETE must not overwrite it: admission trusts an ended row, and would
+    let a second deployment take devices the first is rolling back."""
     async with harness(tmp_path) as h:
         first = await to_approval(h)
-        assert (await decide(h, first, "approval.granted", "alice")).phase is Phase.COMPLETE
+        original = Controller._cache_status
+        landed: list[Any] = []
 
-        async def killed_before_the_row(self: Any, state: Any, fence: Any) -> None:
-            return None
+        async def decision_lands_first(self: Controller, rec: Any, fence: Any) -> None:
+            if rec.state.phase is Phase.COMPLETE and not landed:
+                landed.append(await h.controller.record_human(first, "rollback.requested", "bob"))
+            await original(self, rec, fence)
 
         with monkeypatch.context() as m:
-            m.setattr(Controller, "_cache_status", killed_before_the_row)
-            state = await h.controller.record_human(first, "rollback.requested", "bob")
-        assert state.phase is Phase.ROLLING_BACK
+            m.setattr(Controller, "_cache_status", decision_lands_first)
+            driven = await decide(h, first, "approval.granted", "alice")
+        assert driven.phase is Phase.COMPLETE  # what the driver folded
+        assert landed and landed[0].phase is Phase.ROLLING_BACK
         (row,) = await h.store.list_deployments()
-        assert row.status == "COMPLETE"  # the stale cache
+        assert row.status == "ROLLING_BACK"  # the decision's row, not the driver's COMPLETE
         bundle, _ = build_release(tmp_path, "2.1.0")
         with pytest.raises(GuardrailError, match=first):
             await h.controller.start(bundle, h.policy, policy_doc=h.policy_doc)
+        # Driven on, the rollback ends the first deployment; the row follows the log.
+        state = await h.controller.drive(first)
+        assert state.phase is Phase.ROLLED_BACK
+        (row,) = await h.store.list_deployments()
+        assert row.status == "ROLLED_BACK"
 
 
 async def test_an_ended_deployment_cannot_roll_back_devices_another_one_owns(

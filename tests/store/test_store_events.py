@@ -122,6 +122,27 @@ async def test_transaction_groups_writes_atomically(store: Store) -> None:
     assert (await store.verify()).ok
 
 
+async def test_a_summary_from_an_older_fold_is_refused_and_writes_nothing(store: Store) -> None:
+    """``update_deployment(expect_last=N)`` writes only while N is the deployment's newest
+    event: a driver's state from before a decision must not overwrite the decision's row."""
+    from fleetgate.errors import LogMoved
+
+    await store.create_deployment("dep-1", "vision 2.4.1", "a" * 64, {"phase": "PREPARE"})
+    await store.append_many([ev(1), ev(2, deployment="dep-2"), ev(3)])
+    await store.update_deployment("dep-1", "COMPLETE", {"n": 1}, expect_last=3)  # in step
+    decided = await store.append(ev(4))  # a decision lands
+    await store.update_deployment("dep-1", "ROLLING_BACK", {"n": 2})
+    with pytest.raises(LogMoved, match="dep-1"):
+        await store.update_deployment("dep-1", "COMPLETE", {"n": 3}, expect_last=3)
+    record = await store.get_deployment("dep-1")
+    assert record is not None and (record.status, record.data) == ("ROLLING_BACK", {"n": 2})
+    # Another deployment's events do not count against this one.
+    await store.append(ev(5, deployment="dep-2"))
+    await store.update_deployment("dep-1", "ROLLED_BACK", {"n": 4}, expect_last=decided.seq)
+    record = await store.get_deployment("dep-1")
+    assert record is not None and record.status == "ROLLED_BACK"
+
+
 # --- tampering -------------------------------------------------------------------------------
 
 

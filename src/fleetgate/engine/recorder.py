@@ -133,10 +133,18 @@ class Recorder:
         self._closed = False
         self._failure: BaseException | None = None
         self.written = 0
+        self._unwritten = 0  # events applied to ``state`` and not yet durable
 
     @property
     def deployment_id(self) -> str:
         return self.state.deployment_id
+
+    @property
+    def settled(self) -> bool:
+        """``state`` is the fold of the log up to ``last_seq``: every event applied to it is
+        durable and no batch was refused. (Otherwise ``state`` may hold what the log never
+        got, and must not be published as the deployment's status.)"""
+        return self._failure is None and self._unwritten == 0
 
     async def __aenter__(self) -> Recorder:
         self._task = asyncio.create_task(self._flusher(), name="fleetgate-recorder-flush")
@@ -211,6 +219,7 @@ class Recorder:
             if self._observer is not None:
                 self._observer(ev)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unwritten += len(events)
         self._queue.append((tuple(events), fut))
         self._wake.set()
         await fut
@@ -252,6 +261,7 @@ class Recorder:
                         raise
                     return
                 self.written += size
+                self._unwritten -= size
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)

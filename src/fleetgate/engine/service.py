@@ -132,7 +132,7 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
                             await self.store.set_wake(dep_id, parked.until, fence=fence)
                     await sync_quarantine(self.store, rec)
                 finally:
-                    await self._cache_status(rec.state, fence)
+                    await self._cache_status(rec, fence)
             # Every record of the drive is committed: the view is the log's fold; keep it.
             view.state, view.last_seq = rec.state, rec.last_seq
             self.views.keep(view)
@@ -174,13 +174,24 @@ class Controller(StartMixin, DecideMixin, LeaseMixin):
             raise InputError(f"no deployment {dep_id!r}")
         return events
 
-    async def _cache_status(self, state: DeploymentState, fence: Fence) -> None:
+    async def _cache_status(self, rec: Recorder, fence: Fence) -> None:
         """Keep the deployments table's summary in step with the log (it is a cache: the
-        log is the truth; ``start`` re-folds anything not terminal). Fenced: a driver that lost
-        its lease may hold a state the log never got, and must not publish it."""
+        log is the truth; admission re-folds anything not ended). Fenced: a driver that lost
+        its lease may hold a state the log never got, and must not publish it. Only a settled
+        state, and only if the log has not moved since (``expect_last``): a decision recorded
+        meanwhile wrote the row itself, and a driver's older state — say COMPLETE, over a
+        rollback just requested — would make admission trust an ended deployment that is
+        rolling back (engine/test_review_issue7.py)."""
+        if not rec.settled:
+            return
+        state = rec.state
         with contextlib.suppress(FleetgateError):
             await self.store.update_deployment(
-                state.deployment_id, state.phase.value, summary(state), fence=fence
+                state.deployment_id,
+                state.phase.value,
+                summary(state),
+                fence=fence,
+                expect_last=rec.last_seq,
             )
 
     async def _prepare(self, ctx: EngineContext) -> None:

@@ -366,11 +366,24 @@ class Store(CatalogMixin, EnrolmentMixin):
         *,
         now: str | None = None,
         fence: Fence | None = None,
+        expect_last: int | None = None,
     ) -> DeploymentRecord:
+        """Set the deployment's cached summary. ``expect_last``: the seq of the newest event
+        the caller's ``status`` folds; if the log holds a newer one (a decision recorded
+        meanwhile, which wrote the row itself), nothing is written and ``LogMoved`` is raised,
+        so a stale state never overwrites a fresher row — above all a stale "ended" that
+        admission would trust (engine.admission)."""
         stamp = normalise_iso(now) if now is not None else utc_now_iso()
         async with self._tx(write=True) as conn:
             if fence is not None:
                 await leases.check_fence(conn, fence)
+            if expect_last is not None:
+                # Under the log's append lock (as a decision takes it), so no decision can
+                # commit between this check and the update.
+                await audit_log.read_head(conn, for_update=True)
+                last = await audit_log.latest_seq(conn, deployment_id)
+                if last != expect_last:
+                    raise audit_log.log_moved(deployment_id, last, expect_last)
             row = (
                 await conn.execute(
                     update(deployments)

@@ -539,18 +539,39 @@ async def test_a_file_unwritable_when_the_append_thread_connects_does_not_wedge_
     await assert_sound(store, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole (not this change's: the SQLAlchemy path does the same): SQLite in WAL "
-    "mode keeps writing to a store file deleted while open; appends succeed into the unlinked "
-    "inode and are lost when the store closes",
-)
 async def test_an_append_to_a_deleted_store_file_fails(store: Store, db: Path) -> None:
+    """SQLite in WAL mode keeps writing to a store file deleted while open: the appends would
+    succeed into the unlinked inode and be lost at close. Both write paths refuse instead."""
     await store.append_many([ev("w", n) for n in range(3)])
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink()
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="deleted") as info:
         await store.append(ev("w", 3))
+    assert not info.value.retryable and "\n" not in str(info.value)
+    with pytest.raises(StoreError, match="deleted"):
+        async with store.transaction():
+            await store.append(ev("w", 3))
+    assert not db.exists()  # nothing recreated it either
+
+
+async def test_a_store_file_replaced_on_disk_is_refused_and_the_new_file_untouched(
+    store: Store, db: Path, tmp_path: Path
+) -> None:
+    """A backup restored (renamed) over the store while a controller runs: the controller
+    must not go on writing into the file it had open, nor into the restored one."""
+    await store.append_many([ev("w", n) for n in range(2)])
+    async with Store.open(f"sqlite:///{tmp_path / 'backup.db'}") as backup:
+        await backup.append(ev("b", 0))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp_path / "backup.db", db)
+    with pytest.raises(StoreError, match="replaced"):
+        await store.append(ev("w", 2))
+    with pytest.raises(StoreError, match="replaced"):
+        await store.update_deployment("dep", "COMPLETE", {})
+    async with Store.open(f"sqlite:///{db}") as restored:
+        assert [e.details["writer"] for e in await restored.events()] == ["b"]
+        assert (await restored.verify()).ok
 
 
 async def test_a_closed_store_closes_again_and_refuses_appends_with_a_store_error(

@@ -33,6 +33,7 @@ from fleetgate.store.audit_log import _normalised, log_moved, missing_head, seal
 from fleetgate.store.engine import BUSY_TIMEOUT_MS, first_line
 from fleetgate.store.leases import Fence, Lease, check_holding
 from fleetgate.store.schema import CHAIN_HEAD_ID
+from fleetgate.store.store_file import StoreFile
 
 INSERT = (
     "INSERT INTO events (seq, ts, deployment_id, device_id, actor, action, outcome, details, "
@@ -108,6 +109,8 @@ class SqliteAppender:
     def __init__(self, path: str, display: str) -> None:
         self._path = path
         self._display = display
+        # The file the store opened (``store_file``); checked before each batch.
+        self.file: StoreFile | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fleetgate-sqlite-append")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -115,6 +118,8 @@ class SqliteAppender:
     def _run(
         self, new: Sequence[Event], fence: Fence | None, expect_last: int | None
     ) -> list[StoredEvent]:
+        if self.file is not None:
+            self.file.check()
         try:
             if self._conn is None:
                 self._conn = connect(self._path)
@@ -139,6 +144,10 @@ class SqliteAppender:
             raise StoreError(f"store {self._display} is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._run, list(new), fence, expect_last)
+
+    @property
+    def path(self) -> str:
+        return self._path
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -57,6 +57,7 @@ from fleetgate.store.enrolment import EnrolmentMixin
 from fleetgate.store.leases import Fence, Lease
 from fleetgate.store.schema import deployments, devices, quarantine, upsert
 from fleetgate.store.sqlite_append import SqliteAppender
+from fleetgate.store.store_file import StoreFile
 
 # The transaction the current task is inside, if any (see ``Store.transaction``).
 _CURRENT: ContextVar[tuple[Store, AsyncConnection] | None] = ContextVar(
@@ -109,6 +110,8 @@ class Store(CatalogMixin, EnrolmentMixin):
         self._engine = engine
         # SQLite's append goes through one thread of its own (``sqlite_append``, ADR 0019).
         self._appender: SqliteAppender | None = None
+        # The SQLite file this store opened (``store_file``): set once the store is open.
+        self._file: StoreFile | None = None
         if target.backend == "sqlite":
             assert target.url.database is not None
             self._appender = SqliteAppender(
@@ -128,6 +131,9 @@ class Store(CatalogMixin, EnrolmentMixin):
         try:
             async with store._tx(write=True, opening=True) as conn:
                 await migrate.upgrade(conn, target)
+            if store._appender is not None:
+                store._file = StoreFile.capture(store._appender.path, target.display)
+                store._appender.file = store._file
         except BaseException:
             await store.close()
             raise
@@ -177,6 +183,8 @@ class Store(CatalogMixin, EnrolmentMixin):
         if joined is not None:
             yield joined
             return
+        if write and self._file is not None:
+            self._file.check()  # a deleted store file would swallow the writes (store_file)
         try:
             async with self._engine.connect() as conn:
                 if write:

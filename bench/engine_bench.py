@@ -39,6 +39,9 @@ Each run's report ends with ONE JSON line that scripts parse (the last line of t
 ``devices``, ``deploy_cpu_s``, ``deploy_wall_s``, ``rollback_cpu_s``, ``rollback_wall_s``,
 ``agent_calls_deploy``, ``agent_calls_rollback`` (per device), ``peak_rss_mib`` (controller), and
 more (``ctl_us_per_call_deploy``/``_rollback``, calls by name, outcome, db, load average).
+Unless ``--no-floor``, the floor of ``bench/floor_bench.py`` (the raw asyncio client's CPU per
+request) is measured first, in the same run: ``floor_us_per_call`` and
+``ctl_per_call_x_floor_deploy`` / ``_rollback`` (issue 12's "≤ 3× the floor") are in the line.
 ``--devices 100000`` works (on PostgreSQL too); it takes long, so give ``--timeout``.
 
 Where the controller's CPU goes (issue 12 item 5, "use both cores"): per phase, from
@@ -124,6 +127,8 @@ class RunResult:
     lean_append: bool = False
     # agent calls (requests the sim served) per phase, by call name
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
+    # bench/floor_bench.py's floor, measured by the parent in the same run (None: --no-floor)
+    floor_us: float | None = None
 
 
 # -- the virtual fleet process -------------------------------------------------------------------
@@ -646,9 +651,11 @@ def report(r: RunResult) -> None:
     for kind in ("deploy", "rollback"):
         if kind in r.calls:
             by = ", ".join(f"{k} {n / r.devices:.2f}" for k, n in sorted(r.calls[kind].items()))
+            x = summary[f"ctl_per_call_x_floor_{kind}"]
             print(
                 f"   agent calls/device, {kind}: {summary[f'agent_calls_{kind}']:.2f} ({by}); "
                 f"controller CPU per call {summary[f'ctl_us_per_call_{kind}']:.0f} µs"
+                + (f" ({x:.1f}x the floor)" if x else "")
             )
     for kind in ("deploy", "rollback"):
         if summary[f"{kind}_cpu_s"]:
@@ -709,6 +716,9 @@ def figures(r: RunResult) -> dict[str, Any]:
         "peak_rss_mib": round(r.controller_rss_mib, 1),
         "ctl_us_per_call_deploy": round(deploy_cpu / n_dep * 1e6, 1) if n_dep else None,
         "ctl_us_per_call_rollback": round(rb.cpu_s / n_rb * 1e6, 1) if n_rb else None,
+        "floor_us_per_call": round(r.floor_us, 1) if r.floor_us else None,
+        "ctl_per_call_x_floor_deploy": ratio(deploy_cpu, n_dep, r.floor_us),
+        "ctl_per_call_x_floor_rollback": ratio(rb.cpu_s, n_rb, r.floor_us),
         "calls_deploy": r.calls.get("deploy", {}),
         "calls_rollback": r.calls.get("rollback", {}),
         "concurrency": r.concurrency,
@@ -723,6 +733,13 @@ def figures(r: RunResult) -> dict[str, Any]:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "error": r.error or None,
     }
+
+
+def ratio(cpu_s: float, calls: int, floor_us: float | None) -> float | None:
+    """Controller CPU per agent call over the floor (issue 12: at most 3)."""
+    if not calls or not floor_us:
+        return None
+    return round(cpu_s / calls * 1e6 / floor_us, 2)
 
 
 def revision() -> str:
@@ -766,6 +783,13 @@ def main() -> None:
     )
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR")
     ap.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure bench/floor_bench.py's floor first (~10 s) and report each run's "
+        "controller CPU per call as a multiple of it",
+    )
+    ap.add_argument(
         "--timeout", type=float, default=3600.0, help="stop a run after this many seconds"
     )
     ap.add_argument("--worker", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
@@ -794,9 +818,18 @@ def main() -> None:
         + (", events appended by a writer process" if args.writer_process else "")
         + (", lean sqlite3 appends" if args.lean_append else "")
     )
+    floor = None
+    if args.floor:
+        from floor_bench import floor_us
+
+        # The raw client's CPU per request, in this period: each run's ratio is against it.
+        floor = floor_us(concurrency=max(args.concurrency))
+        print(f"floor_us_per_call={floor:.1f} (bench/floor_bench.py, measured now)")
     for n in args.devices:
         for c in args.concurrency:
-            report(run_worker(n, c, args))
+            res = run_worker(n, c, args)
+            res.floor_us = floor
+            report(res)
 
 
 if __name__ == "__main__":

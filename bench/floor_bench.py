@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -41,7 +42,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from fleetgate.core.model import Arch, Device, Resources
@@ -273,6 +274,27 @@ def measure(name: str, port: int, requests: int, concurrency: int) -> tuple[floa
     return cpu / requests * 1e6, wall
 
 
+@contextlib.contextmanager
+def floor_server() -> Iterator[int]:
+    """The minimal server in its own process (its CPU never counts); yields its port."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert server.stdout is not None
+        yield int(server.stdout.readline())
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(10)
+
+
+def floor_us(requests: int = 40_000, concurrency: int = 200, repeat: int = 3) -> float:
+    """``floor_us_per_call``: the raw client's CPU µs per request, the least disturbed of
+    ``repeat`` runs (bench/engine_bench.py measures it in the same run as the engine)."""
+    with floor_server() as port:
+        return min(measure("raw", port, requests, concurrency)[0] for _ in range(repeat))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--requests", type=int, default=40_000)
@@ -291,16 +313,11 @@ def main() -> None:
         print("httpx: not installed, skipped (pip install httpx into the venv to measure it)")
     else:
         clients.append("httpx")
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
+    with floor_server() as port:
         print(
             f"floor bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
             f"{os.getloadavg()[0]:.2f}; {args.requests:,} GETs per run, concurrency "
-            f"{args.concurrency}, server pid {server.pid} (its CPU not counted)"
+            f"{args.concurrency}, server in its own process (its CPU not counted)"
         )
         lean_devices(port)
         results: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
@@ -308,9 +325,6 @@ def main() -> None:
             for name in clients:
                 n = args.httpx_requests if name == "httpx" else args.requests
                 results[name].append(measure(name, port, n, args.concurrency))
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(10)
     best: dict[str, Any] = {}
     for name, runs in results.items():
         us = min(u for u, _ in runs)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleetgate.core.events import Event, StoredEvent
-from fleetgate.store.audit_log import _normalised, log_moved, seal_run
+from fleetgate.store.audit_log import chain_run, log_moved, prepare, stored_event
 from fleetgate.store.leases import Fence, Lease, check_holding
 from fleetgate.store.sqlite_append import SqliteAppender, append_sync, connect
 
@@ -60,12 +60,12 @@ def append_sa_sync(
     synchronous connection: one thread hop per batch instead of one per statement."""
     from sqlalchemy import func, insert, select, update
 
-    from fleetgate.store.audit_log import _to_row
+    from fleetgate.store.audit_log import INSERT_COLUMNS, row_values
     from fleetgate.store.schema import chain_head, events, leases
 
     if not new:
         return []
-    prepared = [_normalised(ev) for ev in new]
+    prepared = prepare(new)
     with engine.connect() as conn, conn.begin():
         if fence is not None:
             row = conn.execute(
@@ -83,11 +83,16 @@ def append_sa_sync(
             ).scalar()
             if int(last or 0) != expect_last:
                 raise log_moved(dep, int(last or 0), expect_last)
-        chained = seal_run(prepared, seq, prev)
-        conn.execute(insert(events), [_to_row(st, d.decode()) for st, d in chained])
-        last = chained[-1][0]
-        conn.execute(update(chain_head).values(last_seq=last.seq, last_hash=last.hash))
-    return [st for st, _d in chained]
+        links = chain_run(prepared, seq, prev)
+        conn.execute(
+            insert(events),
+            [
+                dict(zip(INSERT_COLUMNS, row_values(p, k), strict=True))
+                for p, k in zip(prepared, links, strict=True)
+            ],
+        )
+        conn.execute(update(chain_head).values(last_seq=links[-1][0], last_hash=links[-1][2]))
+    return [stored_event(p, k) for p, k in zip(prepared, links, strict=True)]
 
 
 class SaSyncSink(SqliteAppender):
@@ -98,9 +103,14 @@ class SaSyncSink(SqliteAppender):
         self._sa = sa_engine(path)
 
     def _run(
-        self, new: Sequence[Event], fence: Fence | None, expect_last: int | None
+        self,
+        new: Sequence[Event],
+        fence: Fence | None,
+        expect_last: int | None,
+        last_only: bool = False,
     ) -> list[StoredEvent]:
-        return append_sa_sync(self._sa, new, fence, expect_last)
+        stored = append_sa_sync(self._sa, new, fence, expect_last)
+        return stored[-1:] if last_only else stored
 
     async def close(self) -> None:
         await super().close()

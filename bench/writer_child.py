@@ -63,8 +63,14 @@ class RemoteSink:
         self._io = reader, writer
 
     async def append_many(
-        self, new: list[Event], *, fence: Any = None, expect_last: int | None = None
+        self,
+        new: list[Event],
+        *,
+        fence: Any = None,
+        expect_last: int | None = None,
+        last_only: bool = False,
     ) -> list[StoredEvent]:
+        # The child always answers with the last stored event only (what a recorder reads).
         if not new:
             return []
         assert self._io is not None, "RemoteSink.start() first"

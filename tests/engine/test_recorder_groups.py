@@ -19,7 +19,12 @@ class Sink:
         self.seq = 0
 
     async def append_many(
-        self, new: list[Event], *, fence: Any = None, expect_last: int | None = None
+        self,
+        new: list[Event],
+        *,
+        fence: Any = None,
+        expect_last: int | None = None,
+        last_only: bool = False,
     ) -> list[StoredEvent]:
         await asyncio.sleep(0)
         self.batches.append([e.device_id or e.action for e in new])

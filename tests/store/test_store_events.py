@@ -122,6 +122,21 @@ async def test_transaction_groups_writes_atomically(store: Store) -> None:
     assert (await store.verify()).ok
 
 
+async def test_last_only_returns_the_last_event_as_a_full_append_would(store: Store) -> None:
+    """The recorder's append (``last_only``) writes every event and hands back the last one
+    exactly as stored — details as their JSON gives them back — on both write paths."""
+    batch = [ev(1, device="d-1", ids=("a", "b")), ev(2), ev(3, nested={"t": (1, 2.5)})]
+    (last,) = await store.append_many(batch, last_only=True)
+    async with store.transaction():  # the other write path (SQLAlchemy, joined)
+        (joined,) = await store.append_many([ev(4), ev(5, ids=("c",))], last_only=True)
+    stored = await store.events()
+    assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
+    assert last == stored[2] and last.details["nested"] == {"t": [1, 2.5]}
+    assert joined == stored[4] and joined.details["ids"] == ["c"]
+    assert stored[0].details["ids"] == ["a", "b"]
+    assert (await store.verify()).ok
+
+
 async def test_a_summary_from_an_older_fold_is_refused_and_writes_nothing(store: Store) -> None:
     """``update_deployment(expect_last=N)`` writes only while N is the deployment's newest
     event: a driver's state from before a decision must not overwrite the decision's row."""

@@ -170,10 +170,10 @@ import asyncio, sys, time
 from fleetgate.core.events import Event
 from fleetgate.store import Store, sqlite_append
 
-real = sqlite_append.seal_run
+real = sqlite_append.chain_run
 calls = 0
 
-def seal_run(prepared, seq, prev):
+def chain_run(prepared, seq, prev):
     global calls
     calls += 1
     if calls == 2:
@@ -181,7 +181,7 @@ def seal_run(prepared, seq, prev):
         time.sleep(0.5)
     return real(prepared, seq, prev)
 
-sqlite_append.seal_run = seal_run
+sqlite_append.chain_run = chain_run
 
 async def main(url, size):
     async with Store.open(url) as store:

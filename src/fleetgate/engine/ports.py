@@ -37,7 +37,12 @@ class StorePort(Protocol):
     # -- the log
     async def append(self, event: Event, *, fence: Fence | None = None) -> StoredEvent: ...
     async def append_many(
-        self, new: Sequence[Event], *, fence: Fence | None = None, expect_last: int | None = None
+        self,
+        new: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        expect_last: int | None = None,
+        last_only: bool = False,
     ) -> list[StoredEvent]: ...
     def iter_events(
         self,

@@ -37,8 +37,16 @@ if TYPE_CHECKING:
 
 
 class EventSink(Protocol):
+    """Where a recorder appends: ``Store.append_many``'s contract. The recorder asks for the
+    last stored event only (``last_only``); a sink may return more."""
+
     async def append_many(
-        self, new: list[Event], *, fence: Fence | None = None, expect_last: int | None = None
+        self,
+        new: list[Event],
+        *,
+        fence: Fence | None = None,
+        expect_last: int | None = None,
+        last_only: bool = False,
     ) -> list[StoredEvent]: ...
 
 
@@ -242,6 +250,7 @@ class Recorder:
                         [ev for group, _ in batch for ev in group],
                         fence=self._fence,
                         expect_last=self.last_seq if self._fence is not None else None,
+                        last_only=True,
                     )
                     if stored:
                         self.last_seq = stored[-1].seq

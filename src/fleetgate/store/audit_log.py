@@ -4,7 +4,7 @@ Contract (all functions take an ``AsyncConnection`` already inside a transaction
 decides which kind):
 
 - ``append_events`` gives each event the next ``seq`` (dense from 1), seals it onto the chain
-  with ``fleetgate.core.events.seal`` and moves ``chain_head`` forward, all in the caller's
+  with ``fleetgate.core.events.event_hash`` and moves ``chain_head`` forward, all in the caller's
   transaction. It must run in a write transaction: on SQLite that began with ``BEGIN
   IMMEDIATE``; on PostgreSQL it locks the chain-head row (``SELECT … FOR UPDATE``) before reading
   it. Either way two appenders never read the same head, so the chain never forks.
@@ -24,7 +24,6 @@ decides which kind):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -33,7 +32,14 @@ from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetgate.clock import parse_iso
-from fleetgate.core.events import GENESIS_HASH, ChainReport, Event, StoredEvent, seal, verify_chain
+from fleetgate.core.events import (
+    GENESIS_HASH,
+    ChainReport,
+    Event,
+    StoredEvent,
+    event_hash,
+    verify_chain,
+)
 from fleetgate.core.manifest import canonical_json
 from fleetgate.errors import IntegrityError, LogMoved, StoreError
 from fleetgate.store.schema import CHAIN_HEAD_ID, chain_head
@@ -56,20 +62,92 @@ class CorruptEventError(IntegrityError):
         self.reason = reason
 
 
-def _normalised(event: Event) -> tuple[Event, bytes]:
-    """The event with its details as JSON gives them back (tuples become lists …), and their
-    canonical JSON: serialised once, for the row and for the hash (issue 12)."""
+def details_json(event: Event) -> bytes:
+    """The event's details as canonical JSON — what its row stores and its hash covers,
+    serialised once (issue 12) — after checking its time; ``ValueError`` naming the event's
+    action if either is unfit for the log."""
     try:
         parse_iso(event.ts)
     except ValueError as exc:
         raise ValueError(f"event ts {event.ts!r} is not an ISO-8601 time with offset") from exc
     try:
-        details_json = canonical_json(dict(event.details))
+        return canonical_json(dict(event.details))
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"event {event.action!r}: details are not JSON-serialisable: {exc}"
         ) from exc
-    return dataclasses.replace(event, details=json.loads(details_json)), details_json
+
+
+# An event ready for the chain: the event and its ``details_json``.
+Prepared = tuple[Event, bytes]
+# Its place in the chain: (seq, prev_hash, hash).
+Link = tuple[int, str, str]
+
+
+def prepare(new: Sequence[Event]) -> list[Prepared]:
+    return [(ev, details_json(ev)) for ev in new]
+
+
+def chain_run(prepared: Sequence[Prepared], seq: int, prev: str) -> list[Link]:
+    """The links of ``prepared`` sealed in order onto the chain whose head is (``seq``,
+    ``prev``): ``core.events.event_hash`` over each event and its details JSON."""
+    out: list[Link] = []
+    for event, details in prepared:
+        seq += 1
+        digest = event_hash(seq, event, prev, details)
+        out.append((seq, prev, digest))
+        prev = digest
+    return out
+
+
+def row_values(item: Prepared, link: Link) -> tuple[Any, ...]:
+    """An ``events`` row in column order (``INSERT_COLUMNS``)."""
+    ev, details = item
+    seq, prev, digest = link
+    return (
+        seq,
+        ev.ts,
+        ev.deployment_id,
+        ev.device_id,
+        ev.actor,
+        ev.action,
+        ev.outcome,
+        details.decode(),
+        prev,
+        digest,
+    )
+
+
+INSERT_COLUMNS = (
+    "seq",
+    "ts",
+    "deployment_id",
+    "device_id",
+    "actor",
+    "action",
+    "outcome",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
+
+def stored_event(item: Prepared, link: Link) -> StoredEvent:
+    """The event as stored: its details as their JSON gives them back (tuples become lists)."""
+    ev, details = item
+    seq, prev, digest = link
+    return StoredEvent(
+        seq=seq,
+        ts=ev.ts,
+        deployment_id=ev.deployment_id,
+        device_id=ev.device_id,
+        actor=ev.actor,
+        action=ev.action,
+        outcome=ev.outcome,
+        details=json.loads(details),
+        prev_hash=prev,
+        hash=digest,
+    )
 
 
 async def read_head(conn: AsyncConnection, *, for_update: bool = False) -> tuple[int, str]:
@@ -114,51 +192,28 @@ async def append_events(
     decision recorded meanwhile) is refused with ``LogMoved`` and writes nothing."""
     if not new:
         return []
-    prepared = [_normalised(ev) for ev in new]
+    prepared = prepare(new)
     seq, prev = await read_head(conn, for_update=True)
     if expect_last is not None:
         dep = str(new[0].deployment_id)
         last = await latest_seq(conn, dep)
         if last != expect_last:
             raise log_moved(dep, last, expect_last)
-    chained = seal_run(prepared, seq, prev)
-    await conn.execute(insert(events_table), [_to_row(st, d.decode()) for st, d in chained])
-    head = chained[-1][0]
+    links = chain_run(prepared, seq, prev)
+    await conn.execute(
+        insert(events_table),
+        [
+            dict(zip(INSERT_COLUMNS, row_values(p, k), strict=True))
+            for p, k in zip(prepared, links, strict=True)
+        ],
+    )
+    head_seq, _prev, head_hash = links[-1]
     await conn.execute(
         update(chain_head)
         .where(chain_head.c.id == CHAIN_HEAD_ID)
-        .values(last_seq=head.seq, last_hash=head.hash)
+        .values(last_seq=head_seq, last_hash=head_hash)
     )
-    return [st for st, _d in chained]
-
-
-def seal_run(
-    prepared: Sequence[tuple[Event, bytes]], seq: int, prev: str
-) -> list[tuple[StoredEvent, bytes]]:
-    """``prepared`` (``_normalised`` events) sealed in order onto the chain whose head is
-    (``seq``, ``prev``), each with its canonical details JSON (what its row stores)."""
-    out: list[tuple[StoredEvent, bytes]] = []
-    for event, details_json in prepared:
-        seq += 1
-        stored = seal(seq, event, prev, details_json)
-        prev = stored.hash
-        out.append((stored, details_json))
-    return out
-
-
-def _to_row(ev: StoredEvent, details_text: str) -> dict[str, Any]:
-    return {
-        "seq": ev.seq,
-        "ts": ev.ts,
-        "deployment_id": ev.deployment_id,
-        "device_id": ev.device_id,
-        "actor": ev.actor,
-        "action": ev.action,
-        "outcome": ev.outcome,
-        "details": details_text,
-        "prev_hash": ev.prev_hash,
-        "hash": ev.hash,
-    }
+    return [stored_event(p, k) for p, k in zip(prepared, links, strict=True)]
 
 
 def _from_row(row: Row[Any]) -> StoredEvent:

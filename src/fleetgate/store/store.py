@@ -264,20 +264,29 @@ class Store(CatalogMixin, EnrolmentMixin):
         return (await self.append_many([event], fence=fence))[0]
 
     async def append_many(
-        self, new: Sequence[Event], *, fence: Fence | None = None, expect_last: int | None = None
+        self,
+        new: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        expect_last: int | None = None,
+        last_only: bool = False,
     ) -> list[StoredEvent]:
-        """Append in order, in one transaction; returns the events with their seq and hashes.
+        """Append in order, in one transaction; returns the events with their seq and hashes
+        (``last_only``: only the last one — the recorder needs its seq, not copies of the rest).
         With ``fence``, the lease must still be that holding (checked in the same transaction,
         before writing): else ``LeaseLost`` and nothing is written. With ``expect_last``, the
         deployment's newest event must still be that seq: else ``LogMoved``."""
         if not new:
             return []
         if self._appender is not None and self._joined() is None:
-            return await self._appender.append_many(new, fence=fence, expect_last=expect_last)
+            return await self._appender.append_many(
+                new, fence=fence, expect_last=expect_last, last_only=last_only
+            )
         async with self._tx(write=True) as conn:
             if fence is not None:
                 await leases.check_fence(conn, fence)
-            return await audit_log.append_events(conn, new, expect_last=expect_last)
+            stored = await audit_log.append_events(conn, new, expect_last=expect_last)
+        return stored[-1:] if last_only else stored
 
     async def iter_events(
         self,

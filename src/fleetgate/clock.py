@@ -27,8 +27,10 @@ def to_iso(moment: datetime) -> str:
 
 
 def utc_now_iso() -> str:
-    """The current instant in fleetgate's stored format (for ``Event.ts`` and friends)."""
-    return to_iso(utc_now())
+    """The current instant in fleetgate's stored format (for ``Event.ts`` and friends). The
+    same text as ``to_iso(utc_now())`` without its checks, which an instant made here in UTC
+    cannot fail (one per event: 1.6 µs of 4.9, issue 12)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def parse_iso(text: str) -> datetime:

@@ -4,7 +4,8 @@ log: the same phase sequence, final phase, per-device final states and exit code
 Each test runs the scenario twice at once, in one loop: over HTTP (the sim's server, agents
 listening) and over MQTT (every virtual device and every real agent dialled out to the real
 Mosquitto on 127.0.0.1:1883, the controller's ``MqttChannel``). The MQTT runs go one at a time:
-two fleets with the same device ids on one broker would take each other's client ids.
+two fleets with the same device ids on one broker would take each other's client ids (so under
+pytest-xdist they share one worker: the ``xdist_group`` below).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fleetgate.core.state import DeploymentState, DeviceStatus
 from fleetgate.sim.demo import SCENARIOS, run_demo
 from fleetgate.store import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mosquitto-1883-fixed-ids")]
 BROKER = "mqtt://127.0.0.1:1883"
 DEVICES, AGENTS = 12, 2
 

@@ -14,7 +14,8 @@ from fleetgate.core.state import DeviceStatus, Phase
 from fleetgate.sim.demo import run_demo
 from fleetgate.store import Store
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist, one demo with real agents at a time (see test_demo_mqtt.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo-real-agents")]
 
 
 async def _run(tmp_path: Path, scenario: str) -> tuple[Any, list[Any]]:

@@ -14,8 +14,8 @@ from fleetgate.core.state import DeviceStatus, Phase
 from fleetgate.sim.demo import run_demo
 from fleetgate.store import Store
 
-# Under pytest-xdist, one demo with real agents at a time (see test_demo_mqtt.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo-real-agents")]
+# Under pytest-xdist, nothing beside these: real agents' latency gates (see test_demo_mqtt.py).
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 async def _run(tmp_path: Path, scenario: str) -> tuple[Any, list[Any]]:

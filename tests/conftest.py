@@ -12,7 +12,7 @@ it; set ``FLEETGATE_SKIP_PG=1`` to skip them on a machine without the server. Se
 Parallel runs (pytest-xdist, ``--dist loadfile``: a module's tests run on one worker, in order):
 a test marked ``alone`` runs while no other test does. Every test holds a lock file shared by the
 run's workers, ``alone`` ones exclusively, the rest shared; for the tests whose outcome depends
-on the machine's spare CPU (real agents' latency gates, how far a controller gets between kills).
+on the machine's spare CPU (real agents' latency gates).
 """
 
 from __future__ import annotations

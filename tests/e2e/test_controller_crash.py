@@ -113,10 +113,7 @@ def _events(ws: Workspace, dep: str) -> list[Any]:
         reader.close()
 
 
-# Under pytest-xdist, nothing beside it: with both cores busy a run got further between its
-# milestones and the kill, and only 13 of the 20 kills that must land while it works did.
 @pytest.mark.slow
-@pytest.mark.alone
 def test_sigkilled_controller_resumes_to_the_same_outcome(tmp_path: Path, procs: Procs) -> None:
     t0 = time.monotonic()
     bundle, pubkey = build_release(tmp_path / "release")

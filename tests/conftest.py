@@ -8,11 +8,17 @@ that URL.
 PostgreSQL being unreachable makes the PostgreSQL cases FAIL, so CI cannot pass without testing
 it; set ``FLEETGATE_SKIP_PG=1`` to skip them on a machine without the server. Set
 ``FLEETGATE_TEST_PG`` to use another server (a ``postgresql://`` URL without a schema).
+
+Parallel runs (pytest-xdist, ``--dist loadfile``: a module's tests run on one worker, in order):
+a test marked ``alone`` runs while no other test does. Every test holds a lock file shared by the
+run's workers, ``alone`` ones exclusively, the rest shared; for the tests whose outcome depends
+on the machine's spare CPU (real agents' latency gates).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +54,25 @@ class PgServer:
                 await conn.execute(sql)
         finally:
             await conn.close()
+
+
+@pytest.fixture(scope="session")
+def _run_lock(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return None  # one process: nothing runs beside any test
+    # The run's base directory (pytest-N), shared by its workers (popen-gwK below it).
+    return tmp_path_factory.getbasetemp().parent / "alone.lock"
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_together(request: pytest.FixtureRequest, _run_lock: Path | None) -> Iterator[None]:
+    if _run_lock is None:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with _run_lock.open("a") as fh:  # closing it releases the lock
+        fcntl.flock(fh, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(scope="session")

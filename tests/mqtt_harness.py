@@ -20,16 +20,11 @@ import uuid
 from pathlib import Path
 
 from fleetgate.transports.mosquitto_auth import write_mosquitto_config
+from ports import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 SYSTEM_BROKER = "mqtt://127.0.0.1:1883"
 CONTROLLER = "fleetgate-controller"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique(prefix: str) -> str:

@@ -30,6 +30,7 @@ from fleetgate.artifacts.bundle import BuiltBundle, build_bundle
 from fleetgate.artifacts.container import read_bundle
 from fleetgate.artifacts.distribution import DistributionServer, publish_bundle
 from fleetgate.core.seqwindow import SEQ_BLOCK
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_APP = REPO / "src" / "fleetgate" / "sim" / "demo_app.py"
@@ -37,12 +38,6 @@ TOKEN = "t0ken-for-tests"
 # Run the agents under another interpreter (e.g. a Python 3.10 venv with the agent's four
 # dependencies) to check the device-side promise: FLEETGATE_TEST_AGENT_PYTHON=/path/to/python.
 AGENT_PYTHON = os.environ.get("FLEETGATE_TEST_AGENT_PYTHON") or sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_app_dir(

@@ -19,6 +19,7 @@ from fleetgate.agent.config import load_config
 from fleetgate.agent.enroll import EnrolOptions, enroll
 from fleetgate.clock import to_iso, utc_now
 from fleetgate.errors import InputError
+from ports import free_port
 
 
 def NOW_ISO() -> str:
@@ -323,14 +324,6 @@ async def test_the_cli_against_the_service(tmp_path: Path, capsys, monkeypatch) 
         assert "used by cli-1" in out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 async def test_enrolled_agent_answers_the_controller_with_its_own_credential(
     tmp_path: Path,
@@ -347,7 +340,7 @@ async def test_enrolled_agent_answers_the_controller_with_its_own_credential(
     from fleetgate.transports.http import HttpTransport
     from fleetgate.transports.tokens import TokenSource
 
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "device" / "agent.toml"
     async with service(tmp_path) as svc:
         _, doc = await _token(svc)

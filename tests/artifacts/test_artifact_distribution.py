@@ -129,6 +129,9 @@ async def test_serves_whole_blob_ranges_head_and_416(blob_dir: Path) -> None:
 @pytest.mark.parametrize(
     "path",
     [f"/v1/blobs/{'0' * 64}", f"/v1/blobs/{SHA}.sig", "/v1/blobs/..%2F..%2Fetc%2Fpasswd", "/x"],
+    # Fixed ids: SHA is of random bytes, and pytest-xdist needs every worker to collect the
+    # same test ids.
+    ids=["unknown-digest", "sig-of-blob", "traversal", "unknown-route"],
 )
 async def test_unknown_and_malformed_digests_are_404(blob_dir: Path, path: str) -> None:
     async with (

@@ -17,13 +17,7 @@ from typing import Any
 
 from crash_harness import Workspace
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ports import free_port
 
 
 class Api:

@@ -4,7 +4,8 @@ log: the same phase sequence, final phase, per-device final states and exit code
 Each test runs the scenario twice at once, in one loop: over HTTP (the sim's server, agents
 listening) and over MQTT (every virtual device and every real agent dialled out to the real
 Mosquitto on 127.0.0.1:1883, the controller's ``MqttChannel``). The MQTT runs go one at a time:
-two fleets with the same device ids on one broker would take each other's client ids.
+two fleets with the same device ids on one broker would take each other's client ids (under
+pytest-xdist: ``alone``, below).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from fleetgate.core.state import DeploymentState, DeviceStatus
 from fleetgate.sim.demo import SCENARIOS, run_demo
 from fleetgate.store import Store
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist, nothing beside these: the same device ids on the machine's broker, and
+# the real agents' latency gate (20 ms floor) is judged on wall-clock probes until an agent's
+# first metrics scrape (seen failing at 30 ms with both cores busy).
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 BROKER = "mqtt://127.0.0.1:1883"
 DEVICES, AGENTS = 12, 2
 

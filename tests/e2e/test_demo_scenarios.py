@@ -14,7 +14,8 @@ from fleetgate.core.state import DeviceStatus, Phase
 from fleetgate.sim.demo import run_demo
 from fleetgate.store import Store
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist, nothing beside these: real agents' latency gates (see test_demo_mqtt.py).
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 async def _run(tmp_path: Path, scenario: str) -> tuple[Any, list[Any]]:

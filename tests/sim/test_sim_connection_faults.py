@@ -66,6 +66,9 @@ async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
+# Both MQTT tests put SPEC's device ids on the machine's broker: two at once would take each
+# other's client ids. They stay in this one module (pytest-xdist --dist loadfile: one worker, in
+# turn).
 async def test_over_mqtt_each_device_is_its_own_client_and_faults_are_its_connection() -> None:
     now = [100.0]
     # A ping sent in the moment before the watcher cuts a device is lost with it: time it out

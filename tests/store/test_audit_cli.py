@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 
@@ -12,6 +11,7 @@ from fleetgate.cli.main import EXIT_HALTED, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, 
 from fleetgate.core.events import Event
 from fleetgate.store import Store
 from fleetgate.store.engine import create_store_engine
+from ports import free_port
 
 
 def _populate(url: str) -> None:
@@ -152,9 +152,7 @@ def test_bad_db_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'mysql' is not supported" in err[0]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     assert run(["--db", f"postgresql://u@127.0.0.1:{port}/x", "audit", "show"]) == EXIT_INTERNAL
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fleetgate: error: cannot open store")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from fleetgate.errors import InputError, StoreConfigError, StoreError
 from fleetgate.store import Store, parse_store_url
+from ports import free_port
 
 
 @pytest.mark.parametrize(
@@ -60,14 +60,8 @@ def test_passwords_never_appear_in_messages() -> None:
     assert "hunter2" not in str(caught.value)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_unreachable_postgres_is_a_one_line_store_error() -> None:
-    url = f"postgresql://fleet:hunter2@127.0.0.1:{_closed_port()}/test"
+    url = f"postgresql://fleet:hunter2@127.0.0.1:{free_port()}/test"
     with pytest.raises(StoreError) as caught:
         await Store.open(url)
     message = str(caught.value)

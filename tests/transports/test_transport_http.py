@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from fleetgate.sim.server import VirtualFleet
 from fleetgate.transports.base import CallTimeouts, DeviceRefusal, TransportUnavailable
 from fleetgate.transports.http import HttpTransport
 from fleetgate.transports.tokens import TokenSource
+from ports import free_port
 
 
 def device(address: str, dev_id: str = "rpi-07", **kw: Any) -> Device:
@@ -135,16 +135,10 @@ async def test_odd_answers_map_to_errors(recorder, status, raw, cls, code):
     assert info.value.code == (code or "insufficient-disk")
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_closed_port_is_a_retryable_transport_error():
     async with HttpTransport(tokens(), connect_timeout=2) as t:
         with pytest.raises(TransportUnavailable) as info:
-            await t.health(device(f"http://127.0.0.1:{closed_port()}"))
+            await t.health(device(f"http://127.0.0.1:{free_port()}"))
     exc = info.value
     assert exc.retryable and exc.code == "connection-refused" and exc.device_id == "rpi-07"
     assert exc.status is None

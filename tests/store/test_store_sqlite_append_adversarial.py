@@ -637,3 +637,18 @@ async def test_lean_and_joined_appends_from_two_stores_at_once_keep_one_chain(db
         assert not [e for e in logged if e.details["writer"] == "gone"]
         record = await two.get_deployment("dep-1")
         assert record is not None and record.status == "RUNNING"
+
+
+async def test_a_path_through_a_symlinked_directory_and_dotdot_is_one_store(
+    tmp_path: Path,
+) -> None:
+    """``l/../s.db`` with ``l`` a symlink to ``other/sub``: SQLAlchemy collapses the ``..``
+    lexically (``./s.db``), the kernel after following ``l`` (``other/s.db``). The append thread
+    must write the file SQLAlchemy opened, or appends and reads split across two logs."""
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "l").symlink_to(tmp_path / "other" / "sub")
+    async with Store.open(f"sqlite:///{tmp_path}/l/../s.db") as store:
+        await store.append_many([ev("w", n) for n in range(3)])
+        assert [e.seq for e in await store.events()] == [1, 2, 3]
+    assert not (tmp_path / "other" / "s.db").exists()
+    assert rows(tmp_path / "s.db", "SELECT count(*) FROM events") == [(3,)]

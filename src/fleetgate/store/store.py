@@ -25,12 +25,12 @@ written; a stale one is refused with ``LeaseLost`` and nothing of the call is wr
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -114,8 +114,12 @@ class Store(CatalogMixin, EnrolmentMixin):
         self._file: StoreFile | None = None
         if target.backend == "sqlite":
             assert target.url.database is not None
+            # os.path.abspath, as SQLAlchemy's SQLite dialect makes it: Path.absolute() keeps
+            # ".." and, past a symlinked directory, would name another file than the one
+            # SQLAlchemy opened (split log).
             self._appender = SqliteAppender(
-                str(Path(target.url.database).absolute()), target.display
+                os.path.abspath(target.url.database),  # noqa: PTH100 - lexical, as SQLAlchemy
+                target.display,
             )
 
     # -- lifecycle -----------------------------------------------------------------------------

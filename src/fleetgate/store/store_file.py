@@ -27,7 +27,13 @@ class StoreFile:
 
     @classmethod
     def capture(cls, path: str, display: str) -> StoreFile:
-        st = Path(path).stat()
+        try:
+            st = Path(path).stat()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open store {display}: {path}: {exc.strerror or type(exc).__name__}",
+                retryable=not isinstance(exc, FileNotFoundError),
+            ) from None
         return cls(Path(path), display, (st.st_dev, st.st_ino))
 
     def check(self) -> None:
@@ -36,8 +42,12 @@ class StoreFile:
             st = self.path.stat()
         except FileNotFoundError:
             raise self._gone("was deleted") from None
-        except OSError as exc:
-            raise self._gone(f"cannot be checked ({exc.strerror or type(exc).__name__})") from None
+        except OSError as exc:  # EACCES, EIO, ESTALE …: may pass; nothing was written
+            raise StoreError(
+                f"store {self.display}: cannot check the database file "
+                f"({exc.strerror or type(exc).__name__}); nothing was written",
+                retryable=True,
+            ) from None
         if (st.st_dev, st.st_ino) != self.ident:
             raise self._gone("was replaced by another file")
 

@@ -97,3 +97,25 @@ async def test_an_illegal_event_in_a_group_writes_none_of_it() -> None:
             )
         assert rec.state is before  # the legal first half was not applied either
     assert sink.batches == [["deployment.created"]]
+
+
+async def test_settled_only_while_every_applied_event_is_durable() -> None:
+    """``settled`` gates the driver's summary row: it must be false while the state holds an
+    event the log has not got — queued, refused, or applied when an observer then failed."""
+    sink = Sink()
+    seen: list[str] = []
+
+    def observer(ev: Event) -> None:
+        seen.append(ev.action)
+        if ev.action == "prepare.passed":
+            raise RuntimeError("observer broke")
+
+    async with Recorder(sink, DeploymentState.empty("dep-1"), now, observer=observer) as rec:
+        assert rec.settled
+        await rec.record_event(created(rec))
+        assert rec.settled and rec.last_seq == 1
+        with pytest.raises(RuntimeError, match="observer broke"):
+            await rec.record("prepare.passed")
+        assert rec.state.last_action.startswith("prepare.passed") and seen[-1] == "prepare.passed"
+        assert not rec.settled  # applied to the state, never queued: not the log's fold
+    assert sink.seq == 1

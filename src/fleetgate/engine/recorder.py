@@ -222,12 +222,14 @@ class Recorder:
         for ev in events:
             state = apply(state, ev)  # raises IllegalTransition: nothing written
         self.state = state
+        # Counted before the observers run: one that raises leaves the state holding events
+        # that were never queued, which must not read as settled (``_cache_status``).
+        self._unwritten += len(events)
         for ev in events:
             self.ledger.observe(ev)
             if self._observer is not None:
                 self._observer(ev)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unwritten += len(events)
         self._queue.append((tuple(events), fut))
         self._wake.set()
         await fut

@@ -357,6 +357,13 @@ async def test_skipped_devices_do_not_dilute_the_wave_failure_rate(tmp_path: Pat
         assert (ev.details["targeted"], ev.details["attempted"]) == (20, 5)
         assert ev.details["rate"] == pytest.approx(0.6)
         assert "3/5 devices failed" in ev.details["reason"]
+        # The report names both: all the wave targeted, and the base of its rate.
+        from fleetgate.report.session import build_report, render_report_md
+
+        report = build_report(dep, await h.events(dep))
+        (wave,) = [w for w in report["rollout"] if w["number"] == 3]
+        assert (wave["targeted"], wave["attempted"]) == (20, 5)
+        assert "| Devices attempted (the failure rate's base) | 5 |" in render_report_md(report)
 
 
 # -- the registry and other deployments ---------------------------------------------------------

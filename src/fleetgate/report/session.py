@@ -73,11 +73,13 @@ Readings of ``docs/events.md`` where it leaves a choice (kept here so the engine
   activate; a CONFIRM-step one is not a failure of the wave's deployment) and its
   ``wave.evaluated.failed`` (which, as the engine checks ALL deployed devices, may name devices
   of earlier waves), with ``wave.evaluated.reasons`` (else ``state.reasons``). Devices targeted
-  = ``wave.evaluated.targeted`` when recorded, else the wave's devices; the failure rate is
-  ``wave.evaluated.rate``, else the wave's own failures over targeted. Devices skipped = the
-  ``stage.deployed.skipped`` ids, or without ``stage.deployed`` (a pre-flight halt) the wave's
-  devices left unreachable. "% of fleet" is the plan's ``cumulative_percent`` for the wave (the
-  spec's "Wave 1 (25% of fleet)"); ``share_percent`` is the wave's own share of ``fleet_total``.
+  = ``wave.evaluated.targeted`` when recorded, else the wave's devices; devices attempted =
+  ``wave.evaluated.attempted``, else the wave's devices not SKIPPED or EXCLUDED (ADR 0020); the
+  failure rate is ``wave.evaluated.rate``, else the wave's own failures over attempted.
+  Devices skipped = the ``stage.deployed.skipped`` ids, or without ``stage.deployed`` (a
+  pre-flight halt) the wave's devices left unreachable. "% of fleet" is the plan's
+  ``cumulative_percent`` for the wave (the spec's "Wave 1 (25% of fleet)"); ``share_percent`` is
+  the wave's own share of ``fleet_total``.
 - CONFIRM vs ``confirm.completed.counts``: compared with the device statuses at that event
   (``SessionLog.at_confirm``). The engine's ``skipped`` also counts devices never reached
   (PENDING), its ``failed`` FAILED + DEPLOY_FAILED + ROLLBACK_FAILED; the comparison allows for

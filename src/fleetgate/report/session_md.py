@@ -129,8 +129,11 @@ def _wave(w: Mapping[str, Any]) -> list[str]:
         soak = f"{_duration(w['soak_s'])} (in progress)"
     else:
         soak = _duration(w["soak_s"])
-    rows: list[list[Any]] = [
-        ["Devices targeted", w["targeted"]],
+    rows: list[list[Any]] = [["Devices targeted", w["targeted"]]]
+    if w.get("attempted", w["targeted"]) != w["targeted"]:
+        # Set-aside devices are not in the failure rate's denominator (ADR 0020).
+        rows.append(["Devices attempted (the failure rate's base)", w["attempted"]])
+    rows += [
         ["Devices deployed", w["deployed"]],
         ["Devices failed", w["failed"]],
     ]

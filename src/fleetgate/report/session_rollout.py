@@ -84,13 +84,22 @@ def rollout_section(
         recorded = ev.details.get("reasons") if ev else None
         recorded = recorded if isinstance(recorded, Mapping) else {}
         reasons = {i: str(recorded.get(i) or state.reasons.get(i, "")) for i in failed}
-        # The denominator is every device the wave targeted (wave.evaluated.targeted).
+        # The wave's devices (wave.evaluated.targeted), and the rate's denominator: those the
+        # wave tried to deploy (wave.evaluated.attempted; ADR 0020 — a log from before it
+        # recorded its rate over targeted, and that recorded rate is what is shown).
         wave_targeted = int(num(ev.details.get("targeted")) or 0) if ev else 0
         wave_targeted = wave_targeted or len(devs)
+        recorded_attempted = num(ev.details.get("attempted")) if ev else None
+        set_aside = (D.SKIPPED, D.EXCLUDED)
+        attempted = (
+            int(recorded_attempted)
+            if recorded_attempted is not None
+            else sum(1 for i in devs if state.devices.get(i) not in set_aside)
+        )
         in_wave = [i for i in failed if i in set(devs)]
         rate = num(ev.details.get("rate")) if ev else None
         if rate is None and (ev is not None or deployed_ev is not None):
-            rate = len(in_wave) / wave_targeted if wave_targeted else 0.0
+            rate = len(in_wave) / attempted if attempted else 0.0
         skipped = ids(deployed_ev.details, "skipped") if deployed_ev else []
         if not skipped and reached:
             # No stage.deployed (a pre-flight halt): the wave's devices left unreachable.
@@ -133,6 +142,7 @@ def rollout_section(
                     sorted(Counter(info.get(i, {}).get("hardware", "?") for i in devs).items())
                 ),
                 "targeted": wave_targeted,
+                "attempted": attempted,
                 "deployed": deployed,
                 "failed": len(failed),
                 "failed_ids": failed,

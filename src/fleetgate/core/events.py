@@ -104,6 +104,15 @@ def event_hash(
 
 def seal(seq: int, event: Event, prev_hash: str, details_json: bytes | None = None) -> StoredEvent:
     """Give an event its place in the chain (``details_json``: see ``event_hash``)."""
+    digest = event_hash(seq, event, prev_hash, details_json)
+    return placed(event, seq, prev_hash, digest, dict(event.details))
+
+
+def placed(
+    event: Event, seq: int, prev_hash: str, digest: str, details: dict[str, Any]
+) -> StoredEvent:
+    """``event`` at its place in the chain, its hash already computed (``seal`` computes it;
+    the store's append computes a batch's hashes first, then builds only what it returns)."""
     return StoredEvent(
         seq=seq,
         ts=event.ts,
@@ -112,9 +121,9 @@ def seal(seq: int, event: Event, prev_hash: str, details_json: bytes | None = No
         actor=event.actor,
         action=event.action,
         outcome=event.outcome,
-        details=dict(event.details),
+        details=details,
         prev_hash=prev_hash,
-        hash=event_hash(seq, event, prev_hash, details_json),
+        hash=digest,
     )
 
 

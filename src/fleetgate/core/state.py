@@ -72,6 +72,12 @@ class DeviceStatus(str, Enum):
             DeviceStatus.ROLLBACK_FAILED,
         )
 
+    @property
+    def set_aside_before_install(self) -> bool:
+        """Left out before anything was installed (SKIPPED at pre-flight, EXCLUDED with its
+        cell): not in its wave's failure-rate denominator (ADR 0020)."""
+        return self in (DeviceStatus.SKIPPED, DeviceStatus.EXCLUDED)
+
 
 class Approval(str, Enum):
     PENDING = "PENDING"

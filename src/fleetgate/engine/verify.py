@@ -379,9 +379,8 @@ async def evaluate_wave(ctx: EngineContext, stage: int) -> None:
     # in maintenance; EXCLUDED with their cell) are not in the denominator: counted, they
     # diluted the rate — 3 failed of 5 deployed (60 %) read as 3/20 = 15 % and only paused.
     # Their own rule is the unreachable halt, checked at pre-flight.
-    set_aside = (D.SKIPPED, D.EXCLUDED)
     targeted = list(wave_ids)
-    attempted = [i for i in wave_ids if state.devices[i] not in set_aside]
+    attempted = [i for i in wave_ids if not state.devices[i].set_aside_before_install]
     not_deployed = [i for i in wave_ids if state.devices[i] is D.DEPLOY_FAILED]
     failed_here = [i for i in wave_ids if state.devices[i] in unhealthy] + not_deployed
     decision = wave_decision(len(failed_here), len(attempted), ctx.policy.thresholds)

@@ -90,11 +90,10 @@ def rollout_section(
         wave_targeted = int(num(ev.details.get("targeted")) or 0) if ev else 0
         wave_targeted = wave_targeted or len(devs)
         recorded_attempted = num(ev.details.get("attempted")) if ev else None
-        set_aside = (D.SKIPPED, D.EXCLUDED)
         attempted = (
             int(recorded_attempted)
             if recorded_attempted is not None
-            else sum(1 for i in devs if state.devices.get(i) not in set_aside)
+            else sum(1 for i in devs if not state.devices[i].set_aside_before_install)
         )
         in_wave = [i for i in failed if i in set(devs)]
         rate = num(ev.details.get("rate")) if ev else None

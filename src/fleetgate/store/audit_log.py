@@ -38,6 +38,7 @@ from fleetgate.core.events import (
     Event,
     StoredEvent,
     event_hash,
+    placed,
     verify_chain,
 )
 from fleetgate.core.manifest import canonical_json
@@ -85,6 +86,7 @@ Link = tuple[int, str, str]
 
 
 def prepare(new: Sequence[Event]) -> list[Prepared]:
+    """Each event with its ``details_json``, checked before any transaction begins."""
     return [(ev, details_json(ev)) for ev in new]
 
 
@@ -136,18 +138,7 @@ def stored_event(item: Prepared, link: Link) -> StoredEvent:
     """The event as stored: its details as their JSON gives them back (tuples become lists)."""
     ev, details = item
     seq, prev, digest = link
-    return StoredEvent(
-        seq=seq,
-        ts=ev.ts,
-        deployment_id=ev.deployment_id,
-        device_id=ev.device_id,
-        actor=ev.actor,
-        action=ev.action,
-        outcome=ev.outcome,
-        details=json.loads(details),
-        prev_hash=prev,
-        hash=digest,
-    )
+    return placed(ev, seq, prev, digest, json.loads(details))
 
 
 async def read_head(conn: AsyncConnection, *, for_update: bool = False) -> tuple[int, str]:

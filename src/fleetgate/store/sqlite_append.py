@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fleetgate.core.events import Event, StoredEvent
 from fleetgate.errors import StoreError
 from fleetgate.store.audit_log import (
+    INSERT_COLUMNS,
     chain_run,
     log_moved,
     missing_head,
@@ -41,9 +42,11 @@ from fleetgate.store.leases import Fence, Lease, check_holding
 from fleetgate.store.schema import CHAIN_HEAD_ID
 from fleetgate.store.store_file import StoreFile
 
-INSERT = (  # the columns of ``audit_log.INSERT_COLUMNS``, in that order (``row_values``)
-    "INSERT INTO events (seq, ts, deployment_id, device_id, actor, action, outcome, details, "
-    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# The row of ``audit_log.row_values``: its column list, so the two cannot drift apart. (Built
+# from constants of our own schema, no input: nothing to inject.)
+INSERT = (
+    f"INSERT INTO events ({', '.join(INSERT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
 )
 
 
